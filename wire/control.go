@@ -1,0 +1,404 @@
+package wire
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// MsgType is a control message's type.
+type MsgType uint16
+
+const (
+	MsgHello      MsgType = 1 // client → server, first on the control stream
+	MsgServerInfo MsgType = 2 // server → client, answers Hello
+	MsgOpen       MsgType = 3 // client → server, first on a data stream
+	MsgOpened     MsgType = 4 // server → client, answers Open
+	MsgError      MsgType = 5 // server → client, refuses Hello or Open
+)
+
+var msgNames = map[MsgType]string{
+	MsgHello:      "HELLO",
+	MsgServerInfo: "SERVER_INFO",
+	MsgOpen:       "OPEN",
+	MsgOpened:     "OPENED",
+	MsgError:      "ERROR",
+}
+
+func (t MsgType) String() string {
+	if s, ok := msgNames[t]; ok {
+		return s
+	}
+	return fmt.Sprintf("MSG_%d", uint16(t))
+}
+
+// Control message header layout (big endian):
+//
+//	0 type     u16
+//	2 reserved u16 (zero)
+//	4 length   u32 body bytes that follow, at most MaxMessage
+const (
+	msgType     = 0
+	msgReserved = 2
+	msgLength   = 4
+)
+
+// MsgHeader is a control message header.
+type MsgHeader struct {
+	Type   MsgType
+	Length uint32
+}
+
+// DecodeMsgHeader parses a control message header.
+func DecodeMsgHeader(b []byte) (MsgHeader, error) {
+	if len(b) < MsgHeaderSize {
+		return MsgHeader{}, short("message header", MsgHeaderSize, len(b))
+	}
+	h := MsgHeader{
+		Type:   MsgType(binary.BigEndian.Uint16(b[msgType:])),
+		Length: binary.BigEndian.Uint32(b[msgLength:]),
+	}
+	switch {
+	case msgNames[h.Type] == "":
+		return h, malformed("unknown message type %v", h.Type)
+	case binary.BigEndian.Uint16(b[msgReserved:]) != 0:
+		return h, malformed("%v message with nonzero reserved field", h.Type)
+	case h.Length > MaxMessage:
+		return h, malformed("%v message of %d bytes exceeds the %d byte maximum", h.Type, h.Length, MaxMessage)
+	}
+	return h, nil
+}
+
+// AppendMessage appends a framed control message: header, then body.
+func AppendMessage(b []byte, t MsgType, body []byte) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(t))
+	b = binary.BigEndian.AppendUint16(b, 0)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(body)))
+	return append(b, body...)
+}
+
+// ReadMessage reads one framed control message from r. The body is freshly
+// allocated, after its length was checked against MaxMessage.
+func ReadMessage(r io.Reader) (MsgType, []byte, error) {
+	var hb [MsgHeaderSize]byte
+	if _, err := io.ReadFull(r, hb[:]); err != nil {
+		return 0, nil, err
+	}
+	h, err := DecodeMsgHeader(hb[:])
+	if err != nil {
+		return 0, nil, err
+	}
+	body := make([]byte, h.Length)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return 0, nil, fmt.Errorf("wire: reading %v body: %w", h.Type, err)
+	}
+	return h.Type, body, nil
+}
+
+// ExportFlags describe what an export supports.
+type ExportFlags uint32
+
+const (
+	ExportReadOnly    ExportFlags = 1 << 0
+	ExportFlush       ExportFlags = 1 << 1 // FLUSH and FUA are meaningful
+	ExportFUA         ExportFlags = 1 << 2
+	ExportTrim        ExportFlags = 1 << 3
+	ExportWriteZeroes ExportFlags = 1 << 4
+	ExportRotational  ExportFlags = 1 << 5
+	ExportMultiConn   ExportFlags = 1 << 6 // a FLUSH on any queue covers writes completed on all
+
+	knownExportFlags = ExportReadOnly | ExportFlush | ExportFUA | ExportTrim |
+		ExportWriteZeroes | ExportRotational | ExportMultiConn
+)
+
+var exportFlagNames = []struct {
+	f ExportFlags
+	s string
+}{
+	{ExportReadOnly, "read-only"},
+	{ExportFlush, "flush"},
+	{ExportFUA, "fua"},
+	{ExportTrim, "trim"},
+	{ExportWriteZeroes, "write-zeroes"},
+	{ExportRotational, "rotational"},
+	{ExportMultiConn, "multi-conn"},
+}
+
+func (f ExportFlags) String() string {
+	s := ""
+	for _, n := range exportFlagNames {
+		if f&n.f != 0 {
+			s += "," + n.s
+		}
+	}
+	if rest := f &^ knownExportFlags; rest != 0 {
+		s += fmt.Sprintf(",0x%x", uint32(rest))
+	}
+	if s == "" {
+		return "none"
+	}
+	return s[1:]
+}
+
+// ExportInfo is what autoconfiguration tells a client about one export.
+type ExportInfo struct {
+	Name          string
+	Size          uint64
+	LogicalBlock  uint32 // smallest addressable unit; offsets and lengths are multiples
+	PhysicalBlock uint32 // preferred I/O granularity
+	MaxTransfer   uint32 // largest READ or WRITE payload
+	Flags         ExportFlags
+	Identity      Identity // stable for one backing disk, different for another
+}
+
+func appendExport(b []byte, e *ExportInfo) []byte {
+	b = appendString(b, e.Name)
+	b = binary.BigEndian.AppendUint64(b, e.Size)
+	b = binary.BigEndian.AppendUint32(b, e.LogicalBlock)
+	b = binary.BigEndian.AppendUint32(b, e.PhysicalBlock)
+	b = binary.BigEndian.AppendUint32(b, e.MaxTransfer)
+	b = binary.BigEndian.AppendUint32(b, uint32(e.Flags))
+	return append(b, e.Identity[:]...)
+}
+
+func (d *decoder) export() ExportInfo {
+	e := ExportInfo{
+		Name:          d.string(),
+		Size:          d.u64(),
+		LogicalBlock:  d.u32(),
+		PhysicalBlock: d.u32(),
+		MaxTransfer:   d.u32(),
+		Flags:         ExportFlags(d.u32()),
+	}
+	copy(e.Identity[:], d.bytes(IdentitySize))
+	if d.err != nil {
+		return e
+	}
+	switch {
+	case e.Flags&^knownExportFlags != 0:
+		d.fail("export %q has unknown flags %v", e.Name, e.Flags)
+	case !validBlock(e.LogicalBlock) || !validBlock(e.PhysicalBlock) || e.PhysicalBlock < e.LogicalBlock:
+		d.fail("export %q has block sizes %d/%d: want powers of two from 512 to 64 KiB, physical ≥ logical",
+			e.Name, e.LogicalBlock, e.PhysicalBlock)
+	case e.MaxTransfer < e.LogicalBlock || e.MaxTransfer > MaxPayload || e.MaxTransfer%e.LogicalBlock != 0:
+		d.fail("export %q has maximum transfer %d: want a multiple of %d up to %d",
+			e.Name, e.MaxTransfer, e.LogicalBlock, MaxPayload)
+	case e.Size%uint64(e.LogicalBlock) != 0:
+		d.fail("export %q has size %d, not a multiple of its %d byte block", e.Name, e.Size, e.LogicalBlock)
+	}
+	return e
+}
+
+func validBlock(n uint32) bool { return n >= 512 && n <= 64<<10 && n&(n-1) == 0 }
+
+// Hello opens the control stream.
+//
+//	0 version u16
+//	2 flags   u16 (zero)
+//	4 client  string (u8 length, bytes): the client's host name, for logs
+type Hello struct {
+	Version uint16
+	Client  string
+}
+
+// AppendHello appends h's body.
+func AppendHello(b []byte, h *Hello) []byte {
+	b = binary.BigEndian.AppendUint16(b, h.Version)
+	b = binary.BigEndian.AppendUint16(b, 0)
+	return appendString(b, h.Client)
+}
+
+// DecodeHello parses a Hello body.
+func DecodeHello(body []byte) (Hello, error) {
+	d := decoder{b: body, what: "HELLO"}
+	h := Hello{Version: d.u16()}
+	if d.u16() != 0 && d.err == nil {
+		d.fail("nonzero flags")
+	}
+	h.Client = d.string()
+	return h, d.finish()
+}
+
+// ServerInfo answers Hello with everything autoconfiguration needs.
+//
+//	0  version  u16
+//	2  flags    u16 (zero)
+//	4  instance [16] new at every server start
+//	20 server   string
+//	   count    u16, then count exports:
+//	     name string, size u64, logical u32, physical u32, max transfer u32,
+//	     flags u32, identity [16]
+type ServerInfo struct {
+	Version  uint16
+	Instance Identity
+	Server   string
+	Exports  []ExportInfo
+}
+
+// MaxExports bounds the export list of one server.
+const MaxExports = 1024
+
+// AppendServerInfo appends s's body.
+func AppendServerInfo(b []byte, s *ServerInfo) []byte {
+	b = binary.BigEndian.AppendUint16(b, s.Version)
+	b = binary.BigEndian.AppendUint16(b, 0)
+	b = append(b, s.Instance[:]...)
+	b = appendString(b, s.Server)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(s.Exports)))
+	for i := range s.Exports {
+		b = appendExport(b, &s.Exports[i])
+	}
+	return b
+}
+
+// DecodeServerInfo parses a ServerInfo body.
+func DecodeServerInfo(body []byte) (ServerInfo, error) {
+	d := decoder{b: body, what: "SERVER_INFO"}
+	s := ServerInfo{Version: d.u16()}
+	if d.u16() != 0 && d.err == nil {
+		d.fail("nonzero flags")
+	}
+	copy(s.Instance[:], d.bytes(IdentitySize))
+	s.Server = d.string()
+	n := int(d.u16())
+	if n > MaxExports && d.err == nil {
+		d.fail("%d exports exceeds the maximum of %d", n, MaxExports)
+	}
+	for i := 0; i < n && d.err == nil; i++ {
+		s.Exports = append(s.Exports, d.export())
+	}
+	return s, d.finish()
+}
+
+// Open binds a new data stream to an export.
+//
+//	0 export string
+type Open struct {
+	Export string
+}
+
+// AppendOpen appends o's body.
+func AppendOpen(b []byte, o *Open) []byte { return appendString(b, o.Export) }
+
+// DecodeOpen parses an Open body.
+func DecodeOpen(body []byte) (Open, error) {
+	d := decoder{b: body, what: "OPEN"}
+	o := Open{Export: d.string()}
+	return o, d.finish()
+}
+
+// Opened accepts an Open; its body is the export's ExportInfo, which the
+// client checks against what autoconfiguration told it.
+type Opened struct {
+	Export ExportInfo
+}
+
+// AppendOpened appends o's body.
+func AppendOpened(b []byte, o *Opened) []byte { return appendExport(b, &o.Export) }
+
+// DecodeOpened parses an Opened body.
+func DecodeOpened(body []byte) (Opened, error) {
+	d := decoder{b: body, what: "OPENED"}
+	o := Opened{Export: d.export()}
+	return o, d.finish()
+}
+
+// ErrorMsg refuses a Hello or an Open.
+//
+//	0 status  u16
+//	2 message string (u8 length), for the user
+type ErrorMsg struct {
+	Status  Status
+	Message string
+}
+
+func (e *ErrorMsg) Error() string {
+	return fmt.Sprintf("server refused: %s (%v)", e.Message, e.Status)
+}
+
+// AppendError appends e's body. Messages are cut to MaxName bytes.
+func AppendError(b []byte, e *ErrorMsg) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(e.Status))
+	return appendString(b, e.Message)
+}
+
+// DecodeError parses an Error body.
+func DecodeError(body []byte) (ErrorMsg, error) {
+	d := decoder{b: body, what: "ERROR"}
+	e := ErrorMsg{Status: Status(d.u16())}
+	e.Message = d.string()
+	return e, d.finish()
+}
+
+// appendString appends a u8 length and the bytes, cutting s to MaxName.
+func appendString(b []byte, s string) []byte {
+	if len(s) > MaxName {
+		s = s[:MaxName]
+	}
+	b = append(b, byte(len(s)))
+	return append(b, s...)
+}
+
+// decoder reads big-endian fields from a message body with explicit length
+// checks. The first failure sticks; later reads return zero values.
+type decoder struct {
+	b    []byte
+	what string
+	err  error
+}
+
+func (d *decoder) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = malformed("%s: %s", d.what, fmt.Sprintf(format, args...))
+	}
+}
+
+func (d *decoder) bytes(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if len(d.b) < n {
+		d.err = fmt.Errorf("%w: %s truncated: need %d more bytes, have %d", ErrShort, d.what, n, len(d.b))
+		return nil
+	}
+	p := d.b[:n]
+	d.b = d.b[n:]
+	return p
+}
+
+func (d *decoder) u16() uint16 {
+	if p := d.bytes(2); p != nil {
+		return binary.BigEndian.Uint16(p)
+	}
+	return 0
+}
+
+func (d *decoder) u32() uint32 {
+	if p := d.bytes(4); p != nil {
+		return binary.BigEndian.Uint32(p)
+	}
+	return 0
+}
+
+func (d *decoder) u64() uint64 {
+	if p := d.bytes(8); p != nil {
+		return binary.BigEndian.Uint64(p)
+	}
+	return 0
+}
+
+func (d *decoder) string() string {
+	n := d.bytes(1)
+	if n == nil {
+		return ""
+	}
+	return string(d.bytes(int(n[0])))
+}
+
+// finish reports the first error, or trailing bytes.
+func (d *decoder) finish() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("%d trailing bytes", len(d.b))
+	}
+	return d.err
+}
