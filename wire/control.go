@@ -90,6 +90,9 @@ func ReadMessage(r io.Reader) (MsgType, []byte, error) {
 	}
 	body := make([]byte, h.Length)
 	if _, err := io.ReadFull(r, body); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // the header promised a body
+		}
 		return 0, nil, fmt.Errorf("wire: reading %v body: %w", h.Type, err)
 	}
 	return h.Type, body, nil

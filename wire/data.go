@@ -67,6 +67,18 @@ func (f ReqFlags) String() string {
 	return s[1:]
 }
 
+// allowedFlags are the flags cmd takes: FUA on commands that change data,
+// NO_HOLE on WRITE_ZEROES.
+func allowedFlags(cmd Cmd) ReqFlags {
+	switch cmd {
+	case CmdWrite, CmdTrim:
+		return FlagFUA
+	case CmdWriteZeroes:
+		return FlagFUA | FlagNoHole
+	}
+	return 0
+}
+
 // Request header layout (big endian):
 //
 //	0  cmd      u8
@@ -139,11 +151,13 @@ func DecodeRequest(b []byte) (Request, error) {
 		return r, malformed("unknown command %v", r.Cmd)
 	case r.Flags&^knownReqFlags != 0:
 		return r, malformed("%v request with unknown flags %v", r.Cmd, r.Flags)
+	case r.Flags&^allowedFlags(r.Cmd) != 0:
+		return r, malformed("%v request with flags %v, which it does not take", r.Cmd, r.Flags)
 	case binary.BigEndian.Uint16(b[reqReserved:]) != 0:
 		return r, malformed("%v request with nonzero reserved field", r.Cmd)
 	case r.Cmd == CmdWrite && r.Length > MaxPayload:
 		return r, malformed("WRITE of %d bytes exceeds the %d byte maximum", r.Length, MaxPayload)
-	case r.Cmd != CmdWrite && r.Checksum != 0:
+	case r.PayloadLen() == 0 && r.Checksum != 0:
 		return r, malformed("%v request carries a checksum but no payload", r.Cmd)
 	case r.Offset+uint64(r.Length) < r.Offset:
 		return r, malformed("%v range %d+%d overflows", r.Cmd, r.Offset, r.Length)
