@@ -3,11 +3,11 @@ module github.com/dstproject/dst
 go 1.26.8
 
 require (
-	github.com/BurntSushi/toml v1.6.0 // indirect
-	github.com/cespare/xxhash/v2 v2.3.0 // indirect
-	github.com/flynn/noise v1.1.0 // indirect
-	github.com/hashicorp/yamux v0.1.2 // indirect
-	github.com/pojntfx/go-nbd v0.3.2 // indirect
-	golang.org/x/crypto v0.58.0 // indirect
-	golang.org/x/sys v0.49.0 // indirect
+	github.com/BurntSushi/toml v1.6.0
+	github.com/cespare/xxhash/v2 v2.3.0
+	github.com/flynn/noise v1.1.0
+	github.com/hashicorp/yamux v0.1.2
+	github.com/pojntfx/go-nbd v0.3.2
+	golang.org/x/crypto v0.58.0
+	golang.org/x/sys v0.49.0
 )
