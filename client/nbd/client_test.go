@@ -1,0 +1,437 @@
+package nbd_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/client/nbd/nbdtest"
+)
+
+// Wire constants, written out independently of the package under test so a
+// wrong constant there cannot make both sides agree.
+const (
+	magicNBD       = 0x4e42444d41474943
+	magicOpt       = 0x49484156454F5054
+	magicOptReply  = 0x3e889045565a9
+	magicRequest   = 0x25609513
+	magicReply     = 0x67446698
+	optExportName  = 1
+	optAbort       = 2
+	optList        = 3
+	optStartTLS    = 5
+	optInfo        = 6
+	optGo          = 7
+	optStructured  = 8
+	repAck         = 1
+	repServer      = 2
+	repInfo        = 3
+	repErrUnsup    = 1<<31 | 1
+	repErrInvalid  = 1<<31 | 3
+	repErrUnknown  = 1<<31 | 6
+	repErrTooBig   = 1<<31 | 9
+	infoExport     = 0
+	infoName       = 1
+	infoDesc       = 2
+	infoBlockSize  = 3
+	cFixedNewstyle = 1
+	cNoZeroes      = 2
+)
+
+var quietLog = slog.New(slog.DiscardHandler)
+
+// tclient is a small NBD client for tests: raw handshake helpers, then
+// concurrent requests matched to replies by cookie.
+type tclient struct {
+	t  testing.TB
+	nc net.Conn
+	br *bufio.Reader
+
+	wmu  sync.Mutex
+	wbuf []byte
+
+	mu     sync.Mutex
+	calls  map[uint64]*call
+	next   uint64
+	order  []uint64 // cookies in reply order, when recording
+	record bool
+	rerr   error
+	closed chan struct{}
+}
+
+type call struct {
+	cookie uint64
+	read   []byte // destination of a successful read's data
+	errno  nbd.Errno
+	done   chan struct{}
+}
+
+func newCall() *call { return &call{done: make(chan struct{}, 1)} }
+
+func newTClient(t testing.TB, nc net.Conn) *tclient {
+	return &tclient{t: t, nc: nc, br: bufio.NewReaderSize(nc, 64<<10), calls: map[uint64]*call{}, closed: make(chan struct{})}
+}
+
+// hello reads the server greeting and answers with client flags.
+func (c *tclient) hello(clientFlags uint32) uint16 {
+	c.t.Helper()
+	var b [18]byte
+	c.mustRead(b[:])
+	if binary.BigEndian.Uint64(b[0:]) != magicNBD || binary.BigEndian.Uint64(b[8:]) != magicOpt {
+		c.t.Fatalf("bad greeting %x", b)
+	}
+	c.mustWrite(binary.BigEndian.AppendUint32(nil, clientFlags))
+	return binary.BigEndian.Uint16(b[16:])
+}
+
+func (c *tclient) sendOption(opt uint32, data []byte) {
+	c.t.Helper()
+	b := binary.BigEndian.AppendUint64(nil, magicOpt)
+	b = binary.BigEndian.AppendUint32(b, opt)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+	c.mustWrite(append(b, data...))
+}
+
+type optReply struct {
+	opt, typ uint32
+	data     []byte
+}
+
+func (c *tclient) readOptReply() optReply {
+	c.t.Helper()
+	var h [20]byte
+	c.mustRead(h[:])
+	if m := binary.BigEndian.Uint64(h[0:]); m != magicOptReply {
+		c.t.Fatalf("bad option reply magic %#x", m)
+	}
+	r := optReply{opt: binary.BigEndian.Uint32(h[8:]), typ: binary.BigEndian.Uint32(h[12:])}
+	r.data = make([]byte, binary.BigEndian.Uint32(h[16:]))
+	c.mustRead(r.data)
+	return r
+}
+
+func infoPayload(name string, infos ...uint16) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
+	b = append(b, name...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(infos)))
+	for _, i := range infos {
+		b = binary.BigEndian.AppendUint16(b, i)
+	}
+	return b
+}
+
+// exportInfo is what NBD_OPT_INFO/GO told us.
+type exportInfo struct {
+	size               uint64
+	flags              uint16
+	name, desc         string
+	minB, prefB, maxB  uint32
+	haveName, haveDesc bool
+}
+
+// infoGo sends INFO or GO and collects replies up to the final one, which it
+// returns (ACK on success).
+func (c *tclient) infoGo(opt uint32, name string, infos ...uint16) (exportInfo, optReply) {
+	c.t.Helper()
+	c.sendOption(opt, infoPayload(name, infos...))
+	var ei exportInfo
+	for {
+		r := c.readOptReply()
+		if r.opt != opt {
+			c.t.Fatalf("reply for option %d, want %d", r.opt, opt)
+		}
+		if r.typ != repInfo {
+			return ei, r
+		}
+		if len(r.data) < 2 {
+			c.t.Fatalf("short NBD_REP_INFO %x", r.data)
+		}
+		d := r.data[2:]
+		switch binary.BigEndian.Uint16(r.data) {
+		case infoExport:
+			if len(d) != 10 {
+				c.t.Fatalf("INFO_EXPORT length %d", len(d))
+			}
+			ei.size, ei.flags = binary.BigEndian.Uint64(d), binary.BigEndian.Uint16(d[8:])
+		case infoName:
+			ei.name, ei.haveName = string(d), true
+		case infoDesc:
+			ei.desc, ei.haveDesc = string(d), true
+		case infoBlockSize:
+			if len(d) != 12 {
+				c.t.Fatalf("INFO_BLOCK_SIZE length %d", len(d))
+			}
+			ei.minB, ei.prefB, ei.maxB = binary.BigEndian.Uint32(d), binary.BigEndian.Uint32(d[4:]), binary.BigEndian.Uint32(d[8:])
+		}
+	}
+}
+
+// goTransmission negotiates export name with GO and starts the reply reader.
+func (c *tclient) goTransmission(name string) exportInfo {
+	c.t.Helper()
+	c.hello(cFixedNewstyle | cNoZeroes)
+	ei, r := c.infoGo(optGo, name, infoBlockSize)
+	if r.typ != repAck {
+		c.t.Fatalf("GO %q: reply %#x %q", name, r.typ, r.data)
+	}
+	go c.readLoop()
+	return ei
+}
+
+func (c *tclient) mustRead(b []byte) {
+	c.t.Helper()
+	if _, err := io.ReadFull(c.br, b); err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+}
+
+func (c *tclient) mustWrite(b []byte) {
+	c.t.Helper()
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if _, err := c.nc.Write(b); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// start sends one request; cl is completed when its reply arrives.
+func (c *tclient) start(cl *call, cmd nbd.Command, flags nbd.CmdFlags, off uint64, length uint32, payload []byte) error {
+	c.mu.Lock()
+	if c.rerr != nil {
+		c.mu.Unlock()
+		return c.rerr
+	}
+	c.next++
+	cl.cookie = c.next
+	c.calls[cl.cookie] = cl
+	c.mu.Unlock()
+
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	b := c.wbuf[:0]
+	b = binary.BigEndian.AppendUint32(b, magicRequest)
+	b = binary.BigEndian.AppendUint16(b, uint16(flags))
+	b = binary.BigEndian.AppendUint16(b, uint16(cmd))
+	b = binary.BigEndian.AppendUint64(b, cl.cookie)
+	b = binary.BigEndian.AppendUint64(b, off)
+	b = binary.BigEndian.AppendUint32(b, length)
+	c.wbuf = b
+	if len(payload) > 0 {
+		bufs := net.Buffers{b, payload}
+		_, err := bufs.WriteTo(c.nc)
+		return err
+	}
+	_, err := c.nc.Write(b)
+	return err
+}
+
+// wait returns the errno of a started call, or an error if the connection
+// ended first.
+func (c *tclient) wait(cl *call) (nbd.Errno, error) {
+	select {
+	case <-cl.done:
+		return cl.errno, nil
+	case <-c.closed:
+		select {
+		case <-cl.done:
+			return cl.errno, nil
+		default:
+		}
+		return 0, c.rerr
+	}
+}
+
+// do runs one request synchronously. read receives a read's data.
+func (c *tclient) do(cmd nbd.Command, flags nbd.CmdFlags, off uint64, length uint32, payload, read []byte) (nbd.Errno, error) {
+	cl := newCall()
+	cl.read = read
+	if err := c.start(cl, cmd, flags, off, length, payload); err != nil {
+		return 0, err
+	}
+	return c.wait(cl)
+}
+
+func (c *tclient) mustDo(cmd nbd.Command, flags nbd.CmdFlags, off uint64, length uint32, payload, read []byte) nbd.Errno {
+	c.t.Helper()
+	e, err := c.do(cmd, flags, off, length, payload, read)
+	if err != nil {
+		c.t.Fatalf("%v off=%d len=%d: %v", cmd, off, length, err)
+	}
+	return e
+}
+
+func (c *tclient) readLoop() {
+	err := c.readReplies()
+	c.mu.Lock()
+	c.rerr = err
+	c.mu.Unlock()
+	close(c.closed)
+}
+
+func (c *tclient) readReplies() error {
+	var h [16]byte
+	for {
+		if _, err := io.ReadFull(c.br, h[:]); err != nil {
+			return err
+		}
+		if m := binary.BigEndian.Uint32(h[0:]); m != magicReply {
+			return fmt.Errorf("bad reply magic %#x", m)
+		}
+		errno := nbd.Errno(binary.BigEndian.Uint32(h[4:]))
+		cookie := binary.BigEndian.Uint64(h[8:])
+		c.mu.Lock()
+		cl := c.calls[cookie]
+		delete(c.calls, cookie)
+		if c.record {
+			c.order = append(c.order, cookie)
+		}
+		c.mu.Unlock()
+		if cl == nil {
+			return fmt.Errorf("reply for unknown cookie %d", cookie)
+		}
+		if errno == 0 && cl.read != nil {
+			if _, err := io.ReadFull(c.br, cl.read); err != nil {
+				return err
+			}
+		}
+		cl.errno = errno
+		cl.done <- struct{}{}
+	}
+}
+
+// disc sends NBD_CMD_DISC.
+func (c *tclient) disc() {
+	c.t.Helper()
+	if err := c.start(newCall(), nbd.CmdDisc, 0, 0, 0, nil); err != nil {
+		c.t.Fatalf("send DISC: %v", err)
+	}
+}
+
+// waitClosed waits for the server to close the connection.
+func (c *tclient) waitClosed(d time.Duration) error {
+	select {
+	case <-c.closed:
+		return c.rerr
+	case <-time.After(d):
+		return errors.New("connection still open")
+	}
+}
+
+// testServer runs Server.ServeConn on one end of a connection.
+type testServer struct {
+	cli    *tclient
+	cancel context.CancelFunc
+	done   chan error
+}
+
+type connKind string
+
+const (
+	kindUnix connKind = "unix" // the writev path
+	kindPipe connKind = "pipe" // the coalescing path
+)
+
+func startConn(t testing.TB, kind connKind, s *nbd.Server) *testServer {
+	t.Helper()
+	if s.Logger == nil {
+		s.Logger = quietLog
+	}
+	var cc, sc net.Conn
+	switch kind {
+	case kindPipe:
+		cc, sc = net.Pipe()
+	case kindUnix:
+		cc, sc = unixPair(t)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ts := &testServer{cli: newTClient(t, cc), cancel: cancel, done: make(chan error, 1)}
+	go func() { ts.done <- s.ServeConn(ctx, sc) }()
+	t.Cleanup(func() {
+		cc.Close()
+		cancel()
+		select {
+		case <-ts.done:
+		case <-time.After(10 * time.Second):
+			t.Errorf("ServeConn did not return")
+		}
+	})
+	return ts
+}
+
+// wait returns ServeConn's result.
+func (ts *testServer) wait(t testing.TB) error {
+	t.Helper()
+	select {
+	case err := <-ts.done:
+		ts.done <- err // keep it for Cleanup
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("ServeConn did not return")
+		return nil
+	}
+}
+
+func unixPair(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "s")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := l.Accept()
+		ch <- res{c, err}
+	}()
+	cc, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	return cc, r.c
+}
+
+// memExport is a writable export over a fresh MemDevice with every feature.
+func memExport(size int) (*nbd.Export, *nbdtest.MemDevice) {
+	d := nbdtest.NewMemDevice(size)
+	return &nbd.Export{
+		Name: "mem", Description: "test disk", Size: uint64(size),
+		Flush: true, FUA: true, Trim: true, WriteZeroes: true, MultiConn: true,
+		Device: d,
+	}, d
+}
+
+// checkGoroutines fails if goroutines started during the test outlive it.
+func checkGoroutines(t *testing.T) func() {
+	base := runtime.NumGoroutine()
+	return func() {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > base {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<16)
+				t.Fatalf("goroutines: %d, baseline %d\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}

@@ -1,0 +1,259 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Per-connection admission limits. The reader stops reading requests while a
+// client has this much outstanding, which pushes back through TCP instead of
+// buffering without bound. One request is always admitted, whatever its size.
+const (
+	maxInflight      = 256
+	maxInflightBytes = 128 << 20
+)
+
+// drainTimeout bounds how long a connection that is going away (cancelled,
+// broken, or abandoned by its client) waits for the Device to complete what
+// was submitted. A variable so tests can shorten it.
+var drainTimeout = 30 * time.Second
+
+// errDisc ends the read loop when the client sent NBD_CMD_DISC.
+var errDisc = errors.New("nbd: client disconnected")
+
+// errStopped ends the read loop when the connection is shutting down while
+// the reader waited for in-flight budget.
+var errStopped = errors.New("nbd: connection stopping")
+
+// conn is the transmission phase of one connection.
+//
+// Locking: mu guards the reply queue, the in-flight accounting and the
+// lifecycle flags. The reader and Complete only append under mu; the writer
+// swaps the queue out under mu and writes with mu released, so a slow socket
+// never holds up a Device completing requests.
+type conn struct {
+	nc     net.Conn
+	br     *bufio.Reader
+	e      *Export
+	log    *slog.Logger
+	minLen uint32 // advertised minimum block size
+	maxLen uint32 // advertised maximum payload
+
+	mu            sync.Mutex
+	cond          sync.Cond  // the reader waits here for in-flight budget
+	queue         []*Request // completed, not yet written
+	inflight      int        // admitted and not yet written (or abandoned)
+	inflightBytes int64
+	readerDone    bool // no more requests will be admitted
+	stopping      bool // ctx cancelled: the reader must not wait for budget
+	finished      bool // the writer is gone; Complete just recycles
+	wake          chan struct{}
+	quit          chan struct{} // closed by finish
+
+	warned atomic.Bool // first invalid request logged at Warn, later at Debug
+
+	// Owned by the writer goroutine.
+	batch []*Request
+	iov   [][]byte
+	bufs  net.Buffers
+	bw    *bufio.Writer // nil when the socket does vectored writes itself
+	werr  error
+}
+
+// ServeTransmission runs only the transmission phase on an already-negotiated
+// connection (e.g. a socketpair handed to the kernel) and closes c when done.
+// It returns nil when the client sent NBD_CMD_DISC or ctx was cancelled and
+// the in-flight requests drained; otherwise the error that ended it.
+func ServeTransmission(ctx context.Context, c net.Conn, e *Export, log *slog.Logger) error {
+	if err := e.validate(); err != nil {
+		c.Close()
+		return err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	return serveTransmission(ctx, c, bufio.NewReaderSize(c, 64<<10), e, log)
+}
+
+func serveTransmission(ctx context.Context, nc net.Conn, br *bufio.Reader, e *Export, log *slog.Logger) error {
+	defer nc.Close()
+	lo, _, hi := e.blockSizes()
+	c := &conn{
+		nc: nc, br: br, e: e, log: log, minLen: lo, maxLen: hi,
+		wake: make(chan struct{}, 1),
+		quit: make(chan struct{}),
+	}
+	c.cond.L = &c.mu
+	switch nc.(type) {
+	case *net.TCPConn, *net.UnixConn:
+	default:
+		// Without writev a header and its data would be separate Writes
+		// (separate frames on a yamux stream); coalesce them instead.
+		c.bw = bufio.NewWriterSize(nc, 256<<10)
+	}
+	log.Info("nbd: serving export", "export", e.Name, "size", e.Size, "flags", fmt.Sprintf("%#x", e.TransmissionFlags()))
+
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop()
+	}()
+	stop := context.AfterFunc(ctx, c.interrupt)
+	rerr := c.readLoop()
+	stop()
+	c.stopReading()
+
+	cancelled := ctx.Err() != nil
+	abandoned := c.drain(ctx, writerDone, errors.Is(rerr, errDisc) && !cancelled)
+	if abandoned > 0 {
+		log.Warn("nbd: gave up waiting for the device", "export", e.Name, "requests", abandoned, "after", drainTimeout)
+	}
+	switch {
+	case errors.Is(rerr, errDisc):
+		log.Info("nbd: client disconnected", "export", e.Name)
+		return nil
+	case cancelled:
+		log.Info("nbd: connection closed by shutdown", "export", e.Name)
+		return nil
+	case errors.Is(rerr, ErrProtocol):
+		log.Warn("nbd: closing connection", "export", e.Name, "err", rerr)
+	default:
+		log.Info("nbd: connection lost", "export", e.Name, "err", rerr)
+	}
+	return rerr
+}
+
+// interrupt stops the reader for a shutdown: a past read deadline ends a
+// blocked read and stopping ends a wait for in-flight budget.
+func (c *conn) interrupt() {
+	c.nc.SetReadDeadline(time.Now())
+	c.mu.Lock()
+	c.stopping = true
+	c.cond.Broadcast()
+	c.mu.Unlock()
+}
+
+// stopReading tells the writer no more requests are coming, so it can exit
+// once the in-flight ones are written.
+func (c *conn) stopReading() {
+	c.mu.Lock()
+	c.readerDone = true
+	c.mu.Unlock()
+	c.poke()
+}
+
+// drain waits for the writer to flush every in-flight reply. Unless patient
+// (a clean NBD_CMD_DISC), or once ctx is cancelled, the wait is bounded by
+// drainTimeout; after that the remaining requests are abandoned and their
+// count returned.
+func (c *conn) drain(ctx context.Context, writerDone <-chan struct{}, patient bool) int {
+	var timeout <-chan time.Time
+	startTimer := func() {
+		t := time.NewTimer(drainTimeout)
+		timeout = t.C
+	}
+	if !patient {
+		startTimer()
+	}
+	ctxDone := ctx.Done()
+	for {
+		select {
+		case <-writerDone:
+			return 0
+		case <-ctxDone:
+			ctxDone = nil
+			if timeout == nil {
+				startTimer()
+			}
+		case <-timeout:
+			n := c.finish()
+			c.nc.Close() // unblocks a writer stuck on a client that stopped reading
+			<-writerDone
+			return n
+		}
+	}
+}
+
+// finish abandons the connection: queued replies are dropped and later
+// Completes only recycle their request. It returns how many requests were
+// still owed a reply.
+func (c *conn) finish() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.inflight
+	c.finished = true
+	for i, r := range c.queue {
+		recycle(r)
+		c.queue[i] = nil
+	}
+	c.queue = c.queue[:0]
+	close(c.quit)
+	c.cond.Broadcast()
+	return n
+}
+
+func (c *conn) poke() {
+	select {
+	case c.wake <- struct{}{}:
+	default: // a wakeup is already pending; the writer will see our work
+	}
+}
+
+// Complete reports the result of r: nil for success, otherwise an error
+// mapped to an NBD errno (an Errno, or a syscall.Errno found with errors.As;
+// anything else is EIO). It never blocks and is safe on a dead connection.
+// Calls after the first are ignored.
+func (r *Request) Complete(err error) {
+	if !r.pending.CompareAndSwap(true, false) {
+		return
+	}
+	r.errno = errnoOf(err)
+	r.conn.enqueue(r)
+}
+
+// enqueue hands a finished request to the writer.
+func (c *conn) enqueue(r *Request) {
+	c.mu.Lock()
+	if c.finished {
+		c.mu.Unlock()
+		recycle(r)
+		return
+	}
+	c.queue = append(c.queue, r)
+	c.mu.Unlock()
+	c.poke()
+}
+
+// acquire admits one request costing cost bytes of payload, waiting while
+// the client has too much outstanding. It fails once the connection stops.
+func (c *conn) acquire(cost int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for !c.stopping && !c.finished &&
+		(c.inflight >= maxInflight || (c.inflight > 0 && c.inflightBytes+cost > maxInflightBytes)) {
+		c.cond.Wait()
+	}
+	if c.stopping || c.finished {
+		return false
+	}
+	c.inflight++
+	c.inflightBytes += cost
+	return true
+}
+
+// release returns the budget of n requests whose replies are written or that
+// will never get one.
+func (c *conn) release(n int, cost int64) {
+	c.mu.Lock()
+	c.inflight -= n
+	c.inflightBytes -= cost
+	c.cond.Broadcast()
+	c.mu.Unlock()
+}

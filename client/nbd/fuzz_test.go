@@ -1,0 +1,77 @@
+package nbd_test
+
+import (
+	"encoding/binary"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dstproject/dst/client/nbd"
+)
+
+func optBytes(opt uint32, data []byte) []byte {
+	b := binary.BigEndian.AppendUint64(nil, magicOpt)
+	b = binary.BigEndian.AppendUint32(b, opt)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+	return append(b, data...)
+}
+
+func reqBytes(cmd nbd.Command, flags nbd.CmdFlags, cookie, off uint64, length uint32, payload []byte) []byte {
+	b := binary.BigEndian.AppendUint32(nil, magicRequest)
+	b = binary.BigEndian.AppendUint16(b, uint16(flags))
+	b = binary.BigEndian.AppendUint16(b, uint16(cmd))
+	b = binary.BigEndian.AppendUint64(b, cookie)
+	b = binary.BigEndian.AppendUint64(b, off)
+	b = binary.BigEndian.AppendUint32(b, length)
+	return append(b, payload...)
+}
+
+// FuzzServeConn feeds arbitrary client streams to a server: it must neither
+// panic nor hang, whatever the bytes.
+func FuzzServeConn(f *testing.F) {
+	flags := []byte{0, 0, 0, cFixedNewstyle | cNoZeroes}
+	goMem := optBytes(optGo, infoPayload("", infoBlockSize))
+	valid := append(append([]byte{}, flags...), goMem...)
+	valid = append(valid, reqBytes(nbd.CmdWrite, nbd.FlagFUA, 1, 0, 512, make([]byte, 512))...)
+	valid = append(valid, reqBytes(nbd.CmdRead, 0, 2, 0, 4096, nil)...)
+	valid = append(valid, reqBytes(nbd.CmdFlush, 0, 3, 0, 0, nil)...)
+	valid = append(valid, reqBytes(nbd.CmdWriteZeroes, nbd.FlagNoHole, 4, 512, 512, nil)...)
+	valid = append(valid, reqBytes(nbd.CmdDisc, 0, 5, 0, 0, nil)...)
+	f.Add(valid)
+	f.Add(valid[:len(valid)/2])
+	f.Add(append(append([]byte{}, flags...), optBytes(optList, nil)...))
+	f.Add(append(append([]byte{}, flags...), optBytes(optInfo, make([]byte, 70000))...))
+	f.Add(append(append([]byte{}, flags...), optBytes(optExportName, []byte("mem"))...))
+	f.Add(append(append(append([]byte{}, flags...), goMem...), reqBytes(nbd.CmdWrite, 0, 1, 1<<64-1, 1<<31, nil)...))
+	f.Add(append(append(append([]byte{}, flags...), goMem...), reqBytes(nbd.CmdRead, 0, 1, 1<<20, 1<<20, nil)...))
+
+	f.Fuzz(func(t *testing.T, in []byte) {
+		e, _ := memExport(64 << 10)
+		e.MaxBlockSize = 64 << 10
+		s := &nbd.Server{Exports: []*nbd.Export{e}, Logger: quietLog}
+		cc, sc := net.Pipe()
+		done := make(chan error, 1)
+		go func() { done <- s.ServeConn(t.Context(), sc) }()
+		var wg sync.WaitGroup
+		wg.Go(func() { io.Copy(io.Discard, cc) })
+		wg.Go(func() {
+			cc.Write(in) // returns early if the server hangs up
+			cc.Close()
+		})
+		clientDone := make(chan struct{})
+		go func() {
+			<-done
+			wg.Wait()
+			close(clientDone)
+		}()
+		select {
+		case <-clientDone:
+		case <-time.After(10 * time.Second):
+			buf := make([]byte, 1<<20)
+			t.Fatalf("ServeConn hung on %x\n%s", in, buf[:runtime.Stack(buf, true)])
+		}
+	})
+}

@@ -1,0 +1,173 @@
+package nbd
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// readLoop reads requests until NBD_CMD_DISC (errDisc), a protocol
+// violation (ErrProtocol) or a broken connection. It never waits for a
+// Device: every request is submitted and the loop moves on.
+func (c *conn) readLoop() error {
+	var hdr [requestLen]byte
+	for {
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			return fmt.Errorf("nbd: read request header: %w", err)
+		}
+		if m := binary.BigEndian.Uint32(hdr[0:]); m != magicRequest {
+			return fmt.Errorf("%w: bad request magic %#x", ErrProtocol, m)
+		}
+		flags := CmdFlags(binary.BigEndian.Uint16(hdr[4:]))
+		cmd := Command(binary.BigEndian.Uint16(hdr[6:]))
+		cookie := binary.BigEndian.Uint64(hdr[8:])
+		off := binary.BigEndian.Uint64(hdr[16:])
+		length := binary.BigEndian.Uint32(hdr[24:])
+		if cmd == CmdDisc {
+			return errDisc
+		}
+		if err := c.handle(cmd, flags, cookie, off, length); err != nil {
+			return err
+		}
+	}
+}
+
+// handle admits, validates and submits one request. Only session errors are
+// returned; a rejected request just gets its errno in the reply.
+func (c *conn) handle(cmd Command, flags CmdFlags, cookie, off uint64, length uint32) error {
+	errno := c.check(cmd, flags, off, length)
+	if errno != 0 && cmd == CmdWrite && length > maxPayload {
+		// Skipping this much payload is an invitation to be flooded.
+		return fmt.Errorf("%w: %v of %d bytes at offset %d (limit %d)", ErrProtocol, cmd, length, off, maxPayload)
+	}
+	var cost int64
+	if errno == 0 && (cmd == CmdRead || cmd == CmdWrite) {
+		cost = int64(length)
+	}
+	if !c.acquire(cost) {
+		return errStopped
+	}
+	r := reqPool.Get().(*Request)
+	r.Cmd, r.Flags, r.Offset, r.Length = cmd, flags, off, length
+	r.cookie, r.conn, r.cost = cookie, c, cost
+
+	if errno != 0 {
+		c.logInvalid(r, errno)
+		if cmd == CmdWrite {
+			if _, err := io.CopyN(io.Discard, c.br, int64(length)); err != nil {
+				c.abandon(r)
+				return fmt.Errorf("nbd: skip rejected write payload at offset %d: %w", off, err)
+			}
+		}
+		r.errno = errno
+		c.enqueue(r)
+		return nil
+	}
+	if length == 0 && cmd != CmdFlush {
+		c.enqueue(r) // nothing to do; the spec leaves it to us, succeed
+		return nil
+	}
+	if cmd == CmdRead || cmd == CmdWrite {
+		r.buf = getBuf(length)
+		r.Data = (*r.buf)[:length]
+	}
+	if cmd == CmdWrite {
+		if _, err := io.ReadFull(c.br, r.Data); err != nil {
+			c.abandon(r)
+			return fmt.Errorf("nbd: read write payload at offset %d: %w", off, err)
+		}
+	}
+	r.pending.Store(true)
+	c.e.Device.Submit(r)
+	return nil
+}
+
+// abandon drops an admitted request that will never be replied to.
+func (c *conn) abandon(r *Request) {
+	cost := r.cost
+	recycle(r)
+	c.release(1, cost)
+}
+
+func (c *conn) logInvalid(r *Request, errno Errno) {
+	log := c.log.Debug
+	if c.warned.CompareAndSwap(false, true) {
+		log = c.log.Warn // the first one tells the operator a client misbehaves
+	}
+	log("nbd: rejected request", "export", c.e.Name, "cmd", r.Cmd, "flags", r.Flags,
+		"offset", r.Offset, "length", r.Length, "errno", errno)
+}
+
+// writeLoop sends completed replies until the reader is done and nothing is
+// in flight, or until the connection is abandoned.
+func (c *conn) writeLoop() {
+	for {
+		select {
+		case <-c.wake:
+		case <-c.quit:
+			return // finish recycled what was queued
+		}
+		c.mu.Lock()
+		c.batch, c.queue = c.queue, c.batch[:0]
+		c.mu.Unlock()
+
+		if len(c.batch) > 0 {
+			c.flush(c.batch)
+		}
+		c.mu.Lock()
+		done := c.readerDone && c.inflight == 0
+		c.mu.Unlock()
+		if done {
+			return
+		}
+	}
+}
+
+// flush writes a batch of replies in one vectored write, then recycles the
+// requests. After a write error replies are only recycled: the client is gone.
+func (c *conn) flush(batch []*Request) {
+	if c.werr == nil {
+		if err := c.send(batch); err != nil {
+			c.werr = err
+			c.log.Debug("nbd: write reply", "export", c.e.Name, "err", err)
+			c.nc.Close() // wakes the reader so the connection winds down
+		}
+	}
+	var cost int64
+	for i, r := range batch {
+		cost += r.cost
+		recycle(r)
+		batch[i] = nil
+	}
+	c.release(len(batch), cost)
+}
+
+func (c *conn) send(batch []*Request) error {
+	iov := c.iov[:0]
+	for _, r := range batch {
+		h := r.hdr[:]
+		binary.BigEndian.PutUint32(h[0:], magicSimpleReply)
+		binary.BigEndian.PutUint32(h[4:], uint32(r.errno))
+		binary.BigEndian.PutUint64(h[8:], r.cookie)
+		iov = append(iov, h)
+		if r.Cmd == CmdRead && r.errno == 0 && len(r.Data) > 0 {
+			iov = append(iov, r.Data)
+		}
+	}
+	c.iov = iov
+	var err error
+	if c.bw != nil {
+		for _, b := range iov {
+			c.bw.Write(b) // errors are sticky and reported by Flush
+		}
+		err = c.bw.Flush()
+	} else {
+		c.bufs = iov
+		_, err = c.bufs.WriteTo(c.nc)
+	}
+	clear(iov) // do not keep recycled buffers reachable
+	if err != nil {
+		return fmt.Errorf("nbd: write %d replies: %w", len(batch), err)
+	}
+	return nil
+}
