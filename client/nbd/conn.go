@@ -214,6 +214,10 @@ func (r *Request) Complete(err error) {
 	if !r.pending.CompareAndSwap(true, false) {
 		return
 	}
+	if r.done != nil {
+		r.done(r, err)
+		return
+	}
 	r.errno = errnoOf(err)
 	r.conn.enqueue(r)
 }

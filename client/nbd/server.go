@@ -47,6 +47,18 @@ type Request struct {
 	errno   Errno
 	cost    int64 // in-flight budget held until the reply is written
 	hdr     [simpleReplyLen]byte
+	done    func(*Request, error) // set by NewRequest instead of conn
+}
+
+// NewRequest makes a request that belongs to no connection, for callers
+// that drive a Device directly (an engine's own tests, tools): Complete
+// calls done with the result instead of queueing an NBD reply. length is
+// the request's length; data must be len(length) for reads and writes.
+func NewRequest(cmd Command, flags CmdFlags, offset uint64, length uint32, data []byte,
+	done func(*Request, error)) *Request {
+	r := &Request{Cmd: cmd, Flags: flags, Offset: offset, Length: length, Data: data, done: done}
+	r.pending.Store(true)
+	return r
 }
 
 // Device is an asynchronous block device. Submit must not block for long:

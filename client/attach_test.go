@@ -1,0 +1,368 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/server"
+	"github.com/dstproject/dst/wire"
+)
+
+// testEnv is a server with exports on temp files and the keys to reach it.
+type testEnv struct {
+	dir       string
+	srv       *server.Server
+	addr      string
+	serverKey crypto.PublicKey
+	client    crypto.PrivateKey
+	dial      func(ctx context.Context, addr string) (net.Conn, error)
+}
+
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func mustKey(t *testing.T) crypto.PrivateKey {
+	t.Helper()
+	k, err := crypto.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// pipeListener hands out the server ends of net.Pipe pairs.
+type pipeListener struct {
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+func (l *pipeListener) Close() error   { l.once.Do(func() { close(l.closed) }); return nil }
+func (l *pipeListener) Addr() net.Addr { return &net.UnixAddr{Name: "pipe", Net: "pipe"} }
+
+func (l *pipeListener) dial(ctx context.Context, _ string) (net.Conn, error) {
+	c, s := net.Pipe()
+	select {
+	case l.conns <- s:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// newEnv starts a server over transport ("tcp" or "pipe") exporting
+// "disk" (size bytes, read-write) and "ro" (read-only).
+func newEnv(t *testing.T, transport string, size int64) *testEnv {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range []string{"disk", "ro"} {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(filepath.Join(dir, name), size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sk, ck := mustKey(t), mustKey(t)
+	auth, err := crypto.ParseAuthorizedKeys(strings.NewReader(ck.Public().String()+" test\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(&server.Config{
+		PrivateKey: sk,
+		Authorized: auth,
+		Exports: []server.ExportConfig{
+			{Name: "disk", Path: filepath.Join(dir, "disk")},
+			{Name: "ro", Path: filepath.Join(dir, "ro"), ReadOnly: true},
+		},
+		Logger: quietLogger(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &testEnv{dir: dir, srv: srv, serverKey: sk.Public(), client: ck}
+	var l net.Listener
+	switch transport {
+	case "tcp":
+		l, err = net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		env.addr = l.Addr().String()
+	case "pipe":
+		pl := &pipeListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+		l, env.addr, env.dial = pl, "pipe:0", pl.dial
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		srv.Close()
+	})
+	return env
+}
+
+func (e *testEnv) config() *Config {
+	return &Config{
+		Server:     e.addr,
+		PrivateKey: e.client,
+		ServerKey:  e.serverKey,
+		Dialer:     e.dial,
+		Logger:     quietLogger(),
+	}
+}
+
+func (e *testEnv) attach(t *testing.T, export string, conns, queues int) *Attachment {
+	t.Helper()
+	a, err := Attach(context.Background(), &AttachConfig{Config: *e.config(), Export: export, Connections: conns, Queues: queues})
+	if err != nil {
+		t.Fatalf("Attach: %v", err)
+	}
+	return a
+}
+
+// do runs one request synchronously.
+func do(d nbd.Device, cmd nbd.Command, flags nbd.CmdFlags, off uint64, length uint32, data []byte) error {
+	ch := make(chan error, 1)
+	d.Submit(nbd.NewRequest(cmd, flags, off, length, data, func(_ *nbd.Request, err error) { ch <- err }))
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(20 * time.Second):
+		return errors.New("request timed out")
+	}
+}
+
+// checkGoroutines fails t if goroutines started during the test outlive it.
+func checkGoroutines(t *testing.T) {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > before {
+			buf := make([]byte, 1<<20)
+			t.Errorf("%d goroutines leaked:\n%s", n-before, buf[:runtime.Stack(buf, true)])
+		}
+	})
+}
+
+func TestAutoconfiguration(t *testing.T) {
+	env := newEnv(t, "tcp", 8<<20)
+	s, err := Dial(context.Background(), env.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	info := s.Info()
+	if info.Version != wire.Version || info.Instance.IsZero() || len(info.Exports) != 2 {
+		t.Fatalf("ServerInfo = %+v", info)
+	}
+	disk, err := FindExport(info, "disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if disk.Size != 8<<20 || disk.LogicalBlock != 512 || disk.Flags&wire.ExportReadOnly != 0 ||
+		disk.Flags&(wire.ExportFlush|wire.ExportFUA) != wire.ExportFlush|wire.ExportFUA {
+		t.Errorf("disk = %+v", disk)
+	}
+	ro, _ := FindExport(info, "ro")
+	if ro.Flags&wire.ExportReadOnly == 0 || ro.Identity == disk.Identity {
+		t.Errorf("ro = %+v", ro)
+	}
+	if _, err := FindExport(info, "nope"); err == nil || !strings.Contains(err.Error(), `"nope"`) {
+		t.Errorf("FindExport(nope) = %v", err)
+	}
+	if s.Cipher() != crypto.PreferredCipher() {
+		t.Errorf("cipher %v, want %v", s.Cipher(), crypto.PreferredCipher())
+	}
+}
+
+// TestRandomIO runs concurrent writers and readers over every transport,
+// each worker owning a region so the expected contents are known, and
+// checks the server's file at the end.
+func TestRandomIO(t *testing.T) {
+	for _, transport := range []string{"pipe", "tcp"} {
+		t.Run(transport, func(t *testing.T) {
+			checkGoroutines(t)
+			const size, workers, ops = 16 << 20, 8, 150
+			env := newEnv(t, transport, size)
+			a := env.attach(t, "disk", 2, 2)
+			model := make([]byte, size)
+			region := size / workers
+			var wg sync.WaitGroup
+			errs := make(chan error, workers)
+			for w := 0; w < workers; w++ {
+				wg.Add(1)
+				go func(w int) {
+					defer wg.Done()
+					rng := rand.New(rand.NewPCG(uint64(w), 1))
+					base := w * region
+					for i := 0; i < ops; i++ {
+						n := (1 + rng.IntN(64)) * 512
+						off := base + rng.IntN((region-n)/512)*512
+						switch rng.IntN(4) {
+						case 0, 1:
+							data := make([]byte, n)
+							for j := range data {
+								data[j] = byte(rng.Uint32())
+							}
+							flags := nbd.CmdFlags(0)
+							if rng.IntN(8) == 0 {
+								flags = nbd.FlagFUA
+							}
+							if err := do(a, nbd.CmdWrite, flags, uint64(off), uint32(n), data); err != nil {
+								errs <- err
+								return
+							}
+							copy(model[off:], data)
+						case 2:
+							got := make([]byte, n)
+							if err := do(a, nbd.CmdRead, 0, uint64(off), uint32(n), got); err != nil {
+								errs <- err
+								return
+							}
+							if !bytes.Equal(got, model[off:off+n]) {
+								errs <- errors.New("read returned other data than written")
+								return
+							}
+						case 3:
+							if err := do(a, nbd.CmdFlush, 0, 0, 0, nil); err != nil {
+								errs <- err
+								return
+							}
+						}
+					}
+				}(w)
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			if err := do(a, nbd.CmdFlush, 0, 0, 0, nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Close(); err != nil {
+				t.Fatal(err)
+			}
+			onDisk, err := os.ReadFile(filepath.Join(env.dir, "disk"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(onDisk, model) {
+				t.Fatal("server's file differs from what was written")
+			}
+		})
+	}
+}
+
+func TestRequestErrors(t *testing.T) {
+	env := newEnv(t, "tcp", 1<<20)
+	a := env.attach(t, "disk", 1, 1)
+	defer a.Close()
+	ro := env.attach(t, "ro", 1, 1)
+	defer ro.Close()
+
+	buf := make([]byte, 4096)
+	tests := []struct {
+		name string
+		dev  nbd.Device
+		cmd  nbd.Command
+		off  uint64
+		n    uint32
+		want error
+	}{
+		{"read past end", a, nbd.CmdRead, 1 << 20, 4096, syscall.EINVAL},
+		{"write past end", a, nbd.CmdWrite, 1<<20 - 512, 4096, syscall.ENOSPC},
+		{"write read-only", ro, nbd.CmdWrite, 0, 4096, syscall.EPERM},
+		{"trim read-only", ro, nbd.CmdTrim, 0, 4096, syscall.EPERM},
+		{"read read-only", ro, nbd.CmdRead, 0, 4096, nil},
+		{"flush read-only", ro, nbd.CmdFlush, 0, 0, nil},
+		{"write zeroes", a, nbd.CmdWriteZeroes, 0, 1 << 16, nil},
+		{"trim", a, nbd.CmdTrim, 0, 1 << 16, nil},
+	}
+	for _, tt := range tests {
+		var data []byte
+		if tt.cmd == nbd.CmdRead || tt.cmd == nbd.CmdWrite {
+			data = buf[:tt.n]
+		}
+		err := do(tt.dev, tt.cmd, 0, tt.off, tt.n, data)
+		if !errors.Is(err, tt.want) && !(err == nil && tt.want == nil) {
+			t.Errorf("%s: got %v, want %v", tt.name, err, tt.want)
+		}
+	}
+	// The queues survived every error.
+	if err := do(a, nbd.CmdWrite, 0, 0, 4096, buf); err != nil {
+		t.Fatalf("write after errors: %v", err)
+	}
+}
+
+func TestAttachRefusals(t *testing.T) {
+	env := newEnv(t, "tcp", 1<<20)
+	cfg := env.config()
+	if _, err := Attach(context.Background(), &AttachConfig{Config: *cfg, Export: "missing"}); err == nil ||
+		!strings.Contains(err.Error(), `no export named "missing"`) {
+		t.Errorf("unknown export: %v", err)
+	}
+	stranger := *cfg
+	stranger.PrivateKey = mustKey(t)
+	if _, err := Dial(context.Background(), &stranger); !errors.Is(err, crypto.ErrHandshake) {
+		t.Errorf("unknown client key: %v, want ErrHandshake", err)
+	}
+	wrongServer := *cfg
+	wrongServer.ServerKey = mustKey(t).Public()
+	if _, err := Dial(context.Background(), &wrongServer); !errors.Is(err, crypto.ErrHandshake) {
+		t.Errorf("wrong server key: %v, want ErrHandshake", err)
+	}
+	// The server still serves a legitimate client.
+	a := env.attach(t, "disk", 1, 1)
+	defer a.Close()
+	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCloseFailsPending(t *testing.T) {
+	checkGoroutines(t)
+	env := newEnv(t, "pipe", 1<<20)
+	a := env.attach(t, "disk", 1, 1)
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); !errors.Is(err, syscall.ESHUTDOWN) {
+		t.Fatalf("read after Close: %v, want ESHUTDOWN", err)
+	}
+}

@@ -1,0 +1,202 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/mux"
+	"github.com/dstproject/dst/wire"
+	"github.com/hashicorp/yamux"
+)
+
+// Config says how to reach and authenticate to a server.
+type Config struct {
+	Server     string // host:port
+	PrivateKey crypto.PrivateKey
+	ServerKey  crypto.PublicKey
+	Cipher     crypto.Cipher // CipherAuto picks by CPU
+	// DialTimeout bounds TCP connect, handshake and autoconfiguration.
+	// Zero means 15s.
+	DialTimeout time.Duration
+	// Dialer, if set, replaces net.Dialer (tests use it to insert fault
+	// injection or net.Pipe).
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	Logger *slog.Logger
+}
+
+func (c *Config) logger() *slog.Logger {
+	if c.Logger != nil {
+		return c.Logger
+	}
+	return slog.Default()
+}
+
+// Session is one authenticated connection to a server: the encrypted
+// channel, its yamux session, and what the server said about itself.
+type Session struct {
+	conn   *crypto.Conn
+	mux    *yamux.Session
+	ctrl   net.Conn
+	info   wire.ServerInfo
+	cipher crypto.Cipher
+}
+
+// Info is the server's autoconfiguration answer.
+func (s *Session) Info() wire.ServerInfo { return s.info }
+
+// Cipher is the channel's AEAD.
+func (s *Session) Cipher() crypto.Cipher { return s.cipher }
+
+// Close ends the session.
+func (s *Session) Close() error { return s.mux.Close() }
+
+// Done is closed when the session has ended.
+func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
+
+// Dial connects to the server, runs the handshake and autoconfiguration.
+func Dial(ctx context.Context, cfg *Config) (*Session, error) {
+	timeout := cfg.DialTimeout
+	if timeout == 0 {
+		timeout = 15 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	dial := cfg.Dialer
+	if dial == nil {
+		var d net.Dialer
+		dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	}
+	raw, err := dial(ctx, cfg.Server)
+	if err != nil {
+		return nil, fmt.Errorf("client: connecting to %s: %w", cfg.Server, err)
+	}
+	if tc, ok := raw.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	conn, err := crypto.Client(ctx, raw, &crypto.ClientConfig{
+		PrivateKey: cfg.PrivateKey,
+		ServerKey:  cfg.ServerKey,
+		Cipher:     cfg.Cipher,
+	})
+	if err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("client: handshake with %s: %w", cfg.Server, err)
+	}
+	sess, err := mux.Client(conn, &mux.Options{Logger: cfg.logger()})
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	s := &Session{conn: conn, mux: sess, cipher: conn.Cipher()}
+	if err := s.hello(ctx); err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("client: autoconfiguration from %s: %w", cfg.Server, err)
+	}
+	return s, nil
+}
+
+// hello opens the control stream and learns the server's exports.
+func (s *Session) hello(ctx context.Context) error {
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return err
+	}
+	s.ctrl = st
+	host, _ := os.Hostname()
+	msg := wire.AppendMessage(nil, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Client: host}))
+	body, err := roundTrip(ctx, st, msg, wire.MsgServerInfo)
+	if err != nil {
+		return err
+	}
+	info, err := wire.DecodeServerInfo(body)
+	if err != nil {
+		return err
+	}
+	if info.Version != wire.Version {
+		return fmt.Errorf("server speaks protocol version %d, this client %d", info.Version, wire.Version)
+	}
+	s.info = info
+	return nil
+}
+
+// openQueue opens a data stream bound to export and checks that the server
+// still describes it as autoconfiguration did.
+func (s *Session) openQueue(ctx context.Context, export wire.ExportInfo) (*yamux.Stream, error) {
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return nil, err
+	}
+	msg := wire.AppendMessage(nil, wire.MsgOpen, wire.AppendOpen(nil, &wire.Open{Export: export.Name}))
+	body, err := roundTrip(ctx, st, msg, wire.MsgOpened)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	o, err := wire.DecodeOpened(body)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	if o.Export.Identity != export.Identity {
+		st.Close()
+		return nil, fmt.Errorf("%w: export %q was %v, now %v", ErrIdentityChanged, export.Name, export.Identity, o.Export.Identity)
+	}
+	return st, nil
+}
+
+// ErrIdentityChanged says the disk behind an export name is not the one
+// the attachment was made to.
+var ErrIdentityChanged = errors.New("client: export identity changed")
+
+// roundTrip sends one control message and reads the answer, which must be
+// of type want or an ERROR.
+func roundTrip(ctx context.Context, st net.Conn, msg []byte, want wire.MsgType) ([]byte, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		st.SetDeadline(dl)
+		defer st.SetDeadline(time.Time{})
+	}
+	if _, err := st.Write(msg); err != nil {
+		return nil, err
+	}
+	t, body, err := wire.ReadMessage(st)
+	if err != nil {
+		return nil, err
+	}
+	switch t {
+	case want:
+		return body, nil
+	case wire.MsgError:
+		e, err := wire.DecodeError(body)
+		if err != nil {
+			return nil, err
+		}
+		return nil, &e
+	default:
+		return nil, fmt.Errorf("expected %v, server sent %v", want, t)
+	}
+}
+
+// FindExport returns the named export; an empty name picks the only export
+// of a server that has one.
+func FindExport(info wire.ServerInfo, name string) (wire.ExportInfo, error) {
+	var names []string
+	for _, e := range info.Exports {
+		if e.Name == name {
+			return e, nil
+		}
+		names = append(names, e.Name)
+	}
+	if name == "" && len(info.Exports) == 1 {
+		return info.Exports[0], nil
+	}
+	return wire.ExportInfo{}, fmt.Errorf("client: server %s has no export named %q (it has: %q)", info.Server, name, names)
+}

@@ -1,0 +1,157 @@
+package client
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/dstproject/dst/wire"
+	"github.com/hashicorp/yamux"
+)
+
+const (
+	// sendBatch bounds how many bytes of queued requests the sendLoop packs
+	// into one stream write (one yamux frame, one encrypted record run).
+	sendBatch = 256 << 10
+	// queueDepth is the number of transactions that may wait for a queue's
+	// sendLoop before Submit blocks.
+	queueDepth = 1024
+	recvBuffer = 256 << 10
+)
+
+// queue is one data stream of an attachment. Submitters hand transactions
+// to sendLoop through sendCh; recvLoop reads replies and completes them.
+type queue struct {
+	a      *Attachment
+	st     *yamux.Stream
+	index  int
+	sendCh chan *tx
+	dead   atomic.Bool
+}
+
+func newQueue(a *Attachment, st *yamux.Stream, index int) *queue {
+	return &queue{a: a, st: st, index: index, sendCh: make(chan *tx, queueDepth)}
+}
+
+// sendLoop writes queued transactions. While the stream is busy, requests
+// pile up in sendCh; the next write takes all of them at once, so under load
+// one stream write carries many requests. After the stream fails, it keeps
+// draining sendCh, failing what arrives, until the attachment stops.
+func (q *queue) sendLoop() {
+	buf := make([]byte, 0, sendBatch)
+	for {
+		var t *tx
+		select {
+		case t = <-q.sendCh:
+		case <-q.a.stop:
+			return
+		}
+		if q.dead.Load() {
+			q.fail(t)
+			continue
+		}
+		buf = appendTx(buf[:0], t)
+	batch:
+		for len(buf) < sendBatch {
+			select {
+			case t = <-q.sendCh:
+				buf = appendTx(buf, t)
+			default:
+				break batch
+			}
+		}
+		if _, err := q.st.Write(buf); err != nil {
+			q.die(fmt.Errorf("sending: %w", err))
+		}
+		if cap(buf) > 4*sendBatch {
+			buf = make([]byte, 0, sendBatch)
+		}
+	}
+}
+
+func appendTx(b []byte, t *tx) []byte {
+	n := len(b)
+	b = append(b, make([]byte, wire.RequestSize)...)
+	t.hdr.Encode(b[n:])
+	if t.hdr.Cmd == wire.CmdWrite {
+		b = append(b, t.req.Data...)
+	}
+	return b
+}
+
+// fail completes t with EIO if it is still pending.
+func (q *queue) fail(t *tx) {
+	if q.a.take(t.hdr.ID) != nil {
+		t.req.Complete(syscall.EIO)
+	}
+}
+
+// die marks the queue dead and fails what is pending on it. Issue-3 work
+// replaces failing with resending on a new session.
+func (q *queue) die(err error) {
+	if q.dead.Swap(true) {
+		return
+	}
+	select {
+	case <-q.a.stop:
+	default:
+		q.a.log.Error("queue failed", "queue", q.index, "err", err)
+	}
+	q.st.Close()
+	q.a.failQueue(q, syscall.EIO)
+}
+
+// recvLoop reads replies and completes their transactions. Read payloads
+// go straight into the NBD request's buffer and are verified there before
+// the request completes.
+func (q *queue) recvLoop() {
+	br := bufio.NewReaderSize(q.st, recvBuffer)
+	var hb [wire.ReplySize]byte
+	for {
+		if _, err := io.ReadFull(br, hb[:]); err != nil {
+			q.die(fmt.Errorf("reading reply: %w", err))
+			return
+		}
+		rep, err := wire.DecodeReply(hb[:])
+		if err != nil {
+			q.die(err)
+			return
+		}
+		if err := q.handle(br, &rep); err != nil {
+			q.die(err)
+			return
+		}
+	}
+}
+
+func (q *queue) handle(br *bufio.Reader, rep *wire.Reply) error {
+	t := q.a.take(rep.ID)
+	if t == nil {
+		// Already completed (the attachment closed): skip the payload.
+		_, err := br.Discard(int(rep.Length))
+		return err
+	}
+	if rep.Cmd != t.hdr.Cmd || (rep.Length != 0 && rep.Length != t.hdr.Length) {
+		t.req.Complete(syscall.EIO)
+		return fmt.Errorf("reply %d (%v, %d bytes) does not match request (%v, %d bytes)",
+			rep.ID, rep.Cmd, rep.Length, t.hdr.Cmd, t.hdr.Length)
+	}
+	if rep.Cmd == wire.CmdRead && rep.Status == wire.StatusOK {
+		if rep.Length != t.hdr.Length {
+			t.req.Complete(syscall.EIO)
+			return fmt.Errorf("READ reply %d carries %d bytes for %d requested", rep.ID, rep.Length, t.hdr.Length)
+		}
+		if _, err := io.ReadFull(br, t.req.Data); err != nil {
+			t.req.Complete(syscall.EIO)
+			return err
+		}
+		if wire.Checksum(t.req.Data) != rep.Checksum {
+			q.a.retry(t, "read payload failed its checksum")
+			return nil
+		}
+	}
+	q.a.complete(t, rep.Status)
+	return nil
+}

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/dstproject/dst/client"
+	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/crypto"
+)
+
+// clientFlags are the flags every command that dials a server shares.
+type clientFlags struct {
+	key       *string
+	serverKey *string
+	cipher    *string
+	timeout   *time.Duration
+}
+
+func addClientFlags(fs *flag.FlagSet) *clientFlags {
+	return &clientFlags{
+		key:       fs.String("key", "", "this client's private key `FILE`"),
+		serverKey: fs.String("server-key", "", "the server's public `KEY` (base64), or @FILE"),
+		cipher:    fs.String("cipher", "auto", "channel cipher: auto, aes-256-gcm, chacha20-poly1305"),
+		timeout:   fs.Duration("connect-timeout", 15*time.Second, "bound on connecting, handshake and autoconfiguration"),
+	}
+}
+
+func (f *clientFlags) config(addr string, log *slog.Logger) (*client.Config, error) {
+	if *f.key == "" {
+		return nil, usagef("no client key: give --key FILE (make one with: dst keygen -o FILE)")
+	}
+	if *f.serverKey == "" {
+		return nil, usagef("no server key: give --server-key KEY or @FILE (the server logs its public key at start)")
+	}
+	k, err := crypto.LoadPrivateKey(*f.key)
+	if err != nil {
+		return nil, err
+	}
+	sk, err := crypto.LoadPublicKey(*f.serverKey)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--server-key: %w", err)}
+	}
+	c, err := crypto.ParseCipher(*f.cipher)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, usagef("server address %q: want HOST:PORT", addr)
+	}
+	return &client.Config{
+		Server:      addr,
+		PrivateKey:  k,
+		ServerKey:   sk,
+		Cipher:      c,
+		DialTimeout: *f.timeout,
+		Logger:      log,
+	}, nil
+}
+
+func cmdAttach(ctx context.Context, args []string) error {
+	fs := newFlagSet("attach", "[flags] HOST:PORT EXPORT --nbd-listen unix:PATH|tcp:HOST:PORT")
+	cf := addClientFlags(fs)
+	listen := fs.String("nbd-listen", "", "serve the export as an NBD server on `unix:PATH or tcp:HOST:PORT`")
+	conns := fs.Int("connections", 1, "TCP connections to the server (spreads crypto over cores)")
+	queues := fs.Int("queues", 2, "data streams per connection")
+	logger := logFlag(fs)
+	pos, err := parse(fs, args, 2, 2)
+	if err != nil {
+		return err
+	}
+	log := logger()
+	cfg, err := cf.config(pos[0], log)
+	if err != nil {
+		return err
+	}
+	if *listen == "" {
+		return usagef("nowhere to serve the device: give --nbd-listen unix:PATH or tcp:HOST:PORT")
+	}
+	network, address, err := parseListen(*listen)
+	if err != nil {
+		return usageError{err}
+	}
+
+	a, err := client.Attach(ctx, &client.AttachConfig{
+		Config:      *cfg,
+		Export:      pos[1],
+		Connections: *conns,
+		Queues:      *queues,
+	})
+	if err != nil {
+		return explain(err, cfg)
+	}
+	defer a.Close()
+
+	l, err := listenNBD(network, address)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	e := a.Export()
+	log.Info("ready", "export", e.Name, "size", e.Size, "flags", e.Flags.String(),
+		"server", cfg.Server, "cipher", a.Sessions()[0].Cipher().String(), "nbd", *listen)
+	srv := &nbd.Server{Exports: []*nbd.Export{a.NBDExport()}, Logger: log}
+	return srv.Serve(ctx, l)
+}
+
+// parseListen splits unix:PATH or tcp:HOST:PORT.
+func parseListen(s string) (network, address string, err error) {
+	network, address, ok := strings.Cut(s, ":")
+	if !ok || address == "" || (network != "unix" && network != "tcp") {
+		return "", "", fmt.Errorf("--nbd-listen %q: want unix:PATH or tcp:HOST:PORT", s)
+	}
+	return network, address, nil
+}
+
+// listenNBD listens on the NBD socket, replacing a stale unix socket that
+// nobody answers on.
+func listenNBD(network, address string) (net.Listener, error) {
+	if network == "unix" {
+		if fi, err := os.Lstat(address); err == nil {
+			if fi.Mode()&os.ModeSocket == 0 {
+				return nil, fmt.Errorf("--nbd-listen: %s exists and is not a socket", address)
+			}
+			if c, err := net.Dial("unix", address); err == nil {
+				c.Close()
+				return nil, fmt.Errorf("--nbd-listen: %s is in use by another process", address)
+			}
+			os.Remove(address)
+		}
+	}
+	l, err := net.Listen(network, address)
+	if err != nil {
+		return nil, fmt.Errorf("--nbd-listen: %w", err)
+	}
+	if ul, ok := l.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(true)
+	}
+	return l, nil
+}
+
+// explain adds what the user should do to common attach failures.
+func explain(err error, cfg *client.Config) error {
+	switch {
+	case errors.Is(err, crypto.ErrHandshake):
+		return fmt.Errorf("%w\n  the server refused client key %s, or its key is not %s:\n"+
+			"  add this client's public key to the server's authorized keys, and check --server-key",
+			err, cfg.PrivateKey.Public(), cfg.ServerKey)
+	}
+	return err
+}

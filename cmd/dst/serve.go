@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/server"
+)
+
+func cmdServe(ctx context.Context, args []string) error {
+	fs := newFlagSet("serve", "[--config FILE] [--listen HOST:PORT --key FILE --authorized-keys FILE --export NAME=PATH[,ro]...]")
+	config := fs.String("config", "", "TOML config `FILE` (flags given too override it)")
+	listen := fs.String("listen", "", "address to listen on, `HOST:PORT` (default \":7700\")")
+	keyFile := fs.String("key", "", "the server's private key `FILE`")
+	authFile := fs.String("authorized-keys", "", "`FILE` of client public keys allowed to connect, one per line")
+	var exports, ciphers listFlag
+	fs.Var(&exports, "export", "export a file or block device: `NAME=PATH[,ro]` (repeatable)")
+	fs.Var(&ciphers, "cipher", "allow only this `CIPHER` (aes-256-gcm, chacha20-poly1305; repeatable)")
+	workers := fs.Int("workers", 0, "bound on concurrently running I/O requests (default 64)")
+	logger := logFlag(fs)
+	if _, err := parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	log := logger()
+
+	cfg := &server.Config{}
+	if *config != "" {
+		c, err := server.LoadConfig(*config)
+		if err != nil {
+			return err
+		}
+		cfg = c
+	}
+	if *listen != "" {
+		cfg.Listen = *listen
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = ":7700"
+	}
+	if *keyFile != "" {
+		k, err := crypto.LoadPrivateKey(*keyFile)
+		if err != nil {
+			return err
+		}
+		cfg.PrivateKey = k
+	}
+	if *authFile != "" {
+		a, err := crypto.LoadAuthorizedKeys(*authFile)
+		if err != nil {
+			return err
+		}
+		cfg.Authorized = a
+	}
+	for _, e := range exports {
+		ec, err := server.ParseExportFlag(e)
+		if err != nil {
+			return usageError{err}
+		}
+		cfg.Exports = append(cfg.Exports, ec)
+	}
+	if len(ciphers) > 0 {
+		cfg.Ciphers = nil
+		for _, c := range ciphers {
+			ci, err := crypto.ParseCipher(c)
+			if err != nil {
+				return usageError{err}
+			}
+			cfg.Ciphers = append(cfg.Ciphers, ci)
+		}
+	}
+	if *workers > 0 {
+		cfg.Workers = *workers
+	}
+	cfg.Logger = log
+	switch {
+	case cfg.PrivateKey.IsZero():
+		return usagef("no server key: give --key FILE (make one with: dst keygen -o FILE)")
+	case cfg.Authorized == nil:
+		return usagef("no authorized keys: give --authorized-keys FILE with one client public key per line")
+	case len(cfg.Exports) == 0:
+		return usagef("nothing to export: give --export NAME=PATH[,ro]")
+	}
+
+	srv, err := server.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	l, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
+	}
+	info := srv.Info()
+	names := make([]string, len(info.Exports))
+	for i, e := range info.Exports {
+		names[i] = e.Name
+	}
+	log.Info("listening", "addr", l.Addr().String(), "public_key", cfg.PrivateKey.Public().String(),
+		"exports", names, "instance", info.Instance.String())
+	return srv.Serve(ctx, l)
+}
