@@ -1,0 +1,158 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+	"github.com/dstproject/dst/crypto"
+)
+
+// DefaultListen is the address Config.Listen defaults to.
+const DefaultListen = ":7700"
+
+// ExportConfig names one export.
+type ExportConfig struct {
+	Name     string
+	Path     string // regular file or block device
+	ReadOnly bool
+
+	// Backend, if set, is served instead of opening Path (which then only
+	// appears in logs). Tests use it with servertest.MemBackend. The
+	// server closes it in Close; if New fails, it stays the caller's.
+	Backend Backend
+}
+
+// Config configures a Server.
+type Config struct {
+	Listen     string // host:port for the command; Serve takes a listener
+	PrivateKey crypto.PrivateKey
+	Authorized *crypto.AuthorizedKeys
+	Ciphers    []crypto.Cipher // nil allows all
+	Exports    []ExportConfig
+	Workers    int // I/O workers shared by all clients; 0 means DefaultWorkers
+	Logger     *slog.Logger
+}
+
+// ParseExportFlag parses the command line form of an export:
+// NAME=PATH, or NAME=PATH,ro for a read-only export.
+func ParseExportFlag(s string) (ExportConfig, error) {
+	name, path, ok := strings.Cut(s, "=")
+	if !ok {
+		return ExportConfig{}, fmt.Errorf("server: export %q: want NAME=PATH[,ro]", s)
+	}
+	e := ExportConfig{Name: name}
+	if p, ok := strings.CutSuffix(path, ",ro"); ok {
+		path, e.ReadOnly = p, true
+	} else if p, ok := strings.CutSuffix(path, ",rw"); ok {
+		path = p
+	}
+	e.Path = path
+	if err := checkExportName(name); err != nil {
+		return ExportConfig{}, fmt.Errorf("server: export %q: %w; want NAME=PATH[,ro]", s, err)
+	}
+	if path == "" {
+		return ExportConfig{}, fmt.Errorf("server: export %q: empty path; want NAME=PATH[,ro]", s)
+	}
+	return e, nil
+}
+
+// configFile is the TOML layout of a configuration file.
+type configFile struct {
+	Listen         string       `toml:"listen"`
+	Key            string       `toml:"key"`
+	AuthorizedKeys string       `toml:"authorized_keys"`
+	Ciphers        []string     `toml:"ciphers"`
+	Workers        int          `toml:"workers"`
+	Export         []exportFile `toml:"export"`
+}
+
+type exportFile struct {
+	Name     string `toml:"name"`
+	Path     string `toml:"path"`
+	ReadOnly bool   `toml:"read_only"`
+}
+
+// LoadConfig reads a TOML configuration file:
+//
+//	listen = ":7700"
+//	key = "server.key"                  # private key file
+//	authorized_keys = "authorized_keys"
+//	ciphers = ["chacha20-poly1305"]     # optional; default all
+//	workers = 64                        # optional
+//
+//	[[export]]
+//	name = "disk"
+//	path = "/dev/sdb"
+//	read_only = false
+//
+// Relative paths are relative to the file's directory. Unknown keys are an
+// error, so a misspelt option is not silently ignored. The key files are
+// loaded; the exports are opened by New.
+func LoadConfig(path string) (*Config, error) {
+	var f configFile
+	md, err := toml.DecodeFile(path, &f)
+	if err != nil {
+		return nil, fmt.Errorf("server: config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("server: config %s: unknown keys: %s", path, strings.Join(keys, ", "))
+	}
+	dir := filepath.Dir(path)
+	rel := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+	c := &Config{Listen: f.Listen, Workers: f.Workers}
+	if f.Workers < 0 {
+		return nil, fmt.Errorf("server: config %s: workers = %d: want a positive number", path, f.Workers)
+	}
+	if err := loadKeys(c, rel(f.Key), rel(f.AuthorizedKeys)); err != nil {
+		return nil, fmt.Errorf("server: config %s: %w", path, err)
+	}
+	for _, s := range f.Ciphers {
+		ci, err := crypto.ParseCipher(s)
+		if err != nil {
+			return nil, fmt.Errorf("server: config %s: ciphers: %w", path, err)
+		}
+		c.Ciphers = append(c.Ciphers, ci)
+	}
+	for i, e := range f.Export {
+		if e.Path == "" {
+			return nil, fmt.Errorf("server: config %s: export %d (%q) has no path", path, i+1, e.Name)
+		}
+		c.Exports = append(c.Exports, ExportConfig{Name: e.Name, Path: rel(e.Path), ReadOnly: e.ReadOnly})
+	}
+	if err := checkExports(c.Exports); err != nil {
+		return nil, fmt.Errorf("server: config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func loadKeys(c *Config, key, authorized string) error {
+	if key == "" {
+		return errors.New("no private key: set key = \"PATH\"")
+	}
+	if authorized == "" {
+		return errors.New("no authorized keys: set authorized_keys = \"PATH\"")
+	}
+	k, err := crypto.LoadPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	a, err := crypto.LoadAuthorizedKeys(authorized)
+	if err != nil {
+		return err
+	}
+	c.PrivateKey, c.Authorized = k, a
+	return nil
+}

@@ -1,0 +1,155 @@
+package server_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/server"
+)
+
+func TestParseExportFlag(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want server.ExportConfig
+		err  string
+	}{
+		{in: "disk=/dev/sdb", want: server.ExportConfig{Name: "disk", Path: "/dev/sdb"}},
+		{in: "disk=/img/a.raw,ro", want: server.ExportConfig{Name: "disk", Path: "/img/a.raw", ReadOnly: true}},
+		{in: "disk=/img/a.raw,rw", want: server.ExportConfig{Name: "disk", Path: "/img/a.raw"}},
+		{in: "d=/x=y,z", want: server.ExportConfig{Name: "d", Path: "/x=y,z"}},
+		{in: "/dev/sdb", err: "want NAME=PATH"},
+		{in: "=/dev/sdb", err: "empty export name"},
+		{in: "disk=", err: "empty path"},
+		{in: "disk=,ro", err: "empty path"},
+		{in: "a/b=/x", err: "contains one of"},
+		{in: "a b=/x", err: "white space"},
+		{in: strings.Repeat("n", 256) + "=/x", err: "more than 255"},
+	} {
+		got, err := server.ParseExportFlag(tt.in)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("ParseExportFlag(%q) error %v, want %q", tt.in, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("ParseExportFlag(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+func writeKeys(t *testing.T, dir string) (crypto.PrivateKey, crypto.PublicKey) {
+	t.Helper()
+	sk, _ := crypto.GeneratePrivateKey()
+	if err := crypto.WritePrivateKey(filepath.Join(dir, "server.key"), sk); err != nil {
+		t.Fatal(err)
+	}
+	ck, _ := crypto.GeneratePrivateKey()
+	os.WriteFile(filepath.Join(dir, "authorized_keys"), []byte(ck.Public().String()+" laptop\n"), 0o600)
+	return sk, ck.Public()
+}
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	sk, ck := writeKeys(t, dir)
+	path := filepath.Join(dir, "dst.toml")
+	os.WriteFile(path, []byte(`
+listen = "127.0.0.1:7701"
+key = "server.key"
+authorized_keys = "authorized_keys"
+ciphers = ["chacha20-poly1305"]
+workers = 16
+
+[[export]]
+name = "data"
+path = "disk.img"
+
+[[export]]
+name = "iso"
+path = "/srv/boot.iso"
+read_only = true
+`), 0o600)
+	c, err := server.LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "127.0.0.1:7701" || c.Workers != 16 || !c.PrivateKey.Equal(sk) {
+		t.Errorf("config %+v", c)
+	}
+	if _, ok := c.Authorized.Contains(ck); !ok {
+		t.Error("authorized key missing")
+	}
+	if len(c.Ciphers) != 1 || c.Ciphers[0] != crypto.CipherChaChaPoly {
+		t.Errorf("ciphers %v", c.Ciphers)
+	}
+	want := []server.ExportConfig{
+		{Name: "data", Path: filepath.Join(dir, "disk.img")},
+		{Name: "iso", Path: "/srv/boot.iso", ReadOnly: true},
+	}
+	if len(c.Exports) != 2 || c.Exports[0] != want[0] || c.Exports[1] != want[1] {
+		t.Errorf("exports %+v, want %+v", c.Exports, want)
+	}
+}
+
+func TestLoadConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	writeKeys(t, dir)
+	keys := "key = \"server.key\"\nauthorized_keys = \"authorized_keys\"\n"
+	export := "[[export]]\nname = \"d\"\npath = \"/x\"\n"
+	for _, tt := range []struct {
+		name, body, err string
+	}{
+		{"unknown key", keys + "listn = \":1\"\n" + export, "unknown keys: listn"},
+		{"unknown export key", keys + export + "readonly = true\n", "unknown keys: export.readonly"},
+		{"no key", "authorized_keys = \"authorized_keys\"\n" + export, "no private key"},
+		{"no authorized keys", "key = \"server.key\"\n" + export, "no authorized keys"},
+		{"missing key file", "key = \"nope\"\nauthorized_keys = \"authorized_keys\"\n" + export, "nope"},
+		{"bad cipher", keys + "ciphers = [\"rot13\"]\n" + export, "rot13"},
+		{"no exports", keys, "no exports"},
+		{"duplicate export", keys + export + export, "configured twice"},
+		{"export without path", keys + "[[export]]\nname = \"d\"\n", "has no path"},
+		{"syntax", keys + "workers = \n", "dst.toml"},
+		{"negative workers", keys + "workers = -1\n" + export, "workers"},
+	} {
+		path := filepath.Join(dir, "dst.toml")
+		os.WriteFile(path, []byte(tt.body), 0o600)
+		_, err := server.LoadConfig(path)
+		if err == nil || !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("%s: error %v, want %q", tt.name, err, tt.err)
+		}
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "a.img")
+	os.WriteFile(img, make([]byte, 1<<20), 0o600)
+	for _, tt := range []struct {
+		name    string
+		exports []server.ExportConfig
+		err     string
+	}{
+		{"none", nil, "no exports"},
+		{"duplicate", []server.ExportConfig{{Name: "a", Path: img}, {Name: "a", Path: img}}, "twice"},
+		{"missing file", []server.ExportConfig{{Name: "a", Path: img}, {Name: "b", Path: filepath.Join(dir, "nope")}}, "nope"},
+		{"bad name", []server.ExportConfig{{Name: "a\x00", Path: img}}, "control"},
+	} {
+		_, err := server.New(&server.Config{Exports: tt.exports, Logger: testLogger(t)})
+		if err == nil || !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("%s: error %v, want %q", tt.name, err, tt.err)
+		}
+	}
+	srv, err := server.New(&server.Config{Exports: []server.ExportConfig{{Name: "a", Path: img}}, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := srv.Info().Exports[0]; e.Size != 1<<20 || e.Identity.IsZero() {
+		t.Errorf("export %+v", e)
+	}
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

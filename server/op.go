@@ -1,0 +1,130 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/dstproject/dst/wire"
+)
+
+// op is one request on its way from a stream's reader through a worker to
+// the stream's writer. Ops and their buffers are pooled: the data path
+// allocates nothing per request in the steady state.
+type op struct {
+	s      *stream
+	req    wire.Request
+	cost   int         // budget taken by the reader
+	buf    *[]byte     // WRITE payload, or READ reply header and data
+	status wire.Status // the reply's status
+	hdr    [wire.ReplySize]byte
+}
+
+var opPool = sync.Pool{New: func() any { return new(op) }}
+
+func getOp(s *stream, req wire.Request, cost int) *op {
+	o := opPool.Get().(*op)
+	o.s, o.req, o.cost = s, req, cost
+	return o
+}
+
+func putOp(o *op) {
+	if o.buf != nil {
+		putBuf(o.buf)
+	}
+	*o = op{}
+	opPool.Put(o)
+}
+
+// worker runs requests from all streams of all sessions until the server
+// has stopped. Close stops the workers only after every session ended, so
+// no request is left behind in jobs.
+func (s *Server) worker() {
+	defer s.workers.Done()
+	for {
+		select {
+		case o := <-s.jobs:
+			o.run()
+			o.s.replies <- o
+		case <-s.stopped:
+			return
+		}
+	}
+}
+
+// run does a request's work and sets its status.
+func (o *op) run() {
+	e, r := o.s.exp, &o.req
+	var err error
+	switch r.Cmd {
+	case wire.CmdRead:
+		err = o.read()
+	case wire.CmdWrite:
+		payload := *o.buf
+		if wire.Checksum(payload) != r.Checksum {
+			// Corrupted on the way: never apply it, the client may retry.
+			o.status = wire.StatusBadChecksum
+			o.s.log.Warn("WRITE payload failed its checksum", "offset", r.Offset, "length", r.Length)
+			return
+		}
+		if r.Flags&wire.FlagFUA != 0 {
+			err = e.b.WriteAtFUA(payload, int64(r.Offset))
+		} else {
+			_, err = e.b.WriteAt(payload, int64(r.Offset))
+		}
+	case wire.CmdFlush:
+		err = e.b.Sync()
+	case wire.CmdTrim:
+		err = e.b.Trim(int64(r.Offset), int64(r.Length))
+		err = o.fua(err)
+	case wire.CmdWriteZeroes:
+		err = e.b.WriteZeroes(int64(r.Offset), int64(r.Length), r.Flags&wire.FlagNoHole != 0)
+		err = o.fua(err)
+	default:
+		err = fmt.Errorf("server: %v cannot reach a worker", r.Cmd)
+	}
+	if err != nil {
+		o.status = errStatus(err)
+		o.s.log.Warn("request failed", "cmd", r.Cmd, "offset", r.Offset, "length", r.Length,
+			"status", o.status, "err", err)
+	}
+}
+
+// read fills a buffer with the reply header's room and the data.
+func (o *op) read() error {
+	n := int(o.req.Length)
+	o.buf = getBuf(wire.ReplySize + n)
+	data := (*o.buf)[wire.ReplySize:]
+	k, err := o.s.exp.b.ReadAt(data, int64(o.req.Offset))
+	if k == n && (err == nil || errors.Is(err, io.EOF)) {
+		// Checksum here rather than in the stream's writer, so it runs
+		// in parallel across workers.
+		r := wire.Reply{Cmd: wire.CmdRead, Length: o.req.Length, ID: o.req.ID, Checksum: wire.Checksum(data)}
+		r.Encode(*o.buf)
+		return nil
+	}
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("server: read %d of %d bytes at %d: %w", k, n, o.req.Offset, err)
+}
+
+// fua makes a successful TRIM or WRITE_ZEROES durable when asked to.
+func (o *op) fua(err error) error {
+	if err == nil && o.req.Flags&wire.FlagFUA != 0 {
+		err = o.s.exp.b.Sync()
+	}
+	return err
+}
+
+// reply returns the bytes to send in one Write: for a successful READ the
+// header and data that read put in one buffer, else the header alone.
+func (o *op) reply() []byte {
+	if o.req.Cmd == wire.CmdRead && o.status == wire.StatusOK {
+		return *o.buf
+	}
+	r := wire.Reply{Cmd: o.req.Cmd, Status: o.status, ID: o.req.ID}
+	r.Encode(o.hdr[:])
+	return o.hdr[:]
+}

@@ -1,0 +1,281 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/wire"
+)
+
+// DefaultWorkers is the size of the I/O worker pool when Config.Workers is
+// zero.
+const DefaultWorkers = 64
+
+// ErrServerClosed is returned by Serve and ServeSession after Close.
+var ErrServerClosed = errors.New("server: closed")
+
+// Server serves exports to authenticated clients. Create it with New; it
+// is safe for concurrent use, and Serve may run on several listeners.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	exports map[string]*export
+	names   []string // export names in configuration order, for messages
+	info    wire.ServerInfo
+	infoMsg []byte // the SERVER_INFO message, encoded once
+
+	replay *crypto.ReplayFilter
+	// handshakes holds a token per connection in its handshake, so
+	// half-open connections cannot pile up.
+	handshakes chan struct{}
+
+	jobs    chan *op      // requests for the worker pool
+	stopped chan struct{} // closed after every session ended: workers exit
+	workers sync.WaitGroup
+
+	ctx    context.Context // cancelled by Close: ends Serve and sessions
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	closed bool
+	active sync.WaitGroup // Serve loops, connections and sessions
+}
+
+// export is one entry of the export table.
+type export struct {
+	info     wire.ExportInfo
+	b        Backend
+	readOnly bool
+	owned    bool // opened by New rather than passed in ExportConfig.Backend
+}
+
+// New validates cfg, opens every export and starts the worker pool. The
+// server instance id is chosen here, so it changes at every start.
+func New(cfg *Config) (*Server, error) {
+	s := &Server{cfg: *cfg, exports: make(map[string]*export)}
+	c := &s.cfg
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Workers <= 0 {
+		c.Workers = DefaultWorkers
+	}
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	s.log = c.Logger
+	if err := checkExports(c.Exports); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	for _, ec := range c.Exports {
+		e, err := s.openExport(ec)
+		if err != nil {
+			s.closeOwned()
+			return nil, err
+		}
+		s.exports[ec.Name] = e
+		s.names = append(s.names, ec.Name)
+		s.info.Exports = append(s.info.Exports, e.info)
+	}
+	if err := s.makeInfo(); err != nil {
+		s.closeOwned()
+		return nil, err
+	}
+	s.replay = crypto.NewReplayFilter()
+	s.handshakes = make(chan struct{}, maxHandshakes)
+	s.jobs = make(chan *op)
+	s.stopped = make(chan struct{})
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	for range c.Workers {
+		s.workers.Add(1)
+		go s.worker()
+	}
+	return s, nil
+}
+
+func (s *Server) makeInfo() error {
+	s.info.Version = wire.Version
+	if _, err := rand.Read(s.info.Instance[:]); err != nil {
+		return fmt.Errorf("server: choosing instance id: %w", err)
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		host = "unknown"
+	}
+	s.info.Server = host
+	body := wire.AppendServerInfo(nil, &s.info)
+	if len(body) > wire.MaxMessage {
+		return fmt.Errorf("server: export list of %d bytes exceeds the %d byte message limit", len(body), wire.MaxMessage)
+	}
+	s.infoMsg = wire.AppendMessage(nil, wire.MsgServerInfo, body)
+	return nil
+}
+
+// checkExports refuses export lists the protocol cannot carry or a user
+// could not name on a command line.
+func checkExports(exports []ExportConfig) error {
+	if len(exports) == 0 {
+		return errors.New("no exports configured")
+	}
+	if len(exports) > wire.MaxExports {
+		return fmt.Errorf("%d exports exceeds the maximum of %d", len(exports), wire.MaxExports)
+	}
+	seen := make(map[string]bool)
+	for _, e := range exports {
+		if err := checkExportName(e.Name); err != nil {
+			return err
+		}
+		if seen[e.Name] {
+			return fmt.Errorf("export %q is configured twice", e.Name)
+		}
+		seen[e.Name] = true
+		if e.Path == "" && e.Backend == nil {
+			return fmt.Errorf("export %q has no path", e.Name)
+		}
+	}
+	return nil
+}
+
+func checkExportName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty export name")
+	case len(name) > wire.MaxName:
+		return fmt.Errorf("export name %.20q... is %d bytes, more than %d", name, len(name), wire.MaxName)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("export name %q is not valid UTF-8", name)
+	case strings.ContainsAny(name, "/=,"):
+		return fmt.Errorf("export name %q contains one of / = ,", name)
+	case strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+		return fmt.Errorf("export name %q contains white space or control characters", name)
+	}
+	return nil
+}
+
+// openExport opens an export's backend and describes it.
+func (s *Server) openExport(ec ExportConfig) (*export, error) {
+	b, owned := ec.Backend, ec.Backend == nil
+	if owned {
+		f, err := OpenFile(ec.Path, ec.ReadOnly, s.log)
+		if err != nil {
+			return nil, fmt.Errorf("server: export %q: %w", ec.Name, err)
+		}
+		b = f
+	}
+	info, err := describe(ec, b)
+	if err != nil {
+		if owned {
+			b.Close()
+		}
+		return nil, fmt.Errorf("server: export %q: %w", ec.Name, err)
+	}
+	s.log.Info("export", "name", ec.Name, "path", ec.Path, "size", info.Size,
+		"block", info.LogicalBlock, "flags", info.Flags, "identity", info.Identity)
+	return &export{info: info, b: b, readOnly: ec.ReadOnly, owned: owned}, nil
+}
+
+func describe(ec ExportConfig, b Backend) (wire.ExportInfo, error) {
+	size, err := b.Size()
+	if err != nil {
+		return wire.ExportInfo{}, err
+	}
+	logical, physical, rotational, canTrim := b.Info()
+	e := wire.ExportInfo{
+		Name:          ec.Name,
+		Size:          uint64(size),
+		LogicalBlock:  logical,
+		PhysicalBlock: physical,
+		MaxTransfer:   wire.MaxPayload,
+		Flags:         wire.ExportFlush | wire.ExportFUA | wire.ExportMultiConn,
+	}
+	switch {
+	case !validBlockSize(logical) || !validBlockSize(physical) || physical < logical:
+		return e, fmt.Errorf("block sizes %d/%d: want powers of two from 512 to 64 KiB, physical ≥ logical", logical, physical)
+	case size < int64(logical) || size%int64(logical) != 0:
+		return e, fmt.Errorf("size %d is not a positive multiple of the %d byte block", size, logical)
+	}
+	if ec.ReadOnly {
+		e.Flags |= wire.ExportReadOnly
+	} else {
+		e.Flags |= wire.ExportWriteZeroes
+		if canTrim {
+			e.Flags |= wire.ExportTrim
+		}
+	}
+	if rotational {
+		e.Flags |= wire.ExportRotational
+	}
+	if id, ok := b.(Identifier); ok {
+		e.Identity = id.Identity()
+	}
+	if e.Identity.IsZero() {
+		if _, err := rand.Read(e.Identity[:]); err != nil {
+			return e, err
+		}
+	}
+	return e, nil
+}
+
+// Info returns what the server tells clients in SERVER_INFO.
+func (s *Server) Info() wire.ServerInfo {
+	info := s.info
+	info.Exports = append([]wire.ExportInfo(nil), s.info.Exports...)
+	return info
+}
+
+// enter registers a Serve loop, connection or session, so Close can wait
+// for it. It fails after Close.
+func (s *Server) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.active.Add(1)
+	return true
+}
+
+// Close ends every session and Serve loop, waits for in-flight requests,
+// stops the workers and closes the backends.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	s.active.Wait()
+	close(s.stopped)
+	s.workers.Wait()
+	return s.closeExports()
+}
+
+// closeOwned closes the backends New opened, when New fails: backends
+// passed in by the caller stay theirs until New succeeds.
+func (s *Server) closeOwned() {
+	for _, e := range s.exports {
+		if e.owned {
+			e.b.Close()
+		}
+	}
+}
+
+func (s *Server) closeExports() error {
+	var errs []error
+	for _, e := range s.exports {
+		if err := e.b.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,181 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dstproject/dst/wire"
+	"github.com/hashicorp/yamux"
+)
+
+// Per-session limits. A stream is a queue of a client's block device, so a
+// handful per session is normal; the bounds only stop abuse.
+const (
+	maxStreams = 1024 // open streams per session
+	// sessionBytes bounds payload bytes in flight on all streams of one
+	// session: buffered WRITE payloads and READ buffers not yet sent.
+	sessionBytes = 256 << 20
+	// firstMessageTimeout bounds the wait for a new stream's first control
+	// message, so silent streams do not hold goroutines.
+	firstMessageTimeout = 30 * time.Second
+)
+
+// session is the state one client's streams share.
+type session struct {
+	srv     *Server
+	log     *slog.Logger
+	bytes   *limiter // payload bytes in flight, all streams
+	streams atomic.Int32
+}
+
+// ServeSession serves the streams of an established session until it ends
+// or ctx is cancelled, then closes it and waits for its streams. It is the
+// part of Serve after the handshake; tests call it over net.Pipe. peer
+// names the client in logs. A session that ends because the client went
+// away returns nil.
+func (s *Server) ServeSession(ctx context.Context, sess *yamux.Session, peer string) error {
+	if !s.enter() {
+		sess.Close()
+		return ErrServerClosed
+	}
+	defer s.active.Done()
+	stop1 := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop1()
+	stop2 := context.AfterFunc(s.ctx, func() { sess.Close() })
+	defer stop2()
+
+	se := &session{
+		srv:   s,
+		log:   s.log.With("peer", peer),
+		bytes: newLimiter(math.MaxInt, sessionBytes),
+	}
+	var wg sync.WaitGroup
+	var err error
+	for {
+		var st *yamux.Stream
+		st, err = sess.AcceptStream()
+		if err != nil {
+			break
+		}
+		if se.streams.Add(1) > maxStreams {
+			se.streams.Add(-1)
+			se.log.Warn("refusing stream: too many open streams", "stream", st.StreamID(), "max", maxStreams)
+			st.Close()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer se.streams.Add(-1)
+			se.serveStream(st)
+		}()
+	}
+	sess.Close()
+	wg.Wait()
+	switch {
+	case s.ctx.Err() != nil:
+		return ErrServerClosed
+	case ctx.Err() != nil, errors.Is(err, yamux.ErrSessionShutdown), errors.Is(err, io.EOF):
+		return nil
+	}
+	return fmt.Errorf("server: session with %s: %w", peer, err)
+}
+
+// serveStream reads a stream's first control message, which decides what
+// the stream is for.
+func (se *session) serveStream(st *yamux.Stream) {
+	defer st.Close()
+	log := se.log.With("stream", st.StreamID())
+	st.SetReadDeadline(time.Now().Add(firstMessageTimeout))
+	typ, body, err := wire.ReadMessage(st)
+	st.SetReadDeadline(time.Time{})
+	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			log.Warn("closing stream: bad first message", "err", err)
+		}
+		return
+	}
+	switch typ {
+	case wire.MsgHello:
+		se.serveControl(st, body, log)
+	case wire.MsgOpen:
+		se.serveOpen(st, body, log)
+	default:
+		log.Warn("closing stream: unexpected first message", "type", typ)
+	}
+}
+
+// serveControl answers HELLO with SERVER_INFO, then keeps the stream open
+// and idle until the session ends.
+func (se *session) serveControl(st *yamux.Stream, body []byte, log *slog.Logger) {
+	h, err := wire.DecodeHello(body)
+	if err != nil {
+		log.Warn("closing stream: malformed HELLO", "err", err)
+		return
+	}
+	if h.Version != wire.Version {
+		log.Warn("refusing client: unsupported protocol version", "client", h.Client, "version", h.Version)
+		se.refuse(st, log, wire.StatusEINVAL,
+			fmt.Sprintf("protocol version %d is not supported; this server speaks version %d", h.Version, wire.Version))
+		return
+	}
+	if _, err := st.Write(se.srv.infoMsg); err != nil {
+		log.Debug("writing SERVER_INFO", "err", err)
+		return
+	}
+	log.Info("client connected", "client", h.Client)
+	var b [1]byte
+	if n, err := st.Read(b[:]); n > 0 {
+		log.Warn("closing control stream: client sent data after HELLO")
+	} else if err != nil && !errors.Is(err, io.EOF) {
+		log.Debug("control stream ended", "err", err)
+	}
+}
+
+// serveOpen binds the stream to an export and serves its requests.
+func (se *session) serveOpen(st *yamux.Stream, body []byte, log *slog.Logger) {
+	o, err := wire.DecodeOpen(body)
+	if err != nil {
+		log.Warn("closing stream: malformed OPEN", "err", err)
+		return
+	}
+	e := se.srv.exports[o.Export]
+	if e == nil {
+		log.Warn("refusing OPEN of unknown export", "export", o.Export)
+		se.refuse(st, log, wire.StatusEINVAL, se.srv.noExportMessage(o.Export))
+		return
+	}
+	msg := wire.AppendMessage(nil, wire.MsgOpened, wire.AppendOpened(nil, &wire.Opened{Export: e.info}))
+	if _, err := st.Write(msg); err != nil {
+		log.Debug("writing OPENED", "err", err)
+		return
+	}
+	log.Debug("export opened", "export", o.Export)
+	newStream(se, st, e, log.With("export", o.Export)).serve()
+}
+
+func (s *Server) noExportMessage(name string) string {
+	list := ""
+	for i, n := range s.names {
+		if i > 0 {
+			list += ", "
+		}
+		list += n
+	}
+	return fmt.Sprintf("no export named %q (exports: %s)", name, list)
+}
+
+// refuse sends an ERROR message; the caller then closes the stream.
+func (se *session) refuse(st *yamux.Stream, log *slog.Logger, status wire.Status, msg string) {
+	b := wire.AppendMessage(nil, wire.MsgError, wire.AppendError(nil, &wire.ErrorMsg{Status: status, Message: msg}))
+	if _, err := st.Write(b); err != nil {
+		log.Debug("writing ERROR", "err", err)
+	}
+}

@@ -1,0 +1,420 @@
+package server_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dstproject/dst/server"
+	"github.com/dstproject/dst/server/servertest"
+	"github.com/dstproject/dst/wire"
+)
+
+func TestHello(t *testing.T) {
+	e := newEnv(t, exportSpec{name: "a", size: 1 << 20}, exportSpec{name: "b", size: 2 << 20, readOnly: true})
+	_, typ, body := message(t, e.cli, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Client: "test"}))
+	if typ != wire.MsgServerInfo {
+		t.Fatalf("HELLO answered with %v", typ)
+	}
+	info, err := wire.DecodeServerInfo(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Version != wire.Version || info.Instance.IsZero() || info.Server == "" {
+		t.Fatalf("bad server info %+v", info)
+	}
+	if len(info.Exports) != 2 || info.Exports[0].Name != "a" || info.Exports[1].Name != "b" {
+		t.Fatalf("exports %+v", info.Exports)
+	}
+	a, b := info.Exports[0], info.Exports[1]
+	if a.Size != 1<<20 || a.LogicalBlock != 512 || a.PhysicalBlock != 4096 || a.MaxTransfer != wire.MaxPayload {
+		t.Errorf("export a: %+v", a)
+	}
+	wantA := wire.ExportFlush | wire.ExportFUA | wire.ExportMultiConn | wire.ExportWriteZeroes | wire.ExportTrim
+	if a.Flags != wantA {
+		t.Errorf("export a flags %v, want %v", a.Flags, wantA)
+	}
+	wantB := wire.ExportFlush | wire.ExportFUA | wire.ExportMultiConn | wire.ExportReadOnly
+	if b.Flags != wantB {
+		t.Errorf("export b flags %v, want %v", b.Flags, wantB)
+	}
+	if a.Identity != e.mem["a"].ID || b.Identity != e.mem["b"].ID {
+		t.Error("identities differ from the backends'")
+	}
+	if got := e.srv.Info(); got.Instance != info.Instance {
+		t.Error("Info and SERVER_INFO disagree on the instance")
+	}
+}
+
+func TestInstanceChangesPerStart(t *testing.T) {
+	m := servertest.NewMemBackend(1 << 20)
+	var ids [2]wire.Identity
+	for i := range ids {
+		srv, err := server.New(&server.Config{Logger: testLogger(t),
+			Exports: []server.ExportConfig{{Name: "d", Backend: m}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = srv.Info().Instance
+		if got := srv.Info().Exports[0].Identity; got != m.ID {
+			t.Errorf("start %d: export identity %v, want %v", i, got, m.ID)
+		}
+		srv.Close()
+	}
+	if ids[0] == ids[1] {
+		t.Fatal("two starts share an instance id")
+	}
+}
+
+func TestHelloWrongVersion(t *testing.T) {
+	e := newEnv(t)
+	_, typ, body := message(t, e.cli, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version + 1}))
+	if typ != wire.MsgError {
+		t.Fatalf("got %v, want ERROR", typ)
+	}
+	em, err := wire.DecodeError(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if em.Status != wire.StatusEINVAL || !strings.Contains(em.Message, "version") {
+		t.Fatalf("error %+v", em)
+	}
+}
+
+func TestOpenUnknown(t *testing.T) {
+	e := newEnv(t, exportSpec{name: "a", size: 1 << 20}, exportSpec{name: "b", size: 1 << 20})
+	st, typ, body := message(t, e.cli, wire.MsgOpen, wire.AppendOpen(nil, &wire.Open{Export: "nope"}))
+	if typ != wire.MsgError {
+		t.Fatalf("got %v, want ERROR", typ)
+	}
+	em, err := wire.DecodeError(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if em.Status != wire.StatusEINVAL || em.Message != `no export named "nope" (exports: a, b)` {
+		t.Fatalf("error %+v", em)
+	}
+	st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := st.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("stream still open after ERROR: %d, %v", n, err)
+	}
+	// The session is fine.
+	c := e.open(e.cli, "a")
+	if _, st := c.read(0, 512); st != wire.StatusOK {
+		t.Fatal(st)
+	}
+}
+
+func TestFirstMessageNotHelloOrOpen(t *testing.T) {
+	e := newEnv(t)
+	st, err := e.cli.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write(wire.AppendMessage(nil, wire.MsgOpened, nil))
+	st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := st.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("stream still open: %d, %v", n, err)
+	}
+	// Garbage as a first message closes only that stream too.
+	st2, _ := e.cli.OpenStream()
+	st2.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+	st2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := st2.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("stream still open: %d, %v", n, err)
+	}
+	c := e.open(e.cli, "disk")
+	if _, st := c.read(0, 4096); st != wire.StatusOK {
+		t.Fatal(st)
+	}
+}
+
+// TestConcurrentRandom runs writers on several streams at once, each on
+// its own blocks, then checks every block through reads on other streams
+// and against the backend.
+func TestConcurrentRandom(t *testing.T) {
+	const (
+		size    = 8 << 20
+		streams = 4
+		perStr  = 8 // goroutines per stream
+		block   = 4096
+		rounds  = 3
+	)
+	e := newEnv(t, exportSpec{name: "disk", size: size})
+	clients := make([]*client, streams)
+	for i := range clients {
+		clients[i] = e.open(e.cli, "disk")
+	}
+	model := make([]byte, size)
+	var wg sync.WaitGroup
+	for g := range streams * perStr {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := clients[g%streams]
+			var seed [32]byte
+			seed[0] = byte(g)
+			rng := rand.New(rand.NewPCG(uint64(g), 1))
+			fill := rand.NewChaCha8(seed)
+			// Goroutine g owns the blocks congruent to g. Requests
+			// complete in any order, so each round writes a block at
+			// most once.
+			nblocks := size / block / (streams * perStr)
+			for range rounds {
+				var pending []chan result
+				for _, k := range rng.Perm(nblocks)[:nblocks/2] {
+					b := (k*(streams*perStr) + g) * block
+					p := make([]byte, block)
+					fill.Read(p)
+					copy(model[b:], p)
+					pending = append(pending, c.send(wire.Request{Cmd: wire.CmdWrite, Offset: uint64(b), Length: block}, p))
+				}
+				for _, ch := range pending {
+					if r := c.wait(ch); r.rep.Status != wire.StatusOK {
+						t.Errorf("write: %v", r.rep.Status)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	// Read everything back, 64 KiB at a time, spread over the streams,
+	// all requests in flight at once.
+	const chunk = 64 << 10
+	chans := make([]chan result, size/chunk)
+	for i := range chans {
+		chans[i] = clients[i%streams].send(wire.Request{Cmd: wire.CmdRead, Offset: uint64(i * chunk), Length: chunk}, nil)
+	}
+	for i, ch := range chans {
+		r := clients[i%streams].wait(ch)
+		if r.rep.Status != wire.StatusOK || wire.Checksum(r.data) != r.rep.Checksum {
+			t.Fatalf("read %d: %v", i, r.rep.Status)
+		}
+		if !bytes.Equal(r.data, model[i*chunk:(i+1)*chunk]) {
+			t.Fatalf("chunk %d differs", i)
+		}
+	}
+	if !bytes.Equal(e.mem["disk"].Bytes(), model) {
+		t.Fatal("backend contents differ from the model")
+	}
+}
+
+func TestBadChecksum(t *testing.T) {
+	e := newEnv(t)
+	c := e.open(e.cli, "disk")
+	p := bytes.Repeat([]byte{0xaa}, 4096)
+	must(t, c.write(0, p, 0), wire.StatusOK, "write")
+	q := bytes.Repeat([]byte{0x55}, 4096)
+	r := c.do(wire.Request{Cmd: wire.CmdWrite, Offset: 0, Length: 4096, Checksum: wire.Checksum(q) ^ 1}, q)
+	must(t, r.rep.Status, wire.StatusBadChecksum, "corrupted write")
+	got, st := c.read(0, 4096)
+	must(t, st, wire.StatusOK, "read")
+	if !bytes.Equal(got, p) {
+		t.Fatal("corrupted write was applied")
+	}
+	if n := e.mem["disk"].Counts().Writes; n != 1 {
+		t.Fatalf("backend saw %d writes, want 1", n)
+	}
+}
+
+func TestRejections(t *testing.T) {
+	const size = 1 << 20
+	e := newEnv(t, exportSpec{name: "rw", size: size}, exportSpec{name: "ro", size: size, readOnly: true})
+	rw, ro := e.open(e.cli, "rw"), e.open(e.cli, "ro")
+	block := make([]byte, 4096)
+	tests := []struct {
+		name string
+		c    *client
+		req  wire.Request
+		data []byte
+		want wire.Status
+	}{
+		{"read past end", rw, wire.Request{Cmd: wire.CmdRead, Offset: size - 512, Length: 1024}, nil, wire.StatusEINVAL},
+		{"read at end", rw, wire.Request{Cmd: wire.CmdRead, Offset: size, Length: 512}, nil, wire.StatusEINVAL},
+		{"read last block", rw, wire.Request{Cmd: wire.CmdRead, Offset: size - 512, Length: 512}, nil, wire.StatusOK},
+		{"read oversized", rw, wire.Request{Cmd: wire.CmdRead, Offset: 0, Length: wire.MaxPayload + 512}, nil, wire.StatusEINVAL},
+		{"write past end", rw, wire.Request{Cmd: wire.CmdWrite, Offset: size - 512, Length: 4096}, block, wire.StatusENOSPC},
+		{"write zeroes past end", rw, wire.Request{Cmd: wire.CmdWriteZeroes, Offset: size, Length: 512}, nil, wire.StatusENOSPC},
+		{"trim past end", rw, wire.Request{Cmd: wire.CmdTrim, Offset: size - 512, Length: 1024}, nil, wire.StatusEINVAL},
+		{"read-only write", ro, wire.Request{Cmd: wire.CmdWrite, Offset: 0, Length: 4096}, block, wire.StatusEPERM},
+		{"read-only trim", ro, wire.Request{Cmd: wire.CmdTrim, Offset: 0, Length: 4096}, nil, wire.StatusEPERM},
+		{"read-only write zeroes", ro, wire.Request{Cmd: wire.CmdWriteZeroes, Offset: 0, Length: 4096}, nil, wire.StatusEPERM},
+		{"read-only flush", ro, wire.Request{Cmd: wire.CmdFlush}, nil, wire.StatusOK},
+		{"read-only read", ro, wire.Request{Cmd: wire.CmdRead, Offset: 0, Length: 4096}, nil, wire.StatusOK},
+	}
+	for _, tt := range tests {
+		r := tt.c.do(tt.req, tt.data)
+		must(t, r.rep.Status, tt.want, tt.name)
+		// The stream keeps working.
+		if _, st := tt.c.read(4096, 4096); st != wire.StatusOK {
+			t.Fatalf("after %s: read %v", tt.name, st)
+		}
+	}
+	if c := e.mem["ro"].Counts(); c.Writes+c.FUAs+c.Trims+c.WriteZeroes+c.Syncs != 0 {
+		t.Fatalf("read-only backend was modified or synced: %+v", c)
+	}
+	if c := e.mem["rw"].Counts(); c.Writes+c.Trims+c.WriteZeroes != 0 {
+		t.Fatalf("rejected requests reached the backend: %+v", c)
+	}
+}
+
+func TestMalformedClosesOnlyThatStream(t *testing.T) {
+	e := newEnv(t)
+	good, bad := e.open(e.cli, "disk"), e.open(e.cli, "disk")
+	other := e.open(e.connect(), "disk") // another client
+	var hdr [wire.RequestSize]byte
+	(&wire.Request{Cmd: wire.CmdRead, Length: 512}).Encode(hdr[:])
+	binary.BigEndian.PutUint16(hdr[2:], 1) // reserved bits set
+	bad.wmu.Lock()
+	bad.st.Write(hdr[:])
+	bad.wmu.Unlock()
+	if !bad.ended(5 * time.Second) {
+		t.Fatalf("stream with a malformed request not closed: %v", bad.err)
+	}
+	for _, c := range []*client{good, other} {
+		if _, st := c.read(0, 4096); st != wire.StatusOK {
+			t.Fatal(st)
+		}
+	}
+	// And new streams still open.
+	if _, st := e.open(e.cli, "disk").read(0, 512); st != wire.StatusOK {
+		t.Fatal(st)
+	}
+}
+
+func TestBackendErrors(t *testing.T) {
+	e := newEnv(t)
+	m := e.mem["disk"]
+	c := e.open(e.cli, "disk")
+	p := bytes.Repeat([]byte{7}, 4096)
+	for _, tt := range []struct {
+		op  servertest.Op
+		req wire.Request
+	}{
+		{servertest.OpRead, wire.Request{Cmd: wire.CmdRead, Length: 4096}},
+		{servertest.OpWrite, wire.Request{Cmd: wire.CmdWrite, Length: 4096}},
+		{servertest.OpWriteFUA, wire.Request{Cmd: wire.CmdWrite, Flags: wire.FlagFUA, Length: 4096}},
+		{servertest.OpSync, wire.Request{Cmd: wire.CmdFlush}},
+		{servertest.OpTrim, wire.Request{Cmd: wire.CmdTrim, Length: 4096}},
+		{servertest.OpWriteZeroes, wire.Request{Cmd: wire.CmdWriteZeroes, Length: 4096}},
+	} {
+		m.Fail(tt.op)
+		var data []byte
+		if tt.req.Cmd == wire.CmdWrite {
+			data = p
+		}
+		must(t, c.do(tt.req, data).rep.Status, wire.StatusEIO, tt.op.String())
+		m.SetFault(nil)
+		must(t, c.do(tt.req, data).rep.Status, wire.StatusOK, tt.op.String()+" after the fault")
+	}
+}
+
+func TestFlushAndFUA(t *testing.T) {
+	e := newEnv(t)
+	m := e.mem["disk"]
+	c := e.open(e.cli, "disk")
+	p := make([]byte, 4096)
+	must(t, c.write(0, p, wire.FlagFUA), wire.StatusOK, "FUA write")
+	must(t, c.write(0, p, 0), wire.StatusOK, "write")
+	must(t, c.do(wire.Request{Cmd: wire.CmdFlush}, nil).rep.Status, wire.StatusOK, "flush")
+	must(t, c.do(wire.Request{Cmd: wire.CmdWriteZeroes, Flags: wire.FlagFUA | wire.FlagNoHole, Length: 4096}, nil).rep.Status, wire.StatusOK, "FUA zero")
+	must(t, c.do(wire.Request{Cmd: wire.CmdTrim, Flags: wire.FlagFUA, Length: 4096}, nil).rep.Status, wire.StatusOK, "FUA trim")
+	got := m.Counts()
+	want := servertest.Counts{Writes: 1, FUAs: 1, Syncs: 3, Trims: 1, WriteZeroes: 1}
+	if got != want {
+		t.Fatalf("counts %+v, want %+v", got, want)
+	}
+}
+
+func TestWriteZeroesAndTrimZero(t *testing.T) {
+	e := newEnv(t)
+	c := e.open(e.cli, "disk")
+	p := bytes.Repeat([]byte{0xff}, 3*4096)
+	must(t, c.write(0, p, 0), wire.StatusOK, "write")
+	must(t, c.do(wire.Request{Cmd: wire.CmdWriteZeroes, Offset: 4096, Length: 4096}, nil).rep.Status, wire.StatusOK, "zero")
+	got, _ := c.read(0, 3*4096)
+	want := append(append(bytes.Repeat([]byte{0xff}, 4096), make([]byte, 4096)...), bytes.Repeat([]byte{0xff}, 4096)...)
+	if !bytes.Equal(got, want) {
+		t.Fatal("WRITE_ZEROES did not zero exactly its range")
+	}
+}
+
+func TestDisconnect(t *testing.T) {
+	e := newEnv(t)
+	c := e.open(e.cli, "disk")
+	var chans []chan result
+	for i := range 50 {
+		chans = append(chans, c.send(wire.Request{Cmd: wire.CmdWrite, Offset: uint64(i) * 4096, Length: 4096},
+			bytes.Repeat([]byte{byte(i + 1)}, 4096)))
+	}
+	disc := c.send(wire.Request{Cmd: wire.CmdDisconnect}, nil)
+	for _, ch := range chans {
+		if r := c.wait(ch); r.rep.Status != wire.StatusOK {
+			t.Fatal(r.rep.Status)
+		}
+	}
+	if r := c.wait(disc); r.rep.Cmd != wire.CmdDisconnect || r.rep.Status != wire.StatusOK {
+		t.Fatalf("DISCONNECT reply %+v", r.rep)
+	}
+	if !c.ended(5 * time.Second) {
+		t.Fatalf("stream not closed after DISCONNECT: %v", c.err)
+	}
+	data := e.mem["disk"].Bytes()
+	for i := range 50 {
+		if data[i*4096] != byte(i+1) {
+			t.Fatalf("write %d lost", i)
+		}
+	}
+}
+
+// TestStalledClientDoesNotBlockOthers has one client flood READs without
+// reading replies; another client's requests must still be served, as the
+// workers never block on a stream.
+func TestStalledClientDoesNotBlockOthers(t *testing.T) {
+	e := newEnv(t)
+	stalled := e.openRaw(e.cli, "disk")
+	go func() {
+		var hdr [wire.RequestSize]byte
+		for i := range 1500 {
+			(&wire.Request{Cmd: wire.CmdRead, ID: uint64(i), Offset: 0, Length: 64 << 10}).Encode(hdr[:])
+			if _, err := stalled.st.Write(hdr[:]); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	other := e.open(e.connect(), "disk")
+	for range 100 {
+		if _, st := other.read(0, 64<<10); st != wire.StatusOK {
+			t.Fatal(st)
+		}
+	}
+}
+
+// TestLargeTransfers moves a maximum-size payload each way.
+func TestLargeTransfers(t *testing.T) {
+	const size = 64 << 20
+	e := newEnv(t, exportSpec{name: "disk", size: size})
+	c := e.open(e.cli, "disk")
+	// Random 4 KiB blocks, each stamped with its index, so a misplaced
+	// block shows; cheaper than 32 MiB of random bytes under -race.
+	blk := make([]byte, 4096)
+	rand.NewChaCha8([32]byte{1}).Read(blk)
+	big := bytes.Repeat(blk, wire.MaxPayload/4096)
+	for i := 0; i < len(big); i += 4096 {
+		binary.BigEndian.PutUint32(big[i:], uint32(i))
+	}
+	must(t, c.write(size-wire.MaxPayload, big, 0), wire.StatusOK, "32 MiB write")
+	got, st := c.read(size-wire.MaxPayload, wire.MaxPayload)
+	must(t, st, wire.StatusOK, "32 MiB read")
+	if !bytes.Equal(got, big) {
+		t.Fatal("32 MiB round trip differs")
+	}
+}
