@@ -200,13 +200,7 @@ func (a *Attachment) send(t *tx, q *queue) {
 	}
 	a.pending[t.hdr.ID] = t
 	a.mu.Unlock()
-	select {
-	case q.sendCh <- t:
-	case <-a.stop:
-		if a.take(t.hdr.ID) != nil {
-			t.req.Complete(syscall.ESHUTDOWN)
-		}
-	}
+	q.push(t)
 }
 
 // take removes a transaction from the table. It returns nil if the
@@ -256,7 +250,9 @@ func (a *Attachment) retry(t *tx, why string) {
 		return
 	}
 	a.log.Warn("resending transaction", "id", t.hdr.ID, "cmd", t.hdr.Cmd, "offset", t.hdr.Offset, "reason", why)
-	a.send(t, a.pickQueue())
+	// Not from the caller, a queue's recvLoop: a writer blocked on the
+	// stream's window must not stop the replies that would open it.
+	go a.send(t, a.pickQueue())
 }
 
 // statusError maps a reply status to the errno an NBD client sees.

@@ -37,7 +37,7 @@ func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-func mustKey(t *testing.T) crypto.PrivateKey {
+func mustKey(t testing.TB) crypto.PrivateKey {
 	t.Helper()
 	k, err := crypto.GeneratePrivateKey()
 	if err != nil {
@@ -78,7 +78,9 @@ func (l *pipeListener) dial(ctx context.Context, _ string) (net.Conn, error) {
 
 // newEnv starts a server over transport ("tcp" or "pipe") exporting
 // "disk" (size bytes, read-write) and "ro" (read-only).
-func newEnv(t *testing.T, transport string, size int64) *testEnv {
+func newEnv(t *testing.T, transport string, size int64) *testEnv { return newEnvTB(t, transport, size) }
+
+func newEnvTB(t testing.TB, transport string, size int64) *testEnv {
 	t.Helper()
 	dir := t.TempDir()
 	for _, name := range []string{"disk", "ro"} {
@@ -143,6 +145,10 @@ func (e *testEnv) config() *Config {
 }
 
 func (e *testEnv) attach(t *testing.T, export string, conns, queues int) *Attachment {
+	return e.attachTB(t, export, conns, queues)
+}
+
+func (e *testEnv) attachTB(t testing.TB, export string, conns, queues int) *Attachment {
 	t.Helper()
 	a, err := Attach(context.Background(), &AttachConfig{Config: *e.config(), Export: export, Connections: conns, Queues: queues})
 	if err != nil {

@@ -21,54 +21,114 @@ const (
 	recvBuffer = 256 << 10
 )
 
-// queue is one data stream of an attachment. Submitters hand transactions
-// to sendLoop through sendCh; recvLoop reads replies and completes them.
+// queue is one data stream of an attachment. Submitters queue
+// transactions in sendCh; recvLoop reads replies and completes them.
+//
+// Writing to the stream needs the writer token. A submitter that finds the
+// token free writes what is queued itself, once, so a lone request goes out
+// without waking another goroutine. Work that remains or arrives meanwhile
+// is left to sendLoop, which keeps writing batches while there is any, so
+// under load submitters only queue and one stream write carries many
+// requests. Whoever releases the token looks at sendCh again afterwards and
+// wakes sendLoop if it is not empty: no transaction is left behind.
 type queue struct {
 	a      *Attachment
 	st     *yamux.Stream
 	index  int
 	sendCh chan *tx
+	wake   chan struct{} // sendLoop: sendCh may have work
+	token  atomic.Bool   // held by the goroutine writing to st
 	dead   atomic.Bool
+	buf    []byte // owned by the token holder
 }
 
 func newQueue(a *Attachment, st *yamux.Stream, index int) *queue {
-	return &queue{a: a, st: st, index: index, sendCh: make(chan *tx, queueDepth)}
+	return &queue{
+		a:      a,
+		st:     st,
+		index:  index,
+		sendCh: make(chan *tx, queueDepth),
+		wake:   make(chan struct{}, 1),
+		buf:    make([]byte, 0, sendBatch),
+	}
 }
 
-// sendLoop writes queued transactions. While the stream is busy, requests
-// pile up in sendCh; the next write takes all of them at once, so under load
-// one stream write carries many requests. After the stream fails, it keeps
-// draining sendCh, failing what arrives, until the attachment stops.
+// push queues t and writes it at once if no one else is writing.
+func (q *queue) push(t *tx) {
+	select {
+	case q.sendCh <- t:
+	case <-q.a.stop:
+		q.fail(t)
+		return
+	}
+	if q.token.CompareAndSwap(false, true) {
+		q.writeBatch()
+		q.release()
+		return
+	}
+	q.poke()
+}
+
+// release gives the token back and hands any queued work to sendLoop.
+func (q *queue) release() {
+	q.token.Store(false)
+	if len(q.sendCh) > 0 {
+		q.poke()
+	}
+}
+
+func (q *queue) poke() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// sendLoop writes what submitters left queued.
 func (q *queue) sendLoop() {
-	buf := make([]byte, 0, sendBatch)
 	for {
-		var t *tx
 		select {
-		case t = <-q.sendCh:
+		case <-q.wake:
 		case <-q.a.stop:
 			return
 		}
-		if q.dead.Load() {
-			q.fail(t)
-			continue
-		}
-		buf = appendTx(buf[:0], t)
-	batch:
-		for len(buf) < sendBatch {
-			select {
-			case t = <-q.sendCh:
-				buf = appendTx(buf, t)
-			default:
-				break batch
+		for len(q.sendCh) > 0 && q.token.CompareAndSwap(false, true) {
+			for q.writeBatch() {
 			}
-		}
-		if _, err := q.st.Write(buf); err != nil {
-			q.die(fmt.Errorf("sending: %w", err))
-		}
-		if cap(buf) > 4*sendBatch {
-			buf = make([]byte, 0, sendBatch)
+			q.release()
 		}
 	}
+}
+
+// writeBatch writes what is queued, up to sendBatch bytes, in one stream
+// write, and reports whether it wrote anything. On a dead stream it fails
+// what it finds instead.
+func (q *queue) writeBatch() bool {
+	buf := q.buf[:0]
+batch:
+	for len(buf) < sendBatch {
+		select {
+		case t := <-q.sendCh:
+			if q.dead.Load() {
+				q.fail(t)
+				continue
+			}
+			buf = appendTx(buf, t)
+		default:
+			break batch
+		}
+	}
+	if len(buf) == 0 {
+		return false
+	}
+	if _, err := q.st.Write(buf); err != nil {
+		q.die(fmt.Errorf("sending: %w", err))
+	}
+	if cap(buf) > 4*sendBatch {
+		buf = make([]byte, 0, sendBatch)
+	}
+	q.buf = buf
+	return true
 }
 
 func appendTx(b []byte, t *tx) []byte {

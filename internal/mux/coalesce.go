@@ -29,13 +29,26 @@ const (
 // needs no lock.
 type coalescer struct {
 	net.Conn
+	sw     slicesWriter // the channel, if it seals several slices at once
 	buf    []byte // pending bytes of the current frame
 	hdr    int    // header bytes of the current frame seen so far
 	remain int    // body bytes of the current frame still to come
 }
 
+// slicesWriter writes a header and a body without their being copied
+// together first (crypto.Conn).
+type slicesWriter interface {
+	WriteSlices(ps ...[]byte) (int, error)
+}
+
+// directBody is the body size from which a frame is sent as header and body
+// slices rather than copied into the buffer: below it, sealing one record
+// costs less than the copy saves.
+const directBody = 16 << 10
+
 func newCoalescer(c net.Conn) *coalescer {
-	return &coalescer{Conn: c, buf: make([]byte, 0, 64<<10)}
+	sw, _ := c.(slicesWriter)
+	return &coalescer{Conn: c, sw: sw, buf: make([]byte, 0, 64<<10)}
 }
 
 func (c *coalescer) Write(p []byte) (int, error) {
@@ -58,6 +71,18 @@ func (c *coalescer) Write(p []byte) (int, error) {
 				if err := c.flush(); err != nil {
 					return n - len(p), err
 				}
+			}
+			continue
+		}
+		if c.sw != nil && len(c.buf) == frameHeaderSize && c.remain >= directBody && len(p) >= c.remain {
+			// The whole body is here: seal it where it lies.
+			k := c.remain
+			_, err := c.sw.WriteSlices(c.buf, p[:k])
+			c.buf = c.buf[:0]
+			c.remain = 0
+			p = p[k:]
+			if err != nil {
+				return n - len(p), err
 			}
 			continue
 		}

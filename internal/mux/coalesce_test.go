@@ -83,3 +83,38 @@ func TestCoalescerBoundsBuffer(t *testing.T) {
 		t.Fatal("bytes changed in transit")
 	}
 }
+
+// slicesConn records WriteSlices calls.
+type slicesConn struct {
+	recordConn
+	slices [][][]byte
+}
+
+func (s *slicesConn) WriteSlices(ps ...[]byte) (int, error) {
+	var cp [][]byte
+	n := 0
+	for _, p := range ps {
+		cp = append(cp, append([]byte(nil), p...))
+		n += len(p)
+	}
+	s.slices = append(s.slices, cp)
+	return n, nil
+}
+
+func TestCoalescerLargeBodyAsSlices(t *testing.T) {
+	body := bytes.Repeat([]byte{7}, directBody)
+	small := []byte("small")
+	sc := &slicesConn{}
+	c := newCoalescer(sc)
+	for _, f := range [][]byte{frame(typeData, uint32(len(body)), body), frame(typeData, uint32(len(small)), small)} {
+		c.Write(f[:frameHeaderSize])
+		c.Write(f[frameHeaderSize:])
+	}
+	if len(sc.slices) != 1 || len(sc.slices[0]) != 2 || len(sc.slices[0][0]) != frameHeaderSize ||
+		!bytes.Equal(sc.slices[0][1], body) {
+		t.Fatalf("large frame: got %d WriteSlices calls", len(sc.slices))
+	}
+	if len(sc.writes) != 1 || !bytes.Equal(sc.writes[0][frameHeaderSize:], small) {
+		t.Fatalf("small frame: got %d writes", len(sc.writes))
+	}
+}
