@@ -30,9 +30,9 @@ const (
 type coalescer struct {
 	net.Conn
 	sw     slicesWriter // the channel, if it seals several slices at once
-	buf    []byte // pending bytes of the current frame
-	hdr    int    // header bytes of the current frame seen so far
-	remain int    // body bytes of the current frame still to come
+	buf    []byte       // pending bytes of the current frame
+	hdr    int          // header bytes of the current frame seen so far
+	remain int          // body bytes of the current frame still to come
 }
 
 // slicesWriter writes a header and a body without their being copied
