@@ -147,13 +147,14 @@ func listenNBD(network, address string) (net.Listener, error) {
 	return l, nil
 }
 
-// explain adds what the user should do to common attach failures.
+// explain turns common attach failures into what the user should do.
 func explain(err error, cfg *client.Config) error {
 	switch {
 	case errors.Is(err, crypto.ErrHandshake):
-		return fmt.Errorf("%w\n  the server refused client key %s, or its key is not %s:\n"+
-			"  add this client's public key to the server's authorized keys, and check --server-key",
-			err, cfg.PrivateKey.Public(), cfg.ServerKey)
+		return fmt.Errorf("cannot authenticate with %s: the server ended the handshake.\n"+
+			"  Either it does not authorize this client's key %s: add that line to its authorized keys file,\n"+
+			"  or its key is not %s: check --server-key against the key the server logs at start.\n"+
+			"  detail: %w", cfg.Server, cfg.PrivateKey.Public(), cfg.ServerKey, err)
 	}
 	return err
 }
