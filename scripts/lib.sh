@@ -1,0 +1,134 @@
+# shellcheck shell=bash
+# lib.sh: helpers shared by scripts/test, scripts/demo and scripts/bench.
+# Source it; it defines functions only (plus the cleanup trap once lib_init is called).
+
+# Repository root, whatever the caller's working directory.
+DST_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+log()  { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die()  { log "FATAL: $*"; exit 1; }
+
+# --- cleanup -----------------------------------------------------------------
+# Commands registered with on_exit run in reverse order on exit, whatever
+# the cause, so a half-started chain is still torn down.
+_LIB_CLEANUPS=()
+on_exit() { _LIB_CLEANUPS+=("$*"); }
+_lib_run_cleanups() {
+	local rc=$? i
+	set +e
+	for ((i = ${#_LIB_CLEANUPS[@]} - 1; i >= 0; i--)); do
+		eval "${_LIB_CLEANUPS[i]}" >/dev/null 2>&1
+	done
+	exit "$rc"
+}
+lib_init() {
+	trap _lib_run_cleanups EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+}
+
+# stop_pid PID [TIMEOUT_SECONDS]: SIGTERM, then SIGKILL if it lingers.
+stop_pid() {
+	local pid=$1 t=${2:-10} i
+	kill -0 "$pid" 2>/dev/null || return 0
+	kill -TERM "$pid" 2>/dev/null
+	for ((i = 0; i < t * 10; i++)); do
+		kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+		sleep 0.1
+	done
+	log "pid $pid ignored SIGTERM for ${t}s, killing"
+	kill -KILL "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null
+	return 0
+}
+
+# --- waiting -----------------------------------------------------------------
+# wait_socket PATH PID [TIMEOUT]: wait for a unix socket; fail early if PID died.
+wait_socket() {
+	local path=$1 pid=$2 t=${3:-30} i
+	for ((i = 0; i < t * 10; i++)); do
+		[ -S "$path" ] && return 0
+		kill -0 "$pid" 2>/dev/null || { log "pid $pid exited before $path appeared"; return 1; }
+		sleep 0.1
+	done
+	log "timeout waiting for socket $path"
+	return 1
+}
+
+# wait_port PORT PID [TIMEOUT]: wait until 127.0.0.1:PORT accepts connections.
+wait_port() {
+	local port=$1 pid=$2 t=${3:-30} i
+	for ((i = 0; i < t * 10; i++)); do
+		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+		kill -0 "$pid" 2>/dev/null || { log "pid $pid exited before port $port opened"; return 1; }
+		sleep 0.1
+	done
+	log "timeout waiting for port $port"
+	return 1
+}
+
+# wait_log FILE PATTERN PID [TIMEOUT]: wait for a line matching PATTERN in FILE.
+wait_log() {
+	local file=$1 pat=$2 pid=$3 t=${4:-30} i
+	for ((i = 0; i < t * 10; i++)); do
+		grep -q -- "$pat" "$file" 2>/dev/null && return 0
+		kill -0 "$pid" 2>/dev/null || { log "pid $pid exited before logging '$pat'"; return 1; }
+		sleep 0.1
+	done
+	log "timeout waiting for '$pat' in $file"
+	return 1
+}
+
+# free_port: print a TCP port on 127.0.0.1 that was free a moment ago.
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# --- tools -------------------------------------------------------------------
+# need_tools CMD...: fail listing every missing command.
+need_tools() {
+	local missing=() c
+	for c in "$@"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
+	[ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]}"
+}
+
+# tool_package CMD: the Debian package that provides CMD.
+tool_package() {
+	case $1 in
+	nbdinfo | nbdcopy) echo libnbd-bin ;;
+	qemu-img | qemu-io | qemu-nbd) echo qemu-utils ;;
+	qemu-storage-daemon) echo qemu-system-common ;;
+	nbdkit) echo nbdkit ;;
+	nbd-server) echo nbd-server ;;
+	fio) echo fio ;;
+	mkfs.ext4 | e2fsck) echo e2fsprogs ;;
+	fusermount3) echo fuse3 ;;
+	losetup | mount | umount) echo mount ;;
+	blockdev | mountpoint | setpriv) echo util-linux ;;
+	psktool | certtool) echo gnutls-bin ;;
+	jq) echo jq ;;
+	python3) echo python3 ;;
+	*) echo "$1" ;;
+	esac
+}
+
+# install_tools CMD...: apt-get install whatever provides missing commands (root only).
+install_tools() {
+	local pkgs=() c
+	for c in "$@"; do command -v "$c" >/dev/null 2>&1 || pkgs+=("$(tool_package "$c")"); done
+	[ ${#pkgs[@]} -eq 0 ] && return 0
+	[ "$(id -u)" -eq 0 ] || die "missing ${pkgs[*]}; run as root or apt-get install them"
+	log "installing ${pkgs[*]}"
+	DEBIAN_FRONTEND=noninteractive apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+}
+
+# build_dst OUT: build the dst binary.
+build_dst() {
+	(cd "$DST_ROOT" && go build -o "$1" ./cmd/dst)
+}
+
+# now: seconds since the epoch with nanoseconds, for timings.
+now() { date +%s.%N; }
+# mbps BYTES SECONDS_START SECONDS_END: MB/s (10^6) with one decimal.
+mbps() { python3 -c "import sys; b,s,e=map(float,sys.argv[1:]); print(f'{b/1e6/max(e-s,1e-9):.1f}')" "$@"; }

@@ -1,0 +1,86 @@
+package tests
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// TestFioVerify runs fio's nbd engine with data verification at queue depth
+// 32, so many requests are in flight on one connection at once.
+func TestFioVerify(t *testing.T) {
+	requireTool(t, "fio")
+	if out, _ := runErr("fio", "--enghelp"); !strings.Contains(" "+strings.Join(strings.Fields(out), " ")+" ", " nbd ") {
+		if ci() {
+			t.Fatalf("tests: fio --enghelp does not list the nbd engine:\n%s", out)
+		}
+		t.Skip("tests: fio has no nbd engine")
+	}
+	s := startServer(t, &export{Name: "disk", Size: 96 << 20})
+	a := s.attach(t, "disk")
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"randwrite-4k-qd32", []string{"--rw=randwrite", "--bs=4k"}},
+		{"randrw-mixed-qd32", []string{"--rw=randrw", "--bsrange=512-128k", "--rwmixread=50"}},
+		{"write-1m-qd8", []string{"--rw=write", "--bs=1m", "--iodepth=8"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			argv := append([]string{"fio", "--name=v", "--ioengine=nbd", "--uri=" + a.uri(),
+				"--iodepth=32", "--size=64m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+				"--output-format=json"}, tc.args...)
+			out := run(t, argv...)
+			checkFio(t, out)
+		})
+	}
+	s.alive(t)
+}
+
+// checkFio fails unless fio's JSON report shows every job without error and
+// with I/O actually done.
+func checkFio(t testing.TB, out string) {
+	t.Helper()
+	// fio's nbd engine prints "fio: connected to NBD server" before the JSON.
+	i := strings.Index(out, "{")
+	if i < 0 {
+		t.Fatalf("tests: no JSON in fio output:\n%s", out)
+	}
+	var rep struct {
+		Jobs []struct {
+			Name  string `json:"jobname"`
+			Error int    `json:"error"`
+			Read  struct {
+				IOBytes int64   `json:"io_bytes"`
+				IOPS    float64 `json:"iops"`
+			} `json:"read"`
+			Write struct {
+				IOBytes int64   `json:"io_bytes"`
+				IOPS    float64 `json:"iops"`
+			} `json:"write"`
+		} `json:"jobs"`
+	}
+	dec := json.NewDecoder(strings.NewReader(out[i:]))
+	if err := dec.Decode(&rep); err != nil {
+		t.Fatalf("tests: fio JSON: %v\n%s", err, out)
+	}
+	if len(rep.Jobs) == 0 {
+		t.Fatalf("tests: fio ran no jobs:\n%s", out)
+	}
+	for _, j := range rep.Jobs {
+		if j.Error != 0 {
+			t.Errorf("tests: fio job %s: error %d", j.Name, j.Error)
+		}
+		if j.Write.IOBytes == 0 {
+			t.Errorf("tests: fio job %s wrote nothing", j.Name)
+		}
+		if j.Read.IOBytes == 0 {
+			t.Errorf("tests: fio job %s read nothing (verify did not run?)", j.Name)
+		}
+		t.Logf("fio %s: read %d B (%.0f IOPS), write %d B (%.0f IOPS)", j.Name,
+			j.Read.IOBytes, j.Read.IOPS, j.Write.IOBytes, j.Write.IOPS)
+	}
+	if strings.Contains(out, "verify: bad") || strings.Contains(out, "fio: pid=") {
+		t.Errorf("tests: fio reported problems:\n%s", out)
+	}
+}
