@@ -259,51 +259,24 @@ func (c *Conn) readError(err error, got int) error {
 // error, including a write deadline, is fatal: part of a record may have
 // been sent.
 func (c *Conn) Write(p []byte) (int, error) {
-	ps := [1][]byte{p}
-	return c.writeSlices(ps[:])
-}
-
-// WriteSlices writes the slices in order, each sealed in records of its
-// own, all with as few write calls as Write would use for their total. It
-// lets a caller send a small header and a large body without first copying
-// them together.
-func (c *Conn) WriteSlices(ps ...[]byte) (int, error) { return c.writeSlices(ps) }
-
-func (c *Conn) writeSlices(ps [][]byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if err := c.failure(); err != nil {
 		return 0, err
 	}
-	total := 0
-	for _, p := range ps {
-		total += len(p)
-	}
 	written := 0
-	i, off := 0, 0 // next byte to seal: ps[i][off:]
-	for i < len(ps) {
-		c.growWriteBuffer(total-written, len(ps)-i)
+	for len(p) > 0 {
+		c.growWriteBuffer(len(p))
 		buf := c.wbuf[:0]
 		n := 0
-		for i < len(ps) {
-			p := ps[i][off:]
-			if len(p) == 0 {
-				i, off = i+1, 0
-				continue
-			}
+		for len(p) > 0 && len(buf)+recordHeaderLen+min(len(p), MaxRecordPayload)+tagLen <= cap(buf) {
 			chunk := p[:min(len(p), MaxRecordPayload)]
-			if len(buf)+recordHeaderLen+len(chunk)+tagLen > cap(buf) {
-				break
-			}
 			var err error
 			if buf, err = c.out.seal(buf, chunk); err != nil {
 				return written, c.fail(err)
 			}
-			off += len(chunk)
+			p = p[len(chunk):]
 			n += len(chunk)
-		}
-		if len(buf) == 0 {
-			break
 		}
 		if _, err := c.conn.Write(buf); err != nil {
 			return written, c.fail(fmt.Errorf("crypto: write to %s: %w", c.peer, err))
@@ -315,8 +288,8 @@ func (c *Conn) writeSlices(ps [][]byte) (int, error) {
 
 // growWriteBuffer makes room for up to writeBatch records of the remaining
 // n bytes. It allocates only when a Write is larger than any before it.
-func (c *Conn) growWriteBuffer(n, slices int) {
-	records := min((n+MaxRecordPayload-1)/MaxRecordPayload+slices-1, writeBatch)
+func (c *Conn) growWriteBuffer(n int) {
+	records := min((n+MaxRecordPayload-1)/MaxRecordPayload, writeBatch)
 	need := min(n, records*MaxRecordPayload) + records*(recordHeaderLen+tagLen)
 	if cap(c.wbuf) < need {
 		c.wbuf = make([]byte, 0, need)

@@ -422,33 +422,3 @@ func TestZeroAllocs(t *testing.T) {
 		}
 	}
 }
-
-// TestWriteSlices checks that each slice is sealed in records of its own,
-// in order, and that the peer reads their concatenation.
-func TestWriteSlices(t *testing.T) {
-	for _, c := range ciphers {
-		a, b, wire := memPair(t, c, 0)
-		hdr, body := pattern(12, 1), pattern(MaxRecordPayload+10, 2)
-		n, err := a.WriteSlices(hdr, nil, body)
-		if err != nil || n != len(hdr)+len(body) {
-			t.Fatalf("%v: WriteSlices = %d, %v", c, n, err)
-		}
-		var lens []int
-		for raw := wire.buf.Bytes(); len(raw) >= recordHeaderLen; {
-			l := int(binary.BigEndian.Uint16(raw[2:]))
-			lens = append(lens, l)
-			raw = raw[min(len(raw), recordHeaderLen+l):]
-		}
-		want := []int{12 + tagLen, maxCiphertext, 10 + tagLen}
-		if fmt.Sprint(lens) != fmt.Sprint(want) {
-			t.Errorf("%v: record ciphertext lengths %v, want %v", c, lens, want)
-		}
-		got := make([]byte, len(hdr)+len(body))
-		if _, err := io.ReadFull(b, got); err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, append(append([]byte(nil), hdr...), body...)) {
-			t.Errorf("%v: peer read other bytes", c)
-		}
-	}
-}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -43,7 +44,8 @@ type stream struct {
 	exp     *export
 	log     *slog.Logger
 	replies chan *op
-	budget  *limiter // requests and bytes in flight on this stream
+	br      *bufio.Reader // reads requests off st
+	budget  *limiter      // requests and bytes in flight on this stream
 	hdr     [wire.RequestSize]byte
 	discID  uint64 // the DISCONNECT request's id, for its reply
 }
@@ -55,6 +57,7 @@ func newStream(se *session, st *yamux.Stream, e *export, log *slog.Logger) *stre
 		exp:     e,
 		log:     log,
 		replies: make(chan *op, maxInflight),
+		br:      bufio.NewReaderSize(st, readBuffer),
 		budget:  newLimiter(maxInflight, maxInflightBytes),
 	}
 }
@@ -95,7 +98,7 @@ func (s *stream) serve() {
 // between requests) or a request is malformed.
 func (s *stream) readLoop() error {
 	for {
-		if _, err := io.ReadFull(s.st, s.hdr[:]); err != nil {
+		if _, err := io.ReadFull(s.br, s.hdr[:]); err != nil {
 			if err == io.EOF {
 				return nil
 			}
@@ -127,7 +130,7 @@ func (s *stream) dispatch(req wire.Request) error {
 	o := getOp(s, req, cost)
 	if n := req.PayloadLen(); n > 0 {
 		o.buf = getBuf(n)
-		if _, err := io.ReadFull(s.st, *o.buf); err != nil {
+		if _, err := io.ReadFull(s.br, *o.buf); err != nil {
 			s.done(o)
 			return fmt.Errorf("server: reading %v payload of %d bytes: %w", req.Cmd, n, err)
 		}
@@ -170,22 +173,78 @@ func (s *stream) noop(r *wire.Request) bool {
 	return r.Cmd == wire.CmdFlush && s.exp.readOnly
 }
 
-// writeLoop sends replies until the reader closes the channel. After a
-// failed write it keeps draining, so budgets are returned and the reader
-// can finish.
+// writeLoop sends replies until the reader closes the channel. Replies
+// that complete together go out together: small ones are packed into one
+// stream write (one yamux frame, one encrypted record), large READ replies
+// are written where they lie. After a failed write it keeps draining, so
+// budgets are returned and the reader can finish.
 func (s *stream) writeLoop() {
-	var failed error
-	for o := range s.replies {
-		if failed == nil {
-			if _, err := s.st.Write(o.reply()); err != nil {
-				failed = err
-				s.log.Debug("writing reply", "err", err)
-				s.st.Close()
+	var (
+		failed error
+		batch  = make([]byte, 0, writeBatch)
+		ops    []*op
+		open   = true
+	)
+	write := func(b []byte) {
+		if failed != nil || len(b) == 0 {
+			return
+		}
+		if _, err := s.st.Write(b); err != nil {
+			failed = err
+			s.log.Debug("writing reply", "err", err)
+			s.st.Close()
+		}
+	}
+	for open {
+		o, ok := <-s.replies
+		if !ok {
+			return
+		}
+		ops = append(ops[:0], o)
+	gather:
+		for len(ops) < maxBatchOps {
+			select {
+			case o, ok := <-s.replies:
+				if !ok {
+					open = false
+					break gather
+				}
+				ops = append(ops, o)
+			default:
+				break gather
 			}
 		}
-		s.done(o)
+		batch = batch[:0]
+		for _, o := range ops {
+			r := o.reply()
+			if len(r) >= packBelow || len(batch)+len(r) > writeBatch {
+				write(batch)
+				batch = batch[:0]
+			}
+			if len(r) >= packBelow {
+				write(r)
+			} else {
+				batch = append(batch, r...)
+			}
+		}
+		write(batch)
+		for _, o := range ops {
+			s.done(o)
+		}
+		clear(ops)
 	}
 }
+
+// Reply batching: replies shorter than packBelow are copied into a batch of
+// at most writeBatch bytes; longer ones are written on their own. A stream
+// reads requests through a readBuffer-byte buffer; payloads larger than it
+// go straight into their pooled buffers.
+const (
+	packBelow   = 16 << 10
+	writeBatch  = 256 << 10
+	maxBatchOps = 256
+	readBuffer  = 16 << 10
+)
 
 // done returns a finished request's buffers and budget.
 func (s *stream) done(o *op) {

@@ -55,7 +55,7 @@ func Client(conn net.Conn, o *Options) (*yamux.Session, error) {
 	if o == nil {
 		o = &Options{}
 	}
-	s, err := yamux.Client(newCoalescer(conn), o.config())
+	s, err := yamux.Client(newBatcher(conn), o.config())
 	if err != nil {
 		return nil, fmt.Errorf("mux: starting client session: %w", err)
 	}
@@ -67,7 +67,7 @@ func Server(conn net.Conn, o *Options) (*yamux.Session, error) {
 	if o == nil {
 		o = &Options{}
 	}
-	s, err := yamux.Server(newCoalescer(conn), o.config())
+	s, err := yamux.Server(newBatcher(conn), o.config())
 	if err != nil {
 		return nil, fmt.Errorf("mux: starting server session: %w", err)
 	}
