@@ -18,7 +18,7 @@ const (
 	// queueDepth is the number of transactions that may wait for a queue's
 	// sendLoop before Submit blocks.
 	queueDepth = 1024
-	recvBuffer = 256 << 10
+	recvBuffer = 4 << 10 // payloads larger than this are read straight into the request
 )
 
 // queue is one data stream of an attachment. Submitters queue
