@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/crypto"
-	"github.com/dstproject/dst/internal/fdconn"
 	"github.com/dstproject/dst/internal/mux"
 	"github.com/dstproject/dst/wire"
 	"github.com/hashicorp/yamux"
@@ -82,9 +81,6 @@ func Dial(ctx context.Context, cfg *Config) (*Session, error) {
 	}
 	if tc, ok := raw.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
-		if fc, err := fdconn.New(tc); err == nil {
-			raw = fc
-		}
 	}
 	conn, err := crypto.Client(ctx, raw, &crypto.ClientConfig{
 		PrivateKey: cfg.PrivateKey,

@@ -86,6 +86,13 @@ func (l *limiter) release(cost int) {
 	l.mu.Unlock()
 }
 
+// count returns the number of requests in flight.
+func (l *limiter) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n
+}
+
 // drain waits until nothing is in flight.
 func (l *limiter) drain() {
 	l.mu.Lock()

@@ -139,11 +139,31 @@ func (s *stream) dispatch(req wire.Request) error {
 		s.replies <- o
 		return nil
 	}
+	if s.budget.count() == 1 && s.br.Buffered() == 0 {
+		return s.inline(o)
+	}
 	select {
 	case s.se.srv.jobs <- o:
 	case <-s.se.srv.stopped:
 		o.status = wire.StatusESHUTDOWN
 		s.replies <- o
+	}
+	return nil
+}
+
+// inline runs a request on the stream's reader and writes its reply from
+// there. It is for a stream with nothing else in flight and nothing more
+// read: the usual case at queue depth one, where handing the request to a
+// worker and the reply to the writer would cost two goroutine wake-ups for
+// no parallelism. The writer is idle then (every earlier reply was written
+// before its budget was returned), so the reader may write. A request that
+// arrives meanwhile waits at most this one request's time.
+func (s *stream) inline(o *op) error {
+	o.run()
+	_, err := s.st.Write(o.reply())
+	s.done(o)
+	if err != nil {
+		return fmt.Errorf("server: writing reply: %w", err)
 	}
 	return nil
 }

@@ -67,12 +67,6 @@ type conn struct {
 	werr  error
 }
 
-// buffersWriter is a connection that writes several buffers with one
-// vectored write itself (internal/fdconn.Conn).
-type buffersWriter interface {
-	WriteBuffers(bufs [][]byte) (int64, error)
-}
-
 // ServeTransmission runs only the transmission phase on an already-negotiated
 // connection (e.g. a socketpair handed to the kernel) and closes c when done.
 // It returns nil when the client sent NBD_CMD_DISC or ctx was cancelled and
@@ -98,7 +92,7 @@ func serveTransmission(ctx context.Context, nc net.Conn, br *bufio.Reader, e *Ex
 	}
 	c.cond.L = &c.mu
 	switch nc.(type) {
-	case *net.TCPConn, *net.UnixConn, buffersWriter:
+	case *net.TCPConn, *net.UnixConn:
 	default:
 		// Without writev a header and its data would be separate Writes
 		// (separate frames on a yamux stream); coalesce them instead.

@@ -161,8 +161,6 @@ func (c *conn) send(batch []*Request) error {
 			c.bw.Write(b) // errors are sticky and reported by Flush
 		}
 		err = c.bw.Flush()
-	} else if bw, ok := c.nc.(buffersWriter); ok {
-		_, err = bw.WriteBuffers(iov)
 	} else {
 		c.bufs = iov
 		_, err = c.bufs.WriteTo(c.nc)

@@ -14,7 +14,6 @@ import (
 	"github.com/dstproject/dst/client"
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/crypto"
-	"github.com/dstproject/dst/internal/fdconn"
 )
 
 // clientFlags are the flags every command that dials a server shares.
@@ -110,7 +109,7 @@ func cmdAttach(ctx context.Context, args []string) error {
 	log.Info("ready", "export", e.Name, "size", e.Size, "flags", e.Flags.String(),
 		"server", cfg.Server, "cipher", a.Sessions()[0].Cipher().String(), "nbd", *listen)
 	srv := &nbd.Server{Exports: []*nbd.Export{a.NBDExport()}, Logger: log}
-	return srv.Serve(ctx, fdconn.Listener(l))
+	return srv.Serve(ctx, l)
 }
 
 // parseListen splits unix:PATH or tcp:HOST:PORT.

@@ -6,7 +6,6 @@ import (
 	"net"
 
 	"github.com/dstproject/dst/crypto"
-	"github.com/dstproject/dst/internal/fdconn"
 	"github.com/dstproject/dst/server"
 )
 
@@ -100,5 +99,5 @@ func cmdServe(ctx context.Context, args []string) error {
 	}
 	log.Info("listening", "addr", l.Addr().String(), "public_key", cfg.PrivateKey.Public().String(),
 		"exports", names, "instance", info.Instance.String())
-	return srv.Serve(ctx, fdconn.Listener(l))
+	return srv.Serve(ctx, l)
 }
