@@ -152,9 +152,30 @@ var cmdToWire = [...]wire.Cmd{
 
 // Submit starts a transaction for r. It implements nbd.Device.
 func (a *Attachment) Submit(r *nbd.Request) {
+	if t := a.newTx(r); t != nil {
+		a.send(t, a.pickQueue(), false)
+	}
+}
+
+// SubmitBatch starts transactions for requests a client sent together and
+// writes them with as few stream writes as the queues allow. It implements
+// nbd.BatchDevice.
+func (a *Attachment) SubmitBatch(rs []*nbd.Request) {
+	for _, r := range rs {
+		if t := a.newTx(r); t != nil {
+			a.send(t, a.pickQueue(), true)
+		}
+	}
+	for _, q := range a.queues {
+		q.kick()
+	}
+}
+
+// newTx makes the transaction for r, or completes r with an error.
+func (a *Attachment) newTx(r *nbd.Request) *tx {
 	if int(r.Cmd) >= len(cmdToWire) || cmdToWire[r.Cmd] == 0 {
 		r.Complete(syscall.EINVAL)
-		return
+		return nil
 	}
 	t := &tx{req: r}
 	t.hdr = wire.Request{
@@ -172,7 +193,7 @@ func (a *Attachment) Submit(r *nbd.Request) {
 	if t.hdr.Cmd == wire.CmdWrite {
 		t.hdr.Checksum = wire.Checksum(r.Data)
 	}
-	a.send(t, a.pickQueue())
+	return t
 }
 
 // pickQueue spreads transactions round-robin over live queues.
@@ -188,8 +209,9 @@ func (a *Attachment) pickQueue() *queue {
 	return a.queues[start%n]
 }
 
-// send enters t in the table and hands it to q.
-func (a *Attachment) send(t *tx, q *queue) {
+// send enters t in the table and hands it to q; with hold, q only queues
+// it, and the caller kicks q once it has queued the rest of its batch.
+func (a *Attachment) send(t *tx, q *queue, hold bool) {
 	t.q = q
 	t.tries++
 	a.mu.Lock()
@@ -200,7 +222,7 @@ func (a *Attachment) send(t *tx, q *queue) {
 	}
 	a.pending[t.hdr.ID] = t
 	a.mu.Unlock()
-	q.push(t)
+	q.push(t, hold)
 }
 
 // take removes a transaction from the table. It returns nil if the
@@ -252,7 +274,7 @@ func (a *Attachment) retry(t *tx, why string) {
 	a.log.Warn("resending transaction", "id", t.hdr.ID, "cmd", t.hdr.Cmd, "offset", t.hdr.Offset, "reason", why)
 	// Not from the caller, a queue's recvLoop: a writer blocked on the
 	// stream's window must not stop the replies that would open it.
-	go a.send(t, a.pickQueue())
+	go a.send(t, a.pickQueue(), false)
 }
 
 // statusError maps a reply status to the errno an NBD client sees.

@@ -53,12 +53,29 @@ func newQueue(a *Attachment, st *yamux.Stream, index int) *queue {
 	}
 }
 
-// push queues t and writes it at once if no one else is writing.
-func (q *queue) push(t *tx) {
+// push queues t and, unless hold, writes what is queued.
+func (q *queue) push(t *tx, hold bool) {
 	select {
 	case q.sendCh <- t:
-	case <-q.a.stop:
-		q.fail(t)
+	default:
+		// Full: what is held must go out before anything more fits.
+		q.kick()
+		select {
+		case q.sendCh <- t:
+		case <-q.a.stop:
+			q.fail(t)
+			return
+		}
+	}
+	if !hold {
+		q.kick()
+	}
+}
+
+// kick writes what is queued at once if no one else is writing, else
+// leaves it to the writer or sendLoop.
+func (q *queue) kick() {
+	if len(q.sendCh) == 0 {
 		return
 	}
 	if q.token.CompareAndSwap(false, true) {

@@ -59,6 +59,10 @@ type conn struct {
 
 	warned atomic.Bool // first invalid request logged at Warn, later at Debug
 
+	// Owned by the reader goroutine: requests parsed but not yet submitted
+	// to a BatchDevice.
+	held []*Request
+
 	// Owned by the writer goroutine.
 	batch []*Request
 	iov   [][]byte
@@ -237,11 +241,19 @@ func (c *conn) enqueue(r *Request) {
 
 // acquire admits one request costing cost bytes of payload, waiting while
 // the client has too much outstanding. It fails once the connection stops.
+// Requests held in the reader's batch are submitted before it waits: their
+// replies may be what frees the budget.
 func (c *conn) acquire(cost int64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for !c.stopping && !c.finished &&
 		(c.inflight >= maxInflight || (c.inflight > 0 && c.inflightBytes+cost > maxInflightBytes)) {
+		if len(c.held) > 0 {
+			c.mu.Unlock()
+			c.submitHeld()
+			c.mu.Lock()
+			continue
+		}
 		c.cond.Wait()
 	}
 	if c.stopping || c.finished {

@@ -10,6 +10,7 @@ import (
 // violation (ErrProtocol) or a broken connection. It never waits for a
 // Device: every request is submitted and the loop moves on.
 func (c *conn) readLoop() error {
+	defer c.submitHeld()
 	var hdr [requestLen]byte
 	for {
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
@@ -29,7 +30,37 @@ func (c *conn) readLoop() error {
 		if err := c.handle(cmd, flags, cookie, off, length); err != nil {
 			return err
 		}
+		if len(c.held) > 0 && (len(c.held) >= maxHeld || !c.nextBuffered()) {
+			c.submitHeld()
+		}
 	}
+}
+
+// maxHeld bounds how many requests the reader gathers for one SubmitBatch.
+const maxHeld = 64
+
+// nextBuffered reports whether the next request, payload and all, is
+// already in the read buffer, so handling it will not wait on the socket.
+func (c *conn) nextBuffered() bool {
+	n := c.br.Buffered()
+	if n < requestLen {
+		return false
+	}
+	hdr, _ := c.br.Peek(requestLen)
+	if Command(binary.BigEndian.Uint16(hdr[6:])) != CmdWrite {
+		return true
+	}
+	return n >= requestLen+int(binary.BigEndian.Uint32(hdr[24:]))
+}
+
+// submitHeld hands the held requests to the device.
+func (c *conn) submitHeld() {
+	if len(c.held) == 0 {
+		return
+	}
+	c.e.Device.(BatchDevice).SubmitBatch(c.held)
+	clear(c.held)
+	c.held = c.held[:0]
 }
 
 // handle admits, validates and submits one request. Only session errors are
@@ -78,6 +109,10 @@ func (c *conn) handle(cmd Command, flags CmdFlags, cookie, off uint64, length ui
 		}
 	}
 	r.pending.Store(true)
+	if _, ok := c.e.Device.(BatchDevice); ok {
+		c.held = append(c.held, r)
+		return nil
+	}
 	c.e.Device.Submit(r)
 	return nil
 }

@@ -67,6 +67,15 @@ type Device interface {
 	Submit(r *Request)
 }
 
+// BatchDevice is a Device that can take several requests at once. The
+// front end gathers the requests a client sent together (those already in
+// its read buffer) and submits them in one call, so the device can send
+// them on together instead of one by one.
+type BatchDevice interface {
+	Device
+	SubmitBatch(rs []*Request)
+}
+
 // Export is one disk offered to clients.
 type Export struct {
 	Name, Description string
