@@ -52,8 +52,10 @@ type Attachment struct {
 	pending map[uint64]*tx
 	closed  bool
 
-	stop chan struct{} // closed by Close
-	wg   sync.WaitGroup
+	stop     chan struct{} // closed by Close
+	lost     chan struct{} // closed when every queue has died
+	lostOnce sync.Once
+	wg       sync.WaitGroup
 }
 
 // tx is one transaction: a request and its wire header.
@@ -76,6 +78,7 @@ func Attach(ctx context.Context, cfg *AttachConfig) (*Attachment, error) {
 		log:     cfg.logger(),
 		pending: make(map[uint64]*tx),
 		stop:    make(chan struct{}),
+		lost:    make(chan struct{}),
 	}
 	for i := 0; i < conns; i++ {
 		s, err := Dial(ctx, &cfg.Config)
@@ -109,6 +112,21 @@ func Attach(ctx context.Context, cfg *AttachConfig) (*Attachment, error) {
 		}
 	}
 	return a, nil
+}
+
+// Lost is closed when every queue has died: the attachment can carry no
+// more requests, and fails them all with EIO. (Reconnecting is the work of
+// the transaction layer that builds on this one.)
+func (a *Attachment) Lost() <-chan struct{} { return a.lost }
+
+// queueDied closes lost once no queue is left alive.
+func (a *Attachment) queueDied() {
+	for _, q := range a.queues {
+		if !q.dead.Load() {
+			return
+		}
+	}
+	a.lostOnce.Do(func() { close(a.lost) })
 }
 
 // Export is what autoconfiguration learned about the attached export.

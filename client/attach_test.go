@@ -372,3 +372,26 @@ func TestCloseFailsPending(t *testing.T) {
 		t.Fatalf("read after Close: %v, want ESHUTDOWN", err)
 	}
 }
+
+func TestLostWhenServerGoes(t *testing.T) {
+	env := newEnv(t, "tcp", 1<<20)
+	a := env.attach(t, "disk", 1, 2)
+	defer a.Close()
+	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.Lost():
+		t.Fatal("Lost before the server went away")
+	default:
+	}
+	env.srv.Close()
+	select {
+	case <-a.Lost():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Lost not closed after the server closed")
+	}
+	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read after loss: %v, want EIO", err)
+	}
+}

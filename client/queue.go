@@ -178,6 +178,7 @@ func (q *queue) die(err error) {
 	}
 	q.st.Close()
 	q.a.failQueue(q, syscall.EIO)
+	q.a.queueDied()
 }
 
 // recvLoop reads replies and completes their transactions. Read payloads

@@ -105,12 +105,37 @@ func cmdAttach(ctx context.Context, args []string) error {
 		return err
 	}
 	defer l.Close()
+	if network == "unix" {
+		// The socket is the disk, with no authentication of its own.
+		if err := os.Chmod(address, 0o600); err != nil {
+			return fmt.Errorf("--nbd-listen: %w", err)
+		}
+	}
 	e := a.Export()
 	log.Info("ready", "export", e.Name, "size", e.Size, "flags", e.Flags.String(),
 		"server", cfg.Server, "cipher", a.Sessions()[0].Cipher().String(), "nbd", *listen)
 	srv := &nbd.Server{Exports: []*nbd.Export{a.NBDExport()}, Logger: log}
-	return srv.Serve(ctx, l)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-a.Lost():
+			cancel(errLost)
+		case <-ctx.Done():
+		}
+	}()
+	if err := srv.Serve(ctx, l); err != nil {
+		return err
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, errLost) {
+		return fmt.Errorf("%w: %s", errLost, cfg.Server)
+	}
+	return nil
 }
+
+// errLost ends attach when every connection to the server is gone: with
+// nothing to carry requests, serving the socket would only fail them.
+var errLost = errors.New("lost the connection to the server")
 
 // parseListen splits unix:PATH or tcp:HOST:PORT.
 func parseListen(s string) (network, address string, err error) {
