@@ -25,7 +25,7 @@ const (
 // called, then closes l and every session it started and returns nil.
 // Errors of one connection are logged and never end Serve.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	if s.cfg.Authorized == nil {
+	if s.authorized.Load() == nil {
 		return errors.New("server: no authorized keys configured")
 	}
 	if s.cfg.PrivateKey.IsZero() {
@@ -114,7 +114,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	peer := fmt.Sprintf("%s (%s)", conn.PeerKey(), remote)
-	if comment, _ := s.cfg.Authorized.Contains(conn.PeerKey()); comment != "" {
+	if comment, _ := s.authorized.Load().Contains(conn.PeerKey()); comment != "" {
 		peer = fmt.Sprintf("%s %q (%s)", conn.PeerKey(), comment, remote)
 	}
 	sess, err := mux.Server(conn, &mux.Options{Logger: s.log})
@@ -124,7 +124,13 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	s.log.Info("session started", "peer", peer, "cipher", conn.Cipher())
+	untrack := s.track(sess, conn.PeerKey())
+	// A reload may have revoked the key while the handshake ran.
+	if _, ok := s.authorized.Load().Contains(conn.PeerKey()); !ok {
+		sess.Close()
+	}
 	err = s.ServeSession(ctx, sess, peer)
+	untrack()
 	conn.Close()
 	if err != nil && !errors.Is(err, ErrServerClosed) {
 		s.log.Info("session ended", "peer", peer, "err", err)
@@ -138,7 +144,7 @@ func (s *Server) handshake(ctx context.Context, c net.Conn) (*crypto.Conn, error
 	defer cancel()
 	return crypto.Server(ctx, c, &crypto.ServerConfig{
 		PrivateKey: s.cfg.PrivateKey,
-		Authorize:  s.cfg.Authorized.Authorize,
+		Authorize:  func(k crypto.PublicKey) error { return s.authorized.Load().Authorize(k) },
 		Ciphers:    s.cfg.Ciphers,
 		Replay:     s.replay,
 	})

@@ -253,3 +253,50 @@ func TestTCPHandshakeBound(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestSetAuthorized revokes a key while its session is open: the session
+// ends, new connections with it are refused, and restoring it works again.
+func TestSetAuthorized(t *testing.T) {
+	e := newTCPEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := crypto.Client(ctx, c, &crypto.ClientConfig{PrivateKey: e.clientKey, ServerKey: e.serverKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := mux.Client(conn, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	if _, _, _, err := exchange(sess, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version})); err != nil {
+		t.Fatal(err)
+	}
+
+	other, _ := crypto.GeneratePrivateKey()
+	only, err := crypto.ParseAuthorizedKeys(strings.NewReader(other.Public().String()+"\n"), "reloaded")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv.SetAuthorized(only)
+	select {
+	case <-sess.CloseChan():
+	case <-time.After(5 * time.Second):
+		t.Fatal("session of a revoked key still open")
+	}
+	if err := e.dial(e.clientKey); err == nil {
+		t.Fatal("revoked key accepted on a new connection")
+	}
+	if err := e.dial(other); err != nil {
+		t.Fatalf("newly authorized key: %v", err)
+	}
+	back, _ := crypto.ParseAuthorizedKeys(strings.NewReader(e.clientKey.Public().String()+"\n"), "restored")
+	e.srv.SetAuthorized(back)
+	if err := e.dial(e.clientKey); err != nil {
+		t.Fatalf("restored key: %v", err)
+	}
+}

@@ -9,11 +9,13 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/wire"
+	"github.com/hashicorp/yamux"
 )
 
 // DefaultWorkers is the size of the I/O worker pool when Config.Workers is
@@ -33,7 +35,11 @@ type Server struct {
 	info    wire.ServerInfo
 	infoMsg []byte // the SERVER_INFO message, encoded once
 
-	replay *crypto.ReplayFilter
+	replay     *crypto.ReplayFilter
+	authorized atomic.Pointer[crypto.AuthorizedKeys]
+	// sessions maps each live session to its client's key, so that
+	// SetAuthorized can end the sessions of keys it no longer lists.
+	sessions map[*yamux.Session]crypto.PublicKey // under mu
 	// handshakes holds a token per connection in its handshake, so
 	// half-open connections cannot pile up.
 	handshakes chan struct{}
@@ -90,6 +96,8 @@ func New(cfg *Config) (*Server, error) {
 		return nil, err
 	}
 	s.replay = crypto.NewReplayFilter()
+	s.authorized.Store(c.Authorized)
+	s.sessions = make(map[*yamux.Session]crypto.PublicKey)
 	s.handshakes = make(chan struct{}, maxHandshakes)
 	s.jobs = make(chan *op)
 	s.stopped = make(chan struct{})
@@ -278,4 +286,36 @@ func (s *Server) closeExports() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// SetAuthorized replaces the authorized client keys, as on a reload of the
+// authorized keys file: new connections are checked against a, and the
+// sessions of clients whose key a no longer lists are ended at once.
+func (s *Server) SetAuthorized(a *crypto.AuthorizedKeys) {
+	s.authorized.Store(a)
+	s.mu.Lock()
+	var revoked []*yamux.Session
+	for sess, k := range s.sessions {
+		if _, ok := a.Contains(k); !ok {
+			revoked = append(revoked, sess)
+			s.log.Warn("ending session: client key no longer authorized", "key", k)
+		}
+	}
+	s.mu.Unlock()
+	for _, sess := range revoked {
+		sess.Close()
+	}
+}
+
+// track registers a live session under its client's key until the
+// returned function is called.
+func (s *Server) track(sess *yamux.Session, k crypto.PublicKey) (untrack func()) {
+	s.mu.Lock()
+	s.sessions[sess] = k
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		delete(s.sessions, sess)
+		s.mu.Unlock()
+	}
 }

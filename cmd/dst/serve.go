@@ -3,7 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/server"
@@ -99,5 +103,39 @@ func cmdServe(ctx context.Context, args []string) error {
 	}
 	log.Info("listening", "addr", l.Addr().String(), "public_key", cfg.PrivateKey.Public().String(),
 		"exports", names, "instance", info.Instance.String())
+	go reloadOnHangup(ctx, log, srv, func() (*crypto.AuthorizedKeys, error) {
+		if *authFile != "" {
+			return crypto.LoadAuthorizedKeys(*authFile)
+		}
+		c, err := server.LoadConfig(*config)
+		if err != nil {
+			return nil, err
+		}
+		return c.Authorized, nil
+	})
 	return srv.Serve(ctx, l)
+}
+
+// reloadOnHangup re-reads the authorized keys on SIGHUP, as sshd and
+// WireGuard's syncconf let one do: sessions of keys no longer listed end,
+// new connections are checked against the new list. A file that fails to
+// parse changes nothing.
+func reloadOnHangup(ctx context.Context, log *slog.Logger, srv *server.Server, load func() (*crypto.AuthorizedKeys, error)) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+		case <-ctx.Done():
+			return
+		}
+		a, err := load()
+		if err != nil {
+			log.Error("reloading authorized keys failed; keeping the current ones", "err", err)
+			continue
+		}
+		srv.SetAuthorized(a)
+		log.Info("reloaded authorized keys", "keys", a.Len())
+	}
 }
