@@ -13,6 +13,7 @@
 //	  ├─ control stream: HELLO → SERVER_INFO
 //	  └─ data streams ("queues"): OPEN → OPENED, then requests and replies
 //
-// Each queue has a sendLoop that batches queued requests into one stream
-// write and a recvLoop that matches replies to transactions by id.
+// A queue's requests are written by whichever submitter finds it idle, or
+// by its sendLoop under load, many to one stream write; its recvLoop
+// matches replies to transactions by id.
 package client

@@ -12,11 +12,11 @@ import (
 )
 
 const (
-	// sendBatch bounds how many bytes of queued requests the sendLoop packs
-	// into one stream write (one yamux frame, one encrypted record run).
+	// sendBatch bounds how many bytes of queued requests a writer packs
+	// into one stream write (one yamux frame).
 	sendBatch = 256 << 10
-	// queueDepth is the number of transactions that may wait for a queue's
-	// sendLoop before Submit blocks.
+	// queueDepth is the number of transactions that may wait to be written
+	// on a queue before Submit blocks.
 	queueDepth = 1024
 	recvBuffer = 4 << 10 // payloads larger than this are read straight into the request
 )
