@@ -160,6 +160,11 @@ func startProc(t testing.TB, name string, argv ...string) *proc {
 	}()
 	t.Cleanup(func() {
 		p.stop(t)
+		// A dst built with -race (scripts/test runs the suite so too) reports
+		// races on its output and carries on; a report is a failure.
+		if strings.Contains(p.out.String(), "WARNING: DATA RACE") {
+			t.Errorf("tests: %s reported a data race", name)
+		}
 		if t.Failed() {
 			t.Logf("--- output of %s (%s):\n%s", name, strings.Join(argv, " "), p.out.String())
 		}
