@@ -56,9 +56,29 @@ func OpenFile(path string, readOnly bool, log *slog.Logger) (*File, error) {
 	if readOnly {
 		flags = unix.O_RDONLY
 	}
-	f, err := os.OpenFile(path, flags|unix.O_CLOEXEC, 0)
+	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("server: opening export: %w", err)
+	}
+	blockDev := st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0
+	if blockDev && !readOnly {
+		// Linux opens a block device with O_EXCL exclusively: it fails
+		// while the device is mounted or held by another exclusive user.
+		flags |= unix.O_EXCL
+	}
+	f, err := os.OpenFile(path, flags|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return nil, fmt.Errorf("server: %s is in use (mounted, or held by another program): "+
+			"exporting it read-write would corrupt it; unmount it or export it ,ro", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("server: opening export: %w", err)
+	}
+	if !blockDev {
+		if err := lockFile(f, readOnly); err != nil {
+			f.Close()
+			return nil, err
+		}
 	}
 	b := &File{path: path, f: f, fd: int(f.Fd()), readOnly: readOnly}
 	if err := b.probe(log); err != nil {
@@ -66,6 +86,25 @@ func OpenFile(path string, readOnly bool, log *slog.Logger) (*File, error) {
 		return nil, err
 	}
 	return b, nil
+}
+
+// lockFile takes an advisory lock on an exported file: exclusive for a
+// read-write export, shared for a read-only one, so that two servers never
+// export one file read-write, nor one read-write while another reads it.
+func lockFile(f *os.File, readOnly bool) error {
+	how := unix.LOCK_EX
+	if readOnly {
+		how = unix.LOCK_SH
+	}
+	err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return fmt.Errorf("server: %s is already exported (another process holds a lock on it); "+
+			"a file may be exported read-write by one server, or read-only by several", f.Name())
+	}
+	if err != nil && !errors.Is(err, unix.ENOLCK) && !errors.Is(err, unix.EOPNOTSUPP) {
+		return fmt.Errorf("server: locking %s: %w", f.Name(), err)
+	}
+	return nil
 }
 
 // probe fills in size, geometry, trim support and identity.

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -333,4 +334,34 @@ func TestLimiter(t *testing.T) {
 	}
 	l.release(1000)
 	<-drained
+}
+
+func TestExportLocks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rw, err := OpenFile(path, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ro := range []bool{false, true} {
+		if _, err := OpenFile(path, ro, nil); err == nil || !strings.Contains(err.Error(), "already exported") {
+			t.Errorf("second open (read-only %v) while exported read-write: %v", ro, err)
+		}
+	}
+	rw.Close()
+	ro1, err := OpenFile(path, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro1.Close()
+	ro2, err := OpenFile(path, true, nil)
+	if err != nil {
+		t.Fatalf("two read-only exports: %v", err)
+	}
+	ro2.Close()
+	if _, err := OpenFile(path, false, nil); err == nil {
+		t.Error("read-write export while exported read-only elsewhere")
+	}
 }
