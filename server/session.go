@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -162,14 +163,7 @@ func (se *session) serveOpen(st *yamux.Stream, body []byte, log *slog.Logger) {
 }
 
 func (s *Server) noExportMessage(name string) string {
-	list := ""
-	for i, n := range s.names {
-		if i > 0 {
-			list += ", "
-		}
-		list += n
-	}
-	return fmt.Sprintf("no export named %q (exports: %s)", name, list)
+	return fmt.Sprintf("no export named %q (exports: %s)", name, strings.Join(s.names, ", "))
 }
 
 // refuse sends an ERROR message; the caller then closes the stream.
