@@ -281,19 +281,6 @@ func TestErrStatus(t *testing.T) {
 	}
 }
 
-func TestBufPool(t *testing.T) {
-	for _, n := range []int{0, 24, 4096 + 24, 4097 + 24, 1<<20 + 24, wire.MaxPayload + wire.ReplySize} {
-		p := getBuf(n)
-		if len(*p) != n || cap(*p) < n {
-			t.Fatalf("getBuf(%d): len %d cap %d", n, len(*p), cap(*p))
-		}
-		if c := cap(*p) - bufHeadroom; c&(c-1) != 0 {
-			t.Fatalf("getBuf(%d): cap %d is not a class size", n, cap(*p))
-		}
-		putBuf(p)
-	}
-}
-
 func TestLimiter(t *testing.T) {
 	l := newLimiter(2, 100)
 	admitted := make(chan bool)

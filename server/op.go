@@ -31,7 +31,7 @@ func getOp(s *stream, req wire.Request, cost int) *op {
 
 func putOp(o *op) {
 	if o.buf != nil {
-		putBuf(o.buf)
+		bufs.Put(o.buf)
 	}
 	*o = op{}
 	opPool.Put(o)
@@ -94,7 +94,7 @@ func (o *op) run() {
 // read fills a buffer with the reply header's room and the data.
 func (o *op) read() error {
 	n := int(o.req.Length)
-	o.buf = getBuf(wire.ReplySize + n)
+	o.buf = bufs.Get(wire.ReplySize + n)
 	data := (*o.buf)[wire.ReplySize:]
 	k, err := o.s.exp.b.ReadAt(data, int64(o.req.Offset))
 	if k == n && (err == nil || errors.Is(err, io.EOF)) {

@@ -1,49 +1,15 @@
 package server
 
 import (
-	"math/bits"
 	"sync"
 
+	"github.com/dstproject/dst/internal/bufpool"
 	"github.com/dstproject/dst/wire"
 )
 
-// Payload buffers come from size classes of powers of two from 4 KiB to
-// MaxPayload, each with wire.ReplySize bytes of headroom so a READ reply's
-// header and data share one buffer and go out in one Write.
-const (
-	minBufShift = 12
-	maxBufShift = 25 // 32 MiB = wire.MaxPayload
-	bufHeadroom = wire.ReplySize
-)
-
-var bufPools [maxBufShift - minBufShift + 1]sync.Pool
-
-func bufClass(n int) int {
-	n -= bufHeadroom
-	if n <= 1<<minBufShift {
-		return 0
-	}
-	return bits.Len(uint(n-1)) - minBufShift
-}
-
-// getBuf returns a pooled buffer of length n (at most MaxPayload+ReplySize).
-// The pointer goes back with putBuf.
-func getBuf(n int) *[]byte {
-	c := bufClass(n)
-	if p, ok := bufPools[c].Get().(*[]byte); ok {
-		*p = (*p)[:n]
-		return p
-	}
-	b := make([]byte, n, 1<<(c+minBufShift)+bufHeadroom)
-	return &b
-}
-
-func putBuf(p *[]byte) {
-	c := bufClass(cap(*p))
-	if c >= 0 && c < len(bufPools) && cap(*p) == 1<<(c+minBufShift)+bufHeadroom {
-		bufPools[c].Put(p)
-	}
-}
+// bufs holds payload buffers with room for a reply header in front, so a
+// READ reply's header and data share one buffer and go out in one Write.
+var bufs = bufpool.New(wire.ReplySize)
 
 // limiter bounds the requests and bytes in flight. Acquire blocks while
 // either bound would be exceeded, except that a limiter with nothing in

@@ -129,7 +129,7 @@ func (s *stream) dispatch(req wire.Request) error {
 	s.se.bytes.acquire(cost)
 	o := getOp(s, req, cost)
 	if n := req.PayloadLen(); n > 0 {
-		o.buf = getBuf(n)
+		o.buf = bufs.Get(n)
 		if _, err := io.ReadFull(s.br, *o.buf); err != nil {
 			s.done(o)
 			return fmt.Errorf("server: reading %v payload of %d bytes: %w", req.Cmd, n, err)

@@ -99,7 +99,7 @@ func (c *conn) handle(cmd Command, flags CmdFlags, cookie, off uint64, length ui
 		return nil
 	}
 	if cmd == CmdRead || cmd == CmdWrite {
-		r.buf = getBuf(length)
+		r.buf = bufs.Get(int(length))
 		r.Data = (*r.buf)[:length]
 	}
 	if cmd == CmdWrite {
