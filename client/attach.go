@@ -132,9 +132,6 @@ func (a *Attachment) queueDied() {
 // Export is what autoconfiguration learned about the attached export.
 func (a *Attachment) Export() wire.ExportInfo { return a.export }
 
-// ServerInfo is the server's autoconfiguration answer.
-func (a *Attachment) ServerInfo() wire.ServerInfo { return a.info }
-
 // Sessions returns the attachment's sessions.
 func (a *Attachment) Sessions() []*Session { return a.sessions }
 

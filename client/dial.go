@@ -40,9 +40,7 @@ func (c *Config) logger() *slog.Logger {
 // Session is one authenticated connection to a server: the encrypted
 // channel, its yamux session, and what the server said about itself.
 type Session struct {
-	conn   *crypto.Conn
 	mux    *yamux.Session
-	ctrl   net.Conn
 	info   wire.ServerInfo
 	cipher crypto.Cipher
 }
@@ -55,9 +53,6 @@ func (s *Session) Cipher() crypto.Cipher { return s.cipher }
 
 // Close ends the session.
 func (s *Session) Close() error { return s.mux.Close() }
-
-// Done is closed when the session has ended.
-func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
 
 // Dial connects to the server, runs the handshake and autoconfiguration.
 func Dial(ctx context.Context, cfg *Config) (*Session, error) {
@@ -96,7 +91,7 @@ func Dial(ctx context.Context, cfg *Config) (*Session, error) {
 		conn.Close()
 		return nil, err
 	}
-	s := &Session{conn: conn, mux: sess, cipher: conn.Cipher()}
+	s := &Session{mux: sess, cipher: conn.Cipher()}
 	if err := s.hello(ctx); err != nil {
 		sess.Close()
 		return nil, fmt.Errorf("client: autoconfiguration from %s: %w", cfg.Server, err)
@@ -104,13 +99,13 @@ func Dial(ctx context.Context, cfg *Config) (*Session, error) {
 	return s, nil
 }
 
-// hello opens the control stream and learns the server's exports.
+// hello opens the control stream and learns the server's exports. The
+// stream then stays open, idle, for the life of the session.
 func (s *Session) hello(ctx context.Context) error {
 	st, err := s.mux.OpenStream()
 	if err != nil {
 		return err
 	}
-	s.ctrl = st
 	host, _ := os.Hostname()
 	msg := wire.AppendMessage(nil, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Client: host}))
 	body, err := roundTrip(ctx, st, msg, wire.MsgServerInfo)

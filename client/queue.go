@@ -211,16 +211,17 @@ func (q *queue) handle(br *bufio.Reader, rep *wire.Reply) error {
 		_, err := br.Discard(int(rep.Length))
 		return err
 	}
-	if rep.Cmd != t.hdr.Cmd || (rep.Length != 0 && rep.Length != t.hdr.Length) {
-		t.req.Complete(syscall.EIO)
-		return fmt.Errorf("reply %d (%v, %d bytes) does not match request (%v, %d bytes)",
-			rep.ID, rep.Cmd, rep.Length, t.hdr.Cmd, t.hdr.Length)
-	}
+	// Only a successful READ carries a payload, of the length asked for.
+	var want uint32
 	if rep.Cmd == wire.CmdRead && rep.Status == wire.StatusOK {
-		if rep.Length != t.hdr.Length {
-			t.req.Complete(syscall.EIO)
-			return fmt.Errorf("READ reply %d carries %d bytes for %d requested", rep.ID, rep.Length, t.hdr.Length)
-		}
+		want = t.hdr.Length
+	}
+	if rep.Cmd != t.hdr.Cmd || rep.Length != want {
+		t.req.Complete(syscall.EIO)
+		return fmt.Errorf("reply %d (%v, %v, %d bytes) does not match request (%v, %d bytes)",
+			rep.ID, rep.Cmd, rep.Status, rep.Length, t.hdr.Cmd, t.hdr.Length)
+	}
+	if want > 0 {
 		if _, err := io.ReadFull(br, t.req.Data); err != nil {
 			t.req.Complete(syscall.EIO)
 			return err

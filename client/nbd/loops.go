@@ -100,7 +100,7 @@ func (c *conn) handle(cmd Command, flags CmdFlags, cookie, off uint64, length ui
 	}
 	if cmd == CmdRead || cmd == CmdWrite {
 		r.buf = bufs.Get(int(length))
-		r.Data = (*r.buf)[:length]
+		r.Data = *r.buf
 	}
 	if cmd == CmdWrite {
 		if _, err := io.ReadFull(c.br, r.Data); err != nil {
