@@ -43,41 +43,30 @@ stop_pid() {
 }
 
 # --- waiting -----------------------------------------------------------------
-# wait_socket PATH PID [TIMEOUT]: wait for a unix socket; fail early if PID died.
-wait_socket() {
-	local path=$1 pid=$2 t=${3:-30} i
+# wait_for WHAT PID TIMEOUT CMD...: run CMD every 0.1 s until it succeeds;
+# fail early if PID died, or after TIMEOUT seconds.
+wait_for() {
+	local what=$1 pid=$2 t=$3 i
+	shift 3
 	for ((i = 0; i < t * 10; i++)); do
-		[ -S "$path" ] && return 0
-		kill -0 "$pid" 2>/dev/null || { log "pid $pid exited before $path appeared"; return 1; }
+		"$@" 2>/dev/null && return 0
+		kill -0 "$pid" 2>/dev/null || { log "pid $pid exited before $what"; return 1; }
 		sleep 0.1
 	done
-	log "timeout waiting for socket $path"
+	log "timeout waiting for $what"
 	return 1
 }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1"); }
+
+# wait_socket PATH PID [TIMEOUT]: wait for a unix socket to appear.
+wait_socket() { wait_for "socket $1" "$2" "${3:-30}" test -S "$1"; }
 
 # wait_port PORT PID [TIMEOUT]: wait until 127.0.0.1:PORT accepts connections.
-wait_port() {
-	local port=$1 pid=$2 t=${3:-30} i
-	for ((i = 0; i < t * 10; i++)); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-		kill -0 "$pid" 2>/dev/null || { log "pid $pid exited before port $port opened"; return 1; }
-		sleep 0.1
-	done
-	log "timeout waiting for port $port"
-	return 1
-}
+wait_port() { wait_for "port $1 to open" "$2" "${3:-30}" port_open "$1"; }
 
 # wait_log FILE PATTERN PID [TIMEOUT]: wait for a line matching PATTERN in FILE.
-wait_log() {
-	local file=$1 pat=$2 pid=$3 t=${4:-30} i
-	for ((i = 0; i < t * 10; i++)); do
-		grep -q -- "$pat" "$file" 2>/dev/null && return 0
-		kill -0 "$pid" 2>/dev/null || { log "pid $pid exited before logging '$pat'"; return 1; }
-		sleep 0.1
-	done
-	log "timeout waiting for '$pat' in $file"
-	return 1
-}
+wait_log() { wait_for "'$2' in $1" "$3" "${4:-30}" grep -q -- "$2" "$1"; }
 
 # free_port: print a TCP port on 127.0.0.1 that was free a moment ago.
 free_port() {
