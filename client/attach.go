@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/wire"
@@ -23,6 +24,19 @@ type AttachConfig struct {
 	Connections int
 	// Queues is the number of data streams per connection. Zero means 2.
 	Queues int
+	// IOTimeout is every transaction's deadline, counted from its
+	// submission: a transaction without a reply by then completes with
+	// EIO and is never sent again. Zero waits forever.
+	IOTimeout time.Duration
+	// KeepaliveInterval is how often each session is probed; zero means
+	// 1s. KeepaliveTimeout is how long a session may go without answering
+	// before it is declared dead and redialed; zero means 5s.
+	KeepaliveInterval time.Duration
+	KeepaliveTimeout  time.Duration
+	// ReplayBuffer bounds the bytes of acknowledged, unflushed writes kept
+	// to replay to a restarted server. Zero means 256 MiB; negative turns
+	// replay off.
+	ReplayBuffer int64
 }
 
 // maxTries bounds how often one transaction is sent when its payload keeps
