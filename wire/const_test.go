@@ -90,6 +90,8 @@ func TestConstStatus(t *testing.T) {
 		{StatusEOVERFLOW, 75, "EOVERFLOW"},
 		{StatusENOTSUP, 95, "ENOTSUP"},
 		{StatusESHUTDOWN, 108, "ESHUTDOWN"},
+		{StatusETIMEDOUT, 110, "ETIMEDOUT"}, // version 2: request expired before it started
+		{StatusESTALE, 116, "ESTALE"},       // version 2: session fenced by a newer epoch
 		// dst's own, above 0xff.
 		{StatusBadChecksum, 0x100, "BAD_CHECKSUM"},
 	}
@@ -107,7 +109,7 @@ func TestConstStatus(t *testing.T) {
 	for _, tt := range []struct {
 		s    Status
 		want string
-	}{{2, "STATUS_2"}, {0x101, "STATUS_257"}, {0xffff, "STATUS_65535"}} {
+	}{{2, "STATUS_2"}, {109, "STATUS_109"}, {111, "STATUS_111"}, {0x101, "STATUS_257"}, {0xffff, "STATUS_65535"}} {
 		if got := tt.s.String(); got != tt.want {
 			t.Errorf("Status(%d).String() = %q, want %q", uint16(tt.s), got, tt.want)
 		}
@@ -125,6 +127,8 @@ func TestConstMsgType(t *testing.T) {
 		{MsgOpen, 3, "OPEN"},
 		{MsgOpened, 4, "OPENED"},
 		{MsgError, 5, "ERROR"},
+		{MsgPing, 6, "PING"}, // version 2
+		{MsgPong, 7, "PONG"}, // version 2
 	}
 	for _, p := range pins {
 		if uint16(p.m) != p.want {
@@ -140,7 +144,7 @@ func TestConstMsgType(t *testing.T) {
 	for _, tt := range []struct {
 		m    MsgType
 		want string
-	}{{0, "MSG_0"}, {6, "MSG_6"}, {0xffff, "MSG_65535"}} {
+	}{{0, "MSG_0"}, {8, "MSG_8"}, {0x0100, "MSG_256"}, {0xffff, "MSG_65535"}} {
 		if got := tt.m.String(); got != tt.want {
 			t.Errorf("MsgType(%d).String() = %q, want %q", uint16(tt.m), got, tt.want)
 		}
@@ -196,8 +200,8 @@ func TestConstSizes(t *testing.T) {
 		name      string
 		got, want int
 	}{
-		{"Version", Version, 1},
-		{"RequestSize", RequestSize, 32},
+		{"Version", Version, 2},
+		{"RequestSize", RequestSize, 40},
 		{"ReplySize", ReplySize, 24},
 		{"MsgHeaderSize", MsgHeaderSize, 8},
 		{"IdentitySize", IdentitySize, 16},
@@ -213,6 +217,7 @@ func TestConstSizes(t *testing.T) {
 		{"reqID", reqID, 8},
 		{"reqOffset", reqOffset, 16},
 		{"reqChecksum", reqChecksum, 24},
+		{"reqExpires", reqExpires, 32},
 		{"repCmd", repCmd, 0},
 		{"repReserved", repReserved, 1},
 		{"repStatus", repStatus, 2},
@@ -229,7 +234,7 @@ func TestConstSizes(t *testing.T) {
 		}
 	}
 	// The last field of each header ends exactly at its size.
-	if reqChecksum+8 != RequestSize || repChecksum+8 != ReplySize || msgLength+4 != MsgHeaderSize {
+	if reqExpires+8 != RequestSize || repChecksum+8 != ReplySize || msgLength+4 != MsgHeaderSize {
 		t.Errorf("header sizes disagree with their layouts")
 	}
 	// A name's length is one byte on the wire.
@@ -242,7 +247,7 @@ func TestConstSizes(t *testing.T) {
 	}
 	// A full export list must fit one control message.
 	const maxExportSize = 1 + MaxName + 8 + 4*4 + IdentitySize
-	const maxServerInfo = 2 + 2 + IdentitySize + 1 + MaxName + 2 + MaxExports*maxExportSize
+	const maxServerInfo = 2 + 2 + IdentitySize + 8 + 1 + MaxName + 2 + MaxExports*maxExportSize
 	if maxServerInfo > MaxMessage {
 		t.Errorf("the largest ServerInfo is %d bytes, over MaxMessage %d", maxServerInfo, MaxMessage)
 	}

@@ -15,6 +15,8 @@ const (
 	MsgOpen       MsgType = 3 // client → server, first on a data stream
 	MsgOpened     MsgType = 4 // server → client, answers Open
 	MsgError      MsgType = 5 // server → client, refuses Hello or Open
+	MsgPing       MsgType = 6 // client → server, on the control stream
+	MsgPong       MsgType = 7 // server → client, answers Ping
 )
 
 var msgNames = map[MsgType]string{
@@ -23,6 +25,8 @@ var msgNames = map[MsgType]string{
 	MsgOpen:       "OPEN",
 	MsgOpened:     "OPENED",
 	MsgError:      "ERROR",
+	MsgPing:       "PING",
+	MsgPong:       "PONG",
 }
 
 func (t MsgType) String() string {
@@ -196,18 +200,29 @@ func validBlock(n uint32) bool { return n >= 512 && n <= 64<<10 && n&(n-1) == 0 
 
 // Hello opens the control stream.
 //
-//	0 version u16
-//	2 flags   u16 (zero)
-//	4 client  string (u8 length, bytes): the client's host name, for logs
+//	0  version    u16
+//	2  flags      u16 (zero)
+//	4  attachment [16] random, chosen once per client attachment
+//	20 epoch      u64 the attachment's session generation, from 1, one
+//	              higher at every reconnect
+//	28 client     string (u8 length, bytes): the client's host name, for logs
+//
+// The server fences older epochs of the same attachment (PROTOCOL.md,
+// "Transactions, fencing and replay"). An all-zero attachment opts out of
+// fencing.
 type Hello struct {
-	Version uint16
-	Client  string
+	Version    uint16
+	Attachment Identity
+	Epoch      uint64
+	Client     string
 }
 
 // AppendHello appends h's body.
 func AppendHello(b []byte, h *Hello) []byte {
 	b = binary.BigEndian.AppendUint16(b, h.Version)
 	b = binary.BigEndian.AppendUint16(b, 0)
+	b = append(b, h.Attachment[:]...)
+	b = binary.BigEndian.AppendUint64(b, h.Epoch)
 	return appendString(b, h.Client)
 }
 
@@ -218,6 +233,8 @@ func DecodeHello(body []byte) (Hello, error) {
 	if d.u16() != 0 && d.err == nil {
 		d.fail("nonzero flags")
 	}
+	copy(h.Attachment[:], d.bytes(IdentitySize))
+	h.Epoch = d.u64()
 	h.Client = d.string()
 	return h, d.finish()
 }
@@ -227,13 +244,15 @@ func DecodeHello(body []byte) (Hello, error) {
 //	0  version  u16
 //	2  flags    u16 (zero)
 //	4  instance [16] new at every server start
-//	20 server   string
+//	20 clock    u64  the server's clock in nanoseconds (arbitrary origin)
+//	28 server   string
 //	   count    u16, then count exports:
 //	     name string, size u64, logical u32, physical u32, max transfer u32,
 //	     flags u32, identity [16]
 type ServerInfo struct {
 	Version  uint16
 	Instance Identity
+	Clock    uint64
 	Server   string
 	Exports  []ExportInfo
 }
@@ -246,6 +265,7 @@ func AppendServerInfo(b []byte, s *ServerInfo) []byte {
 	b = binary.BigEndian.AppendUint16(b, s.Version)
 	b = binary.BigEndian.AppendUint16(b, 0)
 	b = append(b, s.Instance[:]...)
+	b = binary.BigEndian.AppendUint64(b, s.Clock)
 	b = appendString(b, s.Server)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(s.Exports)))
 	for i := range s.Exports {
@@ -262,6 +282,7 @@ func DecodeServerInfo(body []byte) (ServerInfo, error) {
 		d.fail("nonzero flags")
 	}
 	copy(s.Instance[:], d.bytes(IdentitySize))
+	s.Clock = d.u64()
 	s.Server = d.string()
 	n := int(d.u16())
 	if n > MaxExports && d.err == nil {
@@ -271,6 +292,47 @@ func DecodeServerInfo(body []byte) (ServerInfo, error) {
 		s.Exports = append(s.Exports, d.export())
 	}
 	return s, d.finish()
+}
+
+// Ping probes a session on its control stream: the client sends one
+// every keepalive interval, and declares the session dead when an answer
+// is overdue. Its answer also tells the client the server's clock.
+//
+//	0 seq u64, echoed in the Pong
+type Ping struct {
+	Seq uint64
+}
+
+// AppendPing appends p's body.
+func AppendPing(b []byte, p *Ping) []byte { return binary.BigEndian.AppendUint64(b, p.Seq) }
+
+// DecodePing parses a Ping body.
+func DecodePing(body []byte) (Ping, error) {
+	d := decoder{b: body, what: "PING"}
+	p := Ping{Seq: d.u64()}
+	return p, d.finish()
+}
+
+// Pong answers a Ping.
+//
+//	0 seq   u64 the Ping's
+//	8 clock u64 the server's clock when it answered
+type Pong struct {
+	Seq   uint64
+	Clock uint64
+}
+
+// AppendPong appends p's body.
+func AppendPong(b []byte, p *Pong) []byte {
+	b = binary.BigEndian.AppendUint64(b, p.Seq)
+	return binary.BigEndian.AppendUint64(b, p.Clock)
+}
+
+// DecodePong parses a Pong body.
+func DecodePong(body []byte) (Pong, error) {
+	d := decoder{b: body, what: "PONG"}
+	p := Pong{Seq: d.u64(), Clock: d.u64()}
+	return p, d.finish()
 }
 
 // Open binds a new data stream to an export.

@@ -36,6 +36,12 @@ var (
 	errorCodec = codec{"Error",
 		func(b []byte, v any) []byte { e := v.(ErrorMsg); return AppendError(b, &e) },
 		func(b []byte) (any, error) { return DecodeError(b) }}
+	pingCodec = codec{"Ping",
+		func(b []byte, v any) []byte { p := v.(Ping); return AppendPing(b, &p) },
+		func(b []byte) (any, error) { return DecodePing(b) }}
+	pongCodec = codec{"Pong",
+		func(b []byte, v any) []byte { p := v.(Pong); return AppendPong(b, &p) },
+		func(b []byte) (any, error) { return DecodePong(b) }}
 )
 
 // A name at the limit, and one over it; bytes that are not UTF-8 must pass
@@ -76,16 +82,27 @@ func TestControlRoundTrip(t *testing.T) {
 		want any // what decoding gives back; in if nil
 	}{
 		{helloCodec, Hello{}, nil},
-		{helloCodec, Hello{Version: math.MaxUint16, Client: maxName}, nil},
-		{helloCodec, Hello{Version: 1, Client: longName}, Hello{Version: 1, Client: maxName}},
+		{helloCodec, Hello{Version: Version, Attachment: Identity{1}, Epoch: 1, Client: "c"}, nil},
+		{helloCodec, Hello{Version: math.MaxUint16, Attachment: maxExport.Identity, Epoch: max64, Client: maxName}, nil},
+		{helloCodec, Hello{Version: Version, Epoch: max64 - 1, Client: longName},
+			Hello{Version: Version, Epoch: max64 - 1, Client: maxName}},
 
 		{serverInfoCodec, ServerInfo{}, nil},
-		{serverInfoCodec, ServerInfo{Version: 1, Exports: []ExportInfo{}}, ServerInfo{Version: 1}},
-		{serverInfoCodec, ServerInfo{Version: 1, Server: longName, Exports: []ExportInfo{minExport}},
-			ServerInfo{Version: 1, Server: maxName, Exports: []ExportInfo{minExport}}},
-		{serverInfoCodec, ServerInfo{Version: math.MaxUint16, Instance: maxExport.Identity, Server: maxName,
+		{serverInfoCodec, ServerInfo{Version: Version, Exports: []ExportInfo{}}, ServerInfo{Version: Version}},
+		{serverInfoCodec, ServerInfo{Version: Version, Clock: 1, Server: longName, Exports: []ExportInfo{minExport}},
+			ServerInfo{Version: Version, Clock: 1, Server: maxName, Exports: []ExportInfo{minExport}}},
+		{serverInfoCodec, ServerInfo{Version: math.MaxUint16, Instance: maxExport.Identity, Clock: max64, Server: maxName,
 			Exports: []ExportInfo{maxExport, minExport, validExport("")}}, nil},
-		{serverInfoCodec, ServerInfo{Version: 1, Exports: manyExports(MaxExports)}, nil},
+		{serverInfoCodec, ServerInfo{Version: Version, Clock: 1 << 63, Exports: manyExports(MaxExports)}, nil},
+
+		{pingCodec, Ping{}, nil},
+		{pingCodec, Ping{Seq: 1}, nil},
+		{pingCodec, Ping{Seq: max64}, nil},
+
+		{pongCodec, Pong{}, nil},
+		{pongCodec, Pong{Seq: 1, Clock: max64}, nil},
+		{pongCodec, Pong{Seq: max64, Clock: 1}, nil},
+		{pongCodec, Pong{Seq: max64, Clock: max64}, nil},
 
 		{openCodec, Open{}, nil},
 		{openCodec, Open{Export: maxName}, nil},
@@ -144,14 +161,20 @@ func prefixStep(n, size int) int {
 }
 
 func TestServerInfoExportCount(t *testing.T) {
+	// The count follows version, flags, instance, clock and the server
+	// name, empty here.
+	const countOffset = 2 + 2 + IdentitySize + 8 + 1
 	// One over the limit is refused even though every export is valid.
-	body := AppendServerInfo(nil, &ServerInfo{Version: 1, Exports: manyExports(MaxExports + 1)})
+	body := AppendServerInfo(nil, &ServerInfo{Version: Version, Exports: manyExports(MaxExports + 1)})
 	if _, err := DecodeServerInfo(body); !errors.Is(err, ErrMalformed) {
 		t.Errorf("%d exports: err = %v, want ErrMalformed", MaxExports+1, err)
 	}
 	// A huge count is refused before anything is read for it.
-	head := AppendServerInfo(nil, &ServerInfo{Version: 1})
-	binary.BigEndian.PutUint16(head[len(head)-2:], math.MaxUint16)
+	head := AppendServerInfo(nil, &ServerInfo{Version: Version})
+	if len(head) != countOffset+2 {
+		t.Fatalf("ServerInfo without exports is %d bytes, want %d", len(head), countOffset+2)
+	}
+	binary.BigEndian.PutUint16(head[countOffset:], math.MaxUint16)
 	s, err := DecodeServerInfo(head)
 	if !errors.Is(err, ErrMalformed) {
 		t.Errorf("count 65535 with no exports: err = %v, want ErrMalformed", err)
@@ -160,13 +183,13 @@ func TestServerInfoExportCount(t *testing.T) {
 		t.Errorf("count 65535 decoded %d exports", len(s.Exports))
 	}
 	// A count that promises more than the body holds is short.
-	body = AppendServerInfo(nil, &ServerInfo{Version: 1, Exports: manyExports(2)})
-	binary.BigEndian.PutUint16(body[2+2+IdentitySize+1:], 3)
+	body = AppendServerInfo(nil, &ServerInfo{Version: Version, Exports: manyExports(2)})
+	binary.BigEndian.PutUint16(body[countOffset:], 3)
 	if _, err := DecodeServerInfo(body); !errors.Is(err, ErrShort) {
 		t.Errorf("count 3 with 2 exports: err = %v, want ErrShort", err)
 	}
 	// A count lower than the exports present leaves trailing bytes.
-	binary.BigEndian.PutUint16(body[2+2+IdentitySize+1:], 1)
+	binary.BigEndian.PutUint16(body[countOffset:], 1)
 	if _, err := DecodeServerInfo(body); !errors.Is(err, ErrMalformed) {
 		t.Errorf("count 1 with 2 exports: err = %v, want ErrMalformed", err)
 	}
@@ -226,7 +249,7 @@ func TestExportValidation(t *testing.T) {
 			_, err := DecodeOpened(AppendOpened(nil, &Opened{Export: e}))
 			check("Opened", err)
 			// In a ServerInfo, a bad export anywhere in the list fails it.
-			s := ServerInfo{Version: 1, Exports: []ExportInfo{validExport("a"), e, validExport("b")}}
+			s := ServerInfo{Version: Version, Exports: []ExportInfo{validExport("a"), e, validExport("b")}}
 			_, err = DecodeServerInfo(AppendServerInfo(nil, &s))
 			check("ServerInfo", err)
 		})
@@ -234,8 +257,10 @@ func TestExportValidation(t *testing.T) {
 }
 
 func TestControlRejects(t *testing.T) {
-	hello := AppendHello(nil, &Hello{Version: 1, Client: "c"})
-	info := AppendServerInfo(nil, &ServerInfo{Version: 1, Server: "s"})
+	hello := AppendHello(nil, &Hello{Version: Version, Attachment: Identity{1}, Epoch: 1, Client: "c"})
+	info := AppendServerInfo(nil, &ServerInfo{Version: Version, Clock: 1, Server: "s"})
+	ping := AppendPing(nil, &Ping{Seq: 1})
+	pong := AppendPong(nil, &Pong{Seq: 1, Clock: 2})
 	flip := func(b []byte, i int) []byte {
 		b = append([]byte(nil), b...)
 		b[i] ^= 0x01
@@ -250,10 +275,24 @@ func TestControlRejects(t *testing.T) {
 		{"Hello empty", helloCodec, nil, ErrShort},
 		{"Hello flags high byte", helloCodec, flip(hello, 2), ErrMalformed},
 		{"Hello flags low byte", helloCodec, flip(hello, 3), ErrMalformed},
-		{"Hello name longer than body", helloCodec, []byte{0, 1, 0, 0, 5, 'a'}, ErrShort},
+		{"Hello cut in the attachment", helloCodec, hello[:4+IdentitySize-1], ErrShort},
+		{"Hello cut in the epoch", helloCodec, hello[:4+IdentitySize+7], ErrShort},
+		{"Hello without its client name", helloCodec, hello[:4+IdentitySize+8], ErrShort},
+		{"Hello name longer than body", helloCodec, append(hello[:4+IdentitySize+8:4+IdentitySize+8], 5, 'a'), ErrShort},
+		{"Hello two names", helloCodec, append(hello[:len(hello):len(hello)], 1, 'x'), ErrMalformed},
 		{"ServerInfo empty", serverInfoCodec, nil, ErrShort},
 		{"ServerInfo flags", serverInfoCodec, flip(info, 3), ErrMalformed},
 		{"ServerInfo cut in the instance", serverInfoCodec, info[:10], ErrShort},
+		{"ServerInfo cut in the clock", serverInfoCodec, info[:4+IdentitySize+7], ErrShort},
+		{"ServerInfo without its count", serverInfoCodec, info[:len(info)-2], ErrShort},
+		{"Ping empty", pingCodec, nil, ErrShort},
+		{"Ping of 7 bytes", pingCodec, ping[:7], ErrShort},
+		{"Ping of 9 bytes", pingCodec, append(ping[:8:8], 0), ErrMalformed},
+		{"Ping carrying a Pong's body", pingCodec, pong, ErrMalformed},
+		{"Pong empty", pongCodec, nil, ErrShort},
+		{"Pong with only a seq", pongCodec, pong[:8], ErrShort},
+		{"Pong of 15 bytes", pongCodec, pong[:15], ErrShort},
+		{"Pong of 17 bytes", pongCodec, append(pong[:16:16], 0), ErrMalformed},
 		{"Open empty", openCodec, nil, ErrShort},
 		{"Open name length 255, body 1", openCodec, []byte{255, 'x'}, ErrShort},
 		{"Open two names", openCodec, []byte{1, 'a', 1, 'b'}, ErrMalformed},
@@ -271,6 +310,32 @@ func TestControlRejects(t *testing.T) {
 			}
 			checkErrPrefix(t, err)
 		})
+	}
+}
+
+// A version 1 peer's HELLO or SERVER_INFO does not decode as version 2,
+// but the decoders still return the version they read first, so the server
+// and client can name the mismatch instead of reporting a malformed message.
+func TestDecodeVersion1(t *testing.T) {
+	v1Hello := unhex(t, `0001 | 0000 | 04 686f7374`) // version 1, flags, client "host"
+	h, err := DecodeHello(v1Hello)
+	if !errors.Is(err, ErrShort) || h.Version != 1 {
+		t.Errorf("DecodeHello(version 1 body) = %+v, %v; want version 1 and ErrShort", h, err)
+	}
+	v1Info := unhex(t, `
+		0001 | 0000                      # version 1, flags
+		000102030405060708090a0b0c0d0e0f # instance
+		03 737276 | 0000                 # server "srv", no exports`)
+	s, err := DecodeServerInfo(v1Info)
+	if !errors.Is(err, ErrShort) || s.Version != 1 {
+		t.Errorf("DecodeServerInfo(version 1 body) = %+v, %v; want version 1 and ErrShort", s, err)
+	}
+	// A version 1 HELLO whose client name fills the fields version 2 added
+	// still fails, and still says version 1.
+	long := append(unhex(t, `0001 | 0000 | 30`), strings.Repeat("x", 0x30)...)
+	h, err = DecodeHello(long)
+	if err == nil || h.Version != 1 {
+		t.Errorf("DecodeHello(version 1 body, 48-byte name) = %+v, %v; want version 1 and an error", h, err)
 	}
 }
 
@@ -292,10 +357,13 @@ func TestMsgHeader(t *testing.T) {
 		{"ServerInfo", header(2, 0, 7), nil, MsgServerInfo, 7},
 		{"Open", header(3, 0, 1), nil, MsgOpen, 1},
 		{"Opened", header(4, 0, 45), nil, MsgOpened, 45},
+		{"Ping", header(6, 0, 8), nil, MsgPing, 8},
+		{"Pong", header(7, 0, 16), nil, MsgPong, 16},
 		{"empty", nil, ErrShort, 0, 0},
 		{"one byte short", header(1, 0, 0)[:MsgHeaderSize-1], ErrShort, 0, 0},
 		{"type 0", header(0, 0, 0), ErrMalformed, 0, 0},
-		{"type 6", header(6, 0, 0), ErrMalformed, 0, 0},
+		{"type 8, the first unknown", header(8, 0, 0), ErrMalformed, 0, 0},
+		{"Ping with reserved set", header(6, 1, 8), ErrMalformed, 0, 0},
 		{"type 0x0100", header(0x0100, 0, 0), ErrMalformed, 0, 0},
 		{"type 65535", header(math.MaxUint16, 0, 0), ErrMalformed, 0, 0},
 		{"reserved 1", header(1, 1, 0), ErrMalformed, 0, 0},
@@ -327,16 +395,18 @@ func TestMsgHeader(t *testing.T) {
 
 func TestReadMessage(t *testing.T) {
 	var stream []byte
-	stream = AppendMessage(stream, MsgHello, AppendHello(nil, &Hello{Version: 1, Client: "c"}))
+	stream = AppendMessage(stream, MsgHello, AppendHello(nil, &Hello{Version: Version, Epoch: 1, Client: "c"}))
 	stream = AppendMessage(stream, MsgOpen, nil)
+	stream = AppendMessage(stream, MsgPing, AppendPing(nil, &Ping{Seq: 3}))
 	big := bytes.Repeat([]byte{0x5a}, MaxMessage)
 	stream = AppendMessage(stream, MsgError, big)
 	want := []struct {
 		typ  MsgType
 		body []byte
 	}{
-		{MsgHello, AppendHello(nil, &Hello{Version: 1, Client: "c"})},
+		{MsgHello, AppendHello(nil, &Hello{Version: Version, Epoch: 1, Client: "c"})},
 		{MsgOpen, []byte{}},
+		{MsgPing, AppendPing(nil, &Ping{Seq: 3})},
 		{MsgError, big},
 	}
 	// One byte at a time, to show ReadMessage copes with short reads.
@@ -357,7 +427,7 @@ func TestReadMessage(t *testing.T) {
 }
 
 func TestReadMessageErrors(t *testing.T) {
-	hello := AppendMessage(nil, MsgHello, AppendHello(nil, &Hello{Version: 1, Client: "client"}))
+	hello := AppendMessage(nil, MsgHello, AppendHello(nil, &Hello{Version: Version, Epoch: 1, Client: "client"}))
 	tests := []struct {
 		name string
 		b    []byte
@@ -365,7 +435,7 @@ func TestReadMessageErrors(t *testing.T) {
 	}{
 		{"header cut", hello[:3], io.ErrUnexpectedEOF},
 		{"body cut", hello[:len(hello)-1], io.ErrUnexpectedEOF},
-		{"unknown type", AppendMessage(nil, 9, nil), ErrMalformed},
+		{"unknown type", AppendMessage(nil, 8, nil), ErrMalformed},
 		// Refused before the body is read, or allocated: there is none.
 		{"length over MaxMessage", binary.BigEndian.AppendUint32([]byte{0, 1, 0, 0}, MaxMessage+1), ErrMalformed},
 		{"length 2^32-1", binary.BigEndian.AppendUint32([]byte{0, 1, 0, 0}, math.MaxUint32), ErrMalformed},

@@ -88,7 +88,9 @@ func allowedFlags(cmd Cmd) ReqFlags {
 //	8  id       u64  transaction id, chosen by the client
 //	16 offset   u64
 //	24 checksum u64  xxhash64 of the payload (WRITE), else zero
-//	32 payload  (WRITE only: length bytes)
+//	32 expires  u64  server clock (ns) after which the request must not
+//	                 start; zero for none
+//	40 payload  (WRITE only: length bytes)
 const (
 	reqCmd      = 0
 	reqFlags    = 1
@@ -97,6 +99,7 @@ const (
 	reqID       = 8
 	reqOffset   = 16
 	reqChecksum = 24
+	reqExpires  = 32
 )
 
 // Request is a data-stream request header.
@@ -107,6 +110,10 @@ type Request struct {
 	ID       uint64
 	Offset   uint64
 	Checksum uint64
+	// Expires is the server clock reading (SERVER_INFO, PONG) at which the
+	// client gives up on the request: the server does not start it at or
+	// after that time. Zero means never.
+	Expires uint64
 }
 
 // PayloadLen is the number of payload bytes that follow the header.
@@ -127,6 +134,7 @@ func (r *Request) Encode(b []byte) {
 	binary.BigEndian.PutUint64(b[reqID:], r.ID)
 	binary.BigEndian.PutUint64(b[reqOffset:], r.Offset)
 	binary.BigEndian.PutUint64(b[reqChecksum:], r.Checksum)
+	binary.BigEndian.PutUint64(b[reqExpires:], r.Expires)
 }
 
 // DecodeRequest parses a request header. It checks the layout rules that
@@ -145,6 +153,7 @@ func DecodeRequest(b []byte) (Request, error) {
 		ID:       binary.BigEndian.Uint64(b[reqID:]),
 		Offset:   binary.BigEndian.Uint64(b[reqOffset:]),
 		Checksum: binary.BigEndian.Uint64(b[reqChecksum:]),
+		Expires:  binary.BigEndian.Uint64(b[reqExpires:]),
 	}
 	switch {
 	case !r.Cmd.Valid():
@@ -179,6 +188,8 @@ const (
 	StatusEOVERFLOW Status = 75
 	StatusENOTSUP   Status = 95
 	StatusESHUTDOWN Status = 108
+	StatusETIMEDOUT Status = 110 // the request expired before it could start
+	StatusESTALE    Status = 116 // a newer session of the attachment fenced this one
 
 	// StatusBadChecksum says a request's payload failed its checksum on
 	// arrival and was not applied; the client may send it again.
@@ -195,6 +206,8 @@ var statusNames = map[Status]string{
 	StatusEOVERFLOW:   "EOVERFLOW",
 	StatusENOTSUP:     "ENOTSUP",
 	StatusESHUTDOWN:   "ESHUTDOWN",
+	StatusETIMEDOUT:   "ETIMEDOUT",
+	StatusESTALE:      "ESTALE",
 	StatusBadChecksum: "BAD_CHECKSUM",
 }
 

@@ -32,8 +32,13 @@ func TestRequestRoundTrip(t *testing.T) {
 		{"READ of MaxPayload", Request{Cmd: CmdRead, Length: MaxPayload, ID: 1, Offset: 1 << 40}},
 		{"WRITE of MaxPayload", Request{Cmd: CmdWrite, Flags: FlagFUA, Length: MaxPayload, ID: 2, Checksum: 0x0123456789abcdef}},
 		{"empty WRITE", Request{Cmd: CmdWrite}},
-		{"all fields at max", Request{Cmd: CmdWrite, Flags: FlagFUA, Length: MaxPayload, ID: max64, Offset: max64 - MaxPayload, Checksum: max64}},
-		{"WRITE_ZEROES, all flags, all fields at max", Request{Cmd: CmdWriteZeroes, Flags: FlagFUA | FlagNoHole, Length: math.MaxUint32, ID: max64, Offset: max64 - math.MaxUint32}},
+		{"all fields at max", Request{Cmd: CmdWrite, Flags: FlagFUA, Length: MaxPayload, ID: max64, Offset: max64 - MaxPayload, Checksum: max64, Expires: max64}},
+		{"WRITE_ZEROES, all flags, all fields at max", Request{Cmd: CmdWriteZeroes, Flags: FlagFUA | FlagNoHole, Length: math.MaxUint32, ID: max64, Offset: max64 - math.MaxUint32, Expires: max64}},
+		// Expires is a server clock reading; every value is valid on the
+		// wire, and whether it has passed is the server's to judge.
+		{"READ expiring at 1 ns", Request{Cmd: CmdRead, Length: 512, ID: 3, Expires: 1}},
+		{"FLUSH expiring at 2^63", Request{Cmd: CmdFlush, ID: 4, Expires: 1 << 63}},
+		{"DISCONNECT with expiry", Request{Cmd: CmdDisconnect, ID: 5, Expires: max64}},
 		// PROTOCOL.md makes a READ over max_transfer the server's EINVAL on
 		// that request, not a layout error that ends the stream.
 		{"READ over MaxPayload", Request{Cmd: CmdRead, Length: math.MaxUint32, ID: 8}},
@@ -80,7 +85,7 @@ func TestRequestPayloadLen(t *testing.T) {
 }
 
 func TestDecodeRequestRejects(t *testing.T) {
-	valid := Request{Cmd: CmdWrite, Flags: FlagFUA, Length: 4096, ID: 1, Offset: 8192, Checksum: 5}
+	valid := Request{Cmd: CmdWrite, Flags: FlagFUA, Length: 4096, ID: 1, Offset: 8192, Checksum: 5, Expires: 6}
 	patch := func(f func(b []byte)) []byte {
 		b := encodeRequest(valid)
 		f(b)
@@ -94,6 +99,7 @@ func TestDecodeRequestRejects(t *testing.T) {
 	}{
 		{"empty", nil, ErrShort},
 		{"one byte short", encodeRequest(valid)[:RequestSize-1], ErrShort},
+		{"version 1 size", encodeRequest(valid)[:32], ErrShort},
 		{"command 0", patch(func(b []byte) { b[reqCmd] = 0 }), ErrMalformed},
 		{"command 7", patch(func(b []byte) { b[reqCmd] = 7 }), ErrMalformed},
 		{"command 255", patch(func(b []byte) { b[reqCmd] = 255 }), ErrMalformed},

@@ -6,7 +6,12 @@ import (
 	"errors"
 	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -39,8 +44,8 @@ func addVariants(f *testing.F, b []byte) {
 }
 
 func FuzzDecodeRequest(f *testing.F) {
-	addVariants(f, encodeRequest(Request{Cmd: CmdWrite, Flags: FlagFUA, Length: 3, ID: 1, Offset: 4096, Checksum: checksumABC}))
-	addVariants(f, encodeRequest(Request{Cmd: CmdRead, Length: MaxPayload, ID: math.MaxUint64, Offset: 1 << 40}))
+	addVariants(f, encodeRequest(Request{Cmd: CmdWrite, Flags: FlagFUA, Length: 3, ID: 1, Offset: 4096, Checksum: checksumABC, Expires: 10_000_000_000}))
+	addVariants(f, encodeRequest(Request{Cmd: CmdRead, Length: MaxPayload, ID: math.MaxUint64, Offset: 1 << 40, Expires: math.MaxUint64}))
 	f.Add(encodeRequest(Request{Cmd: CmdWrite, Length: MaxPayload + 1}))
 	f.Add(encodeRequest(Request{Cmd: CmdTrim, Length: math.MaxUint32, Offset: math.MaxUint64}))
 	f.Add(append(encodeRequest(Request{Cmd: CmdWrite, Length: 3, Checksum: checksumABC}), "abc"...))
@@ -106,14 +111,14 @@ func FuzzDecodeReply(f *testing.F) {
 var zeros = make([]byte, MaxMessage)
 
 func FuzzDecodeMsgHeader(f *testing.F) {
-	for _, typ := range []MsgType{MsgHello, MsgServerInfo, MsgOpen, MsgOpened, MsgError} {
+	for _, typ := range []MsgType{MsgHello, MsgServerInfo, MsgOpen, MsgOpened, MsgError, MsgPing, MsgPong} {
 		addVariants(f, AppendMessage(nil, typ, []byte("body")))
 	}
 	f.Add(AppendMessage(nil, MsgOpen, nil))
 	f.Add(binary.BigEndian.AppendUint32([]byte{0, 2, 0, 0}, MaxMessage))
 	f.Add(binary.BigEndian.AppendUint32([]byte{0, 2, 0, 0}, MaxMessage+1))
 	f.Add(binary.BigEndian.AppendUint32([]byte{0, 1, 0, 0}, math.MaxUint32))
-	f.Add([]byte{0, 6, 0, 0, 0, 0, 0, 0})
+	f.Add([]byte{0, 8, 0, 0, 0, 0, 0, 0})
 	f.Add([]byte{0, 1, 0, 1, 0, 0, 0, 0})
 	buf := make([]byte, 0, MsgHeaderSize+MaxMessage)
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -157,24 +162,30 @@ func fuzzBody(t *testing.T, c codec, b []byte) {
 }
 
 func FuzzDecodeHello(f *testing.F) {
-	addVariants(f, AppendHello(nil, &Hello{Version: Version, Client: "client.example"}))
-	addVariants(f, AppendHello(nil, &Hello{Version: math.MaxUint16, Client: maxName}))
-	f.Add([]byte{0, 1, 0, 0, 0xff})
-	f.Add([]byte{0, 1, 0, 1, 0})
+	addVariants(f, AppendHello(nil, &Hello{Version: Version, Attachment: goldenAttachment, Epoch: 1, Client: "client.example"}))
+	addVariants(f, AppendHello(nil, &Hello{Version: math.MaxUint16, Attachment: goldenAttachment, Epoch: math.MaxUint64, Client: maxName}))
+	// A client name longer than the body, and nonzero flags.
+	empty := AppendHello(nil, &Hello{Version: Version, Epoch: 1})
+	f.Add(append(empty[:len(empty)-1:len(empty)-1], 0xff))
+	flags := append([]byte(nil), empty...)
+	flags[3] = 1
+	f.Add(flags)
+	// A version 1 HELLO, which version 2 reads as short.
+	f.Add([]byte{0, 1, 0, 0, 4, 'h', 'o', 's', 't'})
 	f.Fuzz(func(t *testing.T, b []byte) { fuzzBody(t, helloCodec, b) })
 }
 
 func FuzzDecodeServerInfo(f *testing.F) {
-	addVariants(f, AppendServerInfo(nil, &ServerInfo{Version: 1, Instance: Identity{1}, Server: "srv",
-		Exports: []ExportInfo{goldenExport, validExport("b")}}))
-	addVariants(f, AppendServerInfo(nil, &ServerInfo{Version: 1}))
+	addVariants(f, AppendServerInfo(nil, &ServerInfo{Version: Version, Instance: Identity{1}, Clock: 3600_000_000_000,
+		Server: "srv", Exports: []ExportInfo{goldenExport, validExport("b")}}))
+	addVariants(f, AppendServerInfo(nil, &ServerInfo{Version: Version, Clock: math.MaxUint64}))
 	bad := validExport("bad")
 	bad.PhysicalBlock = 1000
-	f.Add(AppendServerInfo(nil, &ServerInfo{Version: 1, Exports: []ExportInfo{bad}}))
-	huge := AppendServerInfo(nil, &ServerInfo{Version: 1})
+	f.Add(AppendServerInfo(nil, &ServerInfo{Version: Version, Exports: []ExportInfo{bad}}))
+	huge := AppendServerInfo(nil, &ServerInfo{Version: Version})
 	binary.BigEndian.PutUint16(huge[len(huge)-2:], math.MaxUint16)
 	f.Add(huge)
-	over := AppendServerInfo(nil, &ServerInfo{Version: 1})
+	over := AppendServerInfo(nil, &ServerInfo{Version: Version})
 	binary.BigEndian.PutUint16(over[len(over)-2:], MaxExports+1)
 	f.Add(over)
 	f.Fuzz(func(t *testing.T, b []byte) { fuzzBody(t, serverInfoCodec, b) })
@@ -207,8 +218,26 @@ func FuzzDecodeError(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) { fuzzBody(t, errorCodec, b) })
 }
 
+func FuzzDecodePing(f *testing.F) {
+	addVariants(f, AppendPing(nil, &Ping{Seq: 1}))
+	addVariants(f, AppendPing(nil, &Ping{Seq: math.MaxUint64}))
+	f.Add(AppendPong(nil, &Pong{Seq: 1, Clock: 2}))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) { fuzzBody(t, pingCodec, b) })
+}
+
+func FuzzDecodePong(f *testing.F) {
+	addVariants(f, AppendPong(nil, &Pong{Seq: 1, Clock: 10_000_000_000}))
+	addVariants(f, AppendPong(nil, &Pong{Seq: math.MaxUint64, Clock: math.MaxUint64}))
+	f.Add(AppendPing(nil, &Ping{Seq: 1}))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) { fuzzBody(t, pongCodec, b) })
+}
+
 func FuzzReadMessage(f *testing.F) {
-	addVariants(f, AppendMessage(nil, MsgHello, AppendHello(nil, &Hello{Version: 1, Client: "c"})))
+	addVariants(f, AppendMessage(nil, MsgHello, AppendHello(nil, &Hello{Version: Version, Attachment: goldenAttachment, Epoch: 1, Client: "c"})))
+	addVariants(f, AppendMessage(nil, MsgPing, AppendPing(nil, &Ping{Seq: 1})))
+	addVariants(f, AppendMessage(nil, MsgPong, AppendPong(nil, &Pong{Seq: 1, Clock: 2})))
 	addVariants(f, AppendMessage(nil, MsgOpened, AppendOpened(nil, &Opened{Export: goldenExport})))
 	f.Add(AppendMessage(nil, MsgOpen, nil))
 	f.Add(AppendMessage(nil, MsgOpen, nil)[:MsgHeaderSize-1])
@@ -244,4 +273,89 @@ func FuzzReadMessage(f *testing.F) {
 			t.Fatalf("second read = %v %x, %v; want %v %x", typ2, body2, err, typ, body)
 		}
 	})
+}
+
+// TestSeedCorpus keeps the committed seeds honest after a layout change:
+// a seed named valid… must decode, and a seed named for a defect
+// (truncated, trailing-byte, oversized…) must not. Inputs that fuzzing
+// saved, named by their hash, are left to their targets.
+func TestSeedCorpus(t *testing.T) {
+	decoders := map[string]func([]byte) error{
+		"FuzzDecodeRequest":    func(b []byte) error { _, err := DecodeRequest(b); return err },
+		"FuzzDecodeReply":      func(b []byte) error { _, err := DecodeReply(b); return err },
+		"FuzzDecodeMsgHeader":  func(b []byte) error { _, err := DecodeMsgHeader(b); return err },
+		"FuzzDecodeHello":      func(b []byte) error { _, err := DecodeHello(b); return err },
+		"FuzzDecodeServerInfo": func(b []byte) error { _, err := DecodeServerInfo(b); return err },
+		"FuzzDecodePing":       func(b []byte) error { _, err := DecodePing(b); return err },
+		"FuzzDecodePong":       func(b []byte) error { _, err := DecodePong(b); return err },
+		"FuzzDecodeOpen":       func(b []byte) error { _, err := DecodeOpen(b); return err },
+		"FuzzDecodeOpened":     func(b []byte) error { _, err := DecodeOpened(b); return err },
+		"FuzzDecodeError":      func(b []byte) error { _, err := DecodeError(b); return err },
+		"FuzzReadMessage":      readAllMessages,
+	}
+	dirs, err := os.ReadDir(filepath.Join("testdata", "fuzz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range dirs {
+		decode, ok := decoders[dir.Name()]
+		if !ok {
+			t.Errorf("testdata/fuzz/%s: no such fuzz target here", dir.Name())
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join("testdata", "fuzz", dir.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, file := range files {
+			name := dir.Name() + "/" + file.Name()
+			if savedByFuzzing.MatchString(file.Name()) {
+				continue
+			}
+			b := readSeed(t, filepath.Join("testdata", "fuzz", name))
+			err := decode(b)
+			switch valid := strings.HasPrefix(file.Name(), "valid"); {
+			case valid && err != nil:
+				t.Errorf("seed %s (%x) does not decode: %v", name, b, err)
+			case !valid && err == nil:
+				t.Errorf("seed %s (%x) decodes, but its name says it should not", name, b)
+			}
+		}
+	}
+}
+
+// savedByFuzzing matches the names go test gives the inputs it saves.
+var savedByFuzzing = regexp.MustCompile(`^[0-9a-f]{16}$`)
+
+// readAllMessages reads framed messages until the input ends between two.
+func readAllMessages(b []byte) error {
+	r := bytes.NewReader(b)
+	for {
+		if _, _, err := ReadMessage(r); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
+}
+
+// readSeed parses a corpus file holding one []byte in the
+// "go test fuzz v1" encoding.
+func readSeed(t *testing.T, path string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	header, value, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
+	lit, ok := strings.CutPrefix(value, "[]byte(")
+	lit, ok2 := strings.CutSuffix(lit, ")")
+	if header != "go test fuzz v1" || !ok || !ok2 {
+		t.Fatalf("%s: not a go test fuzz v1 file holding one []byte", path)
+	}
+	s, err := strconv.Unquote(lit)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return []byte(s)
 }

@@ -35,33 +35,65 @@ func unhex(t testing.TB, s string) []byte {
 const checksumABC = 0x44bc2cf5ad770999
 
 func TestGoldenRequest(t *testing.T) {
-	// A 3-byte WRITE with FUA of "abc" at offset 4096.
-	r := Request{Cmd: CmdWrite, Flags: FlagFUA, Length: 3, ID: 0x0102030405060708, Offset: 0x1000, Checksum: checksumABC}
-	want := unhex(t, `
-		02 | 01 | 0000 | 00000003
-		0102030405060708
-		0000000000001000
-		44bc2cf5ad770999`)
-	if len(want) != RequestSize {
-		t.Fatalf("golden request is %d bytes, want %d", len(want), RequestSize)
+	tests := []struct {
+		name string
+		r    Request
+		hex  string
+	}{
+		{
+			// "abc" at offset 4096, which the server must not start once
+			// its clock reads 10 s (10^10 ns = 0x2540be400).
+			name: "WRITE FUA with expiry",
+			r: Request{Cmd: CmdWrite, Flags: FlagFUA, Length: 3, ID: 0x0102030405060708, Offset: 0x1000,
+				Checksum: checksumABC, Expires: 10_000_000_000},
+			hex: `
+				02 | 01 | 0000 | 00000003 # cmd WRITE, flags FUA, reserved, length 3
+				0102030405060708          # id
+				0000000000001000          # offset 4096
+				44bc2cf5ad770999          # checksum xxhash64("abc")
+				00000002540be400          # expires 10 s on the server's clock`,
+		},
+		{
+			name: "READ without expiry",
+			r:    Request{Cmd: CmdRead, Length: 0x10000, ID: 42, Offset: 1 << 40},
+			hex: `
+				01 | 00 | 0000 | 00010000 # cmd READ, no flags, reserved, length 64 KiB
+				000000000000002a          # id 42
+				0000010000000000          # offset 1 TiB
+				0000000000000000          # no checksum without payload
+				0000000000000000          # expires 0: never`,
+		},
+		{
+			name: "FLUSH expiring at the last nanosecond",
+			r:    Request{Cmd: CmdFlush, ID: 7, Expires: 0xffffffffffffffff},
+			hex: `03 | 00 | 0000 | 00000000 | 0000000000000007 | 0000000000000000 | 0000000000000000
+				ffffffffffffffff`,
+		},
 	}
-	got := make([]byte, RequestSize)
-	for i := range got {
-		got[i] = 0xee // Encode must write every byte, reserved ones included
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want := unhex(t, tt.hex)
+			if len(want) != RequestSize {
+				t.Fatalf("golden request is %d bytes, want %d", len(want), RequestSize)
+			}
+			// Encode must write every byte, reserved ones included.
+			got := bytes.Repeat([]byte{0xee}, RequestSize)
+			tt.r.Encode(got)
+			if !bytes.Equal(got, want) {
+				t.Errorf("Encode(%+v)\n got %x\nwant %x", tt.r, got, want)
+			}
+			dec, err := DecodeRequest(want)
+			if err != nil {
+				t.Fatalf("DecodeRequest(golden): %v", err)
+			}
+			if dec != tt.r {
+				t.Errorf("DecodeRequest(golden) = %+v, want %+v", dec, tt.r)
+			}
+		})
 	}
-	r.Encode(got)
-	if !bytes.Equal(got, want) {
-		t.Errorf("Encode(%+v)\n got %x\nwant %x", r, got, want)
-	}
-	dec, err := DecodeRequest(want)
-	if err != nil {
-		t.Fatalf("DecodeRequest(golden): %v", err)
-	}
-	if dec != r {
-		t.Errorf("DecodeRequest(golden) = %+v, want %+v", dec, r)
-	}
-	if dec.PayloadLen() != 3 {
-		t.Errorf("PayloadLen = %d, want 3", dec.PayloadLen())
+	r := tests[0].r
+	if r.PayloadLen() != 3 {
+		t.Errorf("PayloadLen = %d, want 3", r.PayloadLen())
 	}
 	if Checksum([]byte("abc")) != r.Checksum {
 		t.Errorf("golden checksum is not Checksum(\"abc\")")
@@ -123,6 +155,9 @@ var goldenExport = ExportInfo{
 	Identity:      Identity{0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf},
 }
 
+// goldenAttachment is the attachment id of the Hello golden.
+var goldenAttachment = Identity{0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f}
+
 // goldenExportHex is goldenExport's encoding: 45 bytes.
 const goldenExportHex = `
 	04 6469736b                      # name "disk"
@@ -141,44 +176,85 @@ func TestGoldenControl(t *testing.T) {
 		hex    string // whole frame: header, then body
 	}{
 		{
-			name:   "Hello",
-			typ:    MsgHello,
-			want:   Hello{Version: 1, Client: "host"},
-			append: func(b []byte) []byte { return AppendHello(b, &Hello{Version: 1, Client: "host"}) },
+			name: "Hello",
+			typ:  MsgHello,
+			want: Hello{Version: 2, Attachment: goldenAttachment, Epoch: 1, Client: "host"},
+			append: func(b []byte) []byte {
+				return AppendHello(b, &Hello{Version: 2, Attachment: goldenAttachment, Epoch: 1, Client: "host"})
+			},
 			decode: func(b []byte) (any, error) { return DecodeHello(b) },
-			hex: `0001 | 0000 | 00000009
-				0001 | 0000 | 04 686f7374`,
+			// body: 2+2+16+8+1+4 = 33 bytes.
+			hex: `0001 | 0000 | 00000021
+				0002 | 0000                      # version 2, flags
+				101112131415161718191a1b1c1d1e1f # attachment
+				0000000000000001                 # epoch 1: the first session
+				04 686f7374                      # client "host"`,
+		},
+		{
+			name:   "Hello opting out of fencing",
+			typ:    MsgHello,
+			want:   Hello{Version: 2, Epoch: 0xfffffffffffffffe},
+			append: func(b []byte) []byte { return AppendHello(b, &Hello{Version: 2, Epoch: 0xfffffffffffffffe}) },
+			decode: func(b []byte) (any, error) { return DecodeHello(b) },
+			hex: `0001 | 0000 | 0000001d
+				0002 | 0000 | 00000000000000000000000000000000 | fffffffffffffffe | 00`,
 		},
 		{
 			name: "ServerInfo",
 			typ:  MsgServerInfo,
 			want: ServerInfo{
-				Version:  1,
+				Version:  2,
 				Instance: Identity{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+				Clock:    3600_000_000_000,
 				Server:   "srv",
 				Exports:  []ExportInfo{goldenExport},
 			},
 			append: func(b []byte) []byte {
 				return AppendServerInfo(b, &ServerInfo{
-					Version:  1,
+					Version:  2,
 					Instance: Identity{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+					Clock:    3600_000_000_000,
 					Server:   "srv",
 					Exports:  []ExportInfo{goldenExport},
 				})
 			},
 			decode: func(b []byte) (any, error) { return DecodeServerInfo(b) },
-			// body: 2+2+16+1+3+2 = 26 bytes, then one 45-byte export: 71 = 0x47.
-			hex: `0002 | 0000 | 00000047
-				0001 | 0000 | 000102030405060708090a0b0c0d0e0f | 03 737276 | 0001` + goldenExportHex,
+			// body: 2+2+16+8+1+3+2 = 34 bytes, then one 45-byte export: 79 = 0x4f.
+			hex: `0002 | 0000 | 0000004f
+				0002 | 0000                      # version 2, flags
+				000102030405060708090a0b0c0d0e0f # instance
+				0000034630b8a000                 # clock: up for an hour (3.6e12 ns)
+				03 737276                        # server "srv"
+				0001                             # one export` + goldenExportHex,
 		},
 		{
-			name:   "ServerInfo without exports",
-			typ:    MsgServerInfo,
-			want:   ServerInfo{Version: 1},
-			append: func(b []byte) []byte { return AppendServerInfo(b, &ServerInfo{Version: 1, Exports: []ExportInfo{}}) },
+			name: "ServerInfo without exports",
+			typ:  MsgServerInfo,
+			want: ServerInfo{Version: 2, Clock: 0xffffffffffffffff},
+			append: func(b []byte) []byte {
+				return AppendServerInfo(b, &ServerInfo{Version: 2, Clock: 0xffffffffffffffff, Exports: []ExportInfo{}})
+			},
 			decode: func(b []byte) (any, error) { return DecodeServerInfo(b) },
-			hex: `0002 | 0000 | 00000017
-				0001 | 0000 | 00000000000000000000000000000000 | 00 | 0000`,
+			hex: `0002 | 0000 | 0000001f
+				0002 | 0000 | 00000000000000000000000000000000 | ffffffffffffffff | 00 | 0000`,
+		},
+		{
+			name:   "Ping",
+			typ:    MsgPing,
+			want:   Ping{Seq: 0x0102030405060708},
+			append: func(b []byte) []byte { return AppendPing(b, &Ping{Seq: 0x0102030405060708}) },
+			decode: func(b []byte) (any, error) { return DecodePing(b) },
+			hex:    `0006 | 0000 | 00000008 | 0102030405060708`,
+		},
+		{
+			name:   "Pong",
+			typ:    MsgPong,
+			want:   Pong{Seq: 0x0102030405060708, Clock: 10_000_000_000},
+			append: func(b []byte) []byte { return AppendPong(b, &Pong{Seq: 0x0102030405060708, Clock: 10_000_000_000}) },
+			decode: func(b []byte) (any, error) { return DecodePong(b) },
+			hex: `0007 | 0000 | 00000010
+				0102030405060708 # seq, the Ping's
+				00000002540be400 # clock 10 s`,
 		},
 		{
 			name:   "Open",

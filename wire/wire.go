@@ -5,16 +5,18 @@ import (
 	"fmt"
 )
 
-// Version is the protocol version spoken on the control stream. It is also
-// bound into the Noise prologue by package crypto.
-const Version = 1
+// Version is the protocol version spoken on the control stream, carried in
+// HELLO and SERVER_INFO. The encrypted channel below has its own version
+// (crypto.ProtocolVersion), which is what the Noise prologue binds; it does
+// not change with this one.
+const Version = 2
 
 // Sizes of the fixed parts of frames, in bytes.
 const (
-	RequestSize   = 32 // request header on a data stream
+	RequestSize   = 40 // request header on a data stream
 	ReplySize     = 24 // reply header on a data stream
 	MsgHeaderSize = 8  // control message header
-	IdentitySize  = 16 // export identity and server instance id
+	IdentitySize  = 16 // export identity, server instance id, client attachment id
 
 	// MaxMessage bounds a control message body. Export lists are small;
 	// anything larger is a protocol violation, refused before allocating.
@@ -42,7 +44,8 @@ func short(what string, need, have int) error {
 }
 
 // Identity names an export's backing disk (stable across server restarts,
-// different for a different disk) or a server instance (new at every start).
+// different for a different disk), a server instance (new at every start)
+// or a client attachment (kept across its reconnects).
 type Identity [IdentitySize]byte
 
 func (id Identity) String() string { return fmt.Sprintf("%x", id[:]) }
