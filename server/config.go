@@ -20,6 +20,13 @@ type ExportConfig struct {
 	Path     string // regular file or block device
 	ReadOnly bool
 
+	// Volatile, a testing option, puts a model of a volatile write cache
+	// in front of the storage (see NewVolatile): writes are acknowledged
+	// from memory and reach the storage only on flush or FUA, so a killed
+	// server loses them like a disk losing power. Never use it for data
+	// you want to keep. It makes no sense with ReadOnly.
+	Volatile bool
+
 	// Backend, if set, is served instead of opening Path (which then only
 	// appears in logs). Tests use it with servertest.MemBackend. The
 	// server closes it in Close; if New fails, it stays the caller's.
@@ -38,26 +45,46 @@ type Config struct {
 }
 
 // ParseExportFlag parses the command line form of an export:
-// NAME=PATH, or NAME=PATH,ro for a read-only export.
+// NAME=PATH[,ro|,rw][,volatile]. ,ro makes it read-only; ,volatile is the
+// testing option ExportConfig.Volatile.
 func ParseExportFlag(s string) (ExportConfig, error) {
+	const usage = "want NAME=PATH[,ro][,volatile]"
 	name, path, ok := strings.Cut(s, "=")
 	if !ok {
-		return ExportConfig{}, fmt.Errorf("server: export %q: want NAME=PATH[,ro]", s)
+		return ExportConfig{}, fmt.Errorf("server: export %q: %s", s, usage)
 	}
 	e := ExportConfig{Name: name}
-	if p, ok := strings.CutSuffix(path, ",ro"); ok {
-		path, e.ReadOnly = p, true
-	} else if p, ok := strings.CutSuffix(path, ",rw"); ok {
-		path = p
+	for {
+		if p, ok := strings.CutSuffix(path, ",ro"); ok {
+			path, e.ReadOnly = p, true
+		} else if p, ok := strings.CutSuffix(path, ",rw"); ok {
+			path = p
+		} else if p, ok := strings.CutSuffix(path, ",volatile"); ok {
+			path, e.Volatile = p, true
+		} else {
+			break
+		}
 	}
 	e.Path = path
 	if err := checkExportName(name); err != nil {
-		return ExportConfig{}, fmt.Errorf("server: export %q: %w; want NAME=PATH[,ro]", s, err)
+		return ExportConfig{}, fmt.Errorf("server: export %q: %w; %s", s, err, usage)
 	}
 	if path == "" {
-		return ExportConfig{}, fmt.Errorf("server: export %q: empty path; want NAME=PATH[,ro]", s)
+		return ExportConfig{}, fmt.Errorf("server: export %q: empty path; %s", s, usage)
+	}
+	if err := checkVolatile(e); err != nil {
+		return ExportConfig{}, fmt.Errorf("server: export %q: %w", s, err)
 	}
 	return e, nil
+}
+
+// checkVolatile rejects a volatile cache on a read-only export: there
+// would be nothing to cache, so asking for it is a mistake.
+func checkVolatile(e ExportConfig) error {
+	if e.Volatile && e.ReadOnly {
+		return errors.New("volatile and read-only together: a read-only export has no writes to cache")
+	}
+	return nil
 }
 
 // configFile is the TOML layout of a configuration file.
@@ -74,6 +101,7 @@ type exportFile struct {
 	Name     string `toml:"name"`
 	Path     string `toml:"path"`
 	ReadOnly bool   `toml:"read_only"`
+	Volatile bool   `toml:"volatile"`
 }
 
 // LoadConfig reads a TOML configuration file:
@@ -88,6 +116,7 @@ type exportFile struct {
 //	name = "disk"
 //	path = "/dev/sdb"
 //	read_only = false
+//	volatile = false                    # testing only: see ExportConfig.Volatile
 //
 // Relative paths are relative to the file's directory. Unknown keys are an
 // error, so a misspelt option is not silently ignored. The key files are
@@ -130,7 +159,11 @@ func LoadConfig(path string) (*Config, error) {
 		if e.Path == "" {
 			return nil, fmt.Errorf("server: config %s: export %d (%q) has no path", path, i+1, e.Name)
 		}
-		c.Exports = append(c.Exports, ExportConfig{Name: e.Name, Path: rel(e.Path), ReadOnly: e.ReadOnly})
+		ec := ExportConfig{Name: e.Name, Path: rel(e.Path), ReadOnly: e.ReadOnly, Volatile: e.Volatile}
+		if err := checkVolatile(ec); err != nil {
+			return nil, fmt.Errorf("server: config %s: export %d (%q): %w", path, i+1, e.Name, err)
+		}
+		c.Exports = append(c.Exports, ec)
 	}
 	if err := checkExports(c.Exports); err != nil {
 		return nil, fmt.Errorf("server: config %s: %w", path, err)

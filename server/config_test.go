@@ -20,6 +20,13 @@ func TestParseExportFlag(t *testing.T) {
 		{in: "disk=/img/a.raw,ro", want: server.ExportConfig{Name: "disk", Path: "/img/a.raw", ReadOnly: true}},
 		{in: "disk=/img/a.raw,rw", want: server.ExportConfig{Name: "disk", Path: "/img/a.raw"}},
 		{in: "d=/x=y,z", want: server.ExportConfig{Name: "d", Path: "/x=y,z"}},
+		{in: "disk=/img/a.raw,volatile", want: server.ExportConfig{Name: "disk", Path: "/img/a.raw", Volatile: true}},
+		{in: "disk=/img/a.raw,rw,volatile", want: server.ExportConfig{Name: "disk", Path: "/img/a.raw", Volatile: true}},
+		{in: "disk=/img/a.raw,volatile,rw", want: server.ExportConfig{Name: "disk", Path: "/img/a.raw", Volatile: true}},
+		{in: "disk=/img/volatile", want: server.ExportConfig{Name: "disk", Path: "/img/volatile"}},
+		{in: "disk=/img/a.raw,ro,volatile", err: "volatile and read-only"},
+		{in: "disk=/img/a.raw,volatile,ro", err: "volatile and read-only"},
+		{in: "disk=,volatile", err: "empty path"},
 		{in: "/dev/sdb", err: "want NAME=PATH"},
 		{in: "=/dev/sdb", err: "empty export name"},
 		{in: "disk=", err: "empty path"},
@@ -71,6 +78,11 @@ path = "disk.img"
 name = "iso"
 path = "/srv/boot.iso"
 read_only = true
+
+[[export]]
+name = "scratch"
+path = "/tmp/scratch.img"
+volatile = true
 `), 0o600)
 	c, err := server.LoadConfig(path)
 	if err != nil {
@@ -88,8 +100,9 @@ read_only = true
 	want := []server.ExportConfig{
 		{Name: "data", Path: filepath.Join(dir, "disk.img")},
 		{Name: "iso", Path: "/srv/boot.iso", ReadOnly: true},
+		{Name: "scratch", Path: "/tmp/scratch.img", Volatile: true},
 	}
-	if len(c.Exports) != 2 || c.Exports[0] != want[0] || c.Exports[1] != want[1] {
+	if len(c.Exports) != 3 || c.Exports[0] != want[0] || c.Exports[1] != want[1] || c.Exports[2] != want[2] {
 		t.Errorf("exports %+v, want %+v", c.Exports, want)
 	}
 }
@@ -113,6 +126,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"export without path", keys + "[[export]]\nname = \"d\"\n", "has no path"},
 		{"syntax", keys + "workers = \n", "dst.toml"},
 		{"negative workers", keys + "workers = -1\n" + export, "workers"},
+		{"volatile read-only", keys + export + "read_only = true\nvolatile = true\n", "volatile and read-only"},
 	} {
 		path := filepath.Join(dir, "dst.toml")
 		os.WriteFile(path, []byte(tt.body), 0o600)

@@ -56,6 +56,14 @@ func (s *Server) worker() {
 // run does a request's work and sets its status.
 func (o *op) run() {
 	e, r := o.s.exp, &o.req
+	if o.status = o.s.se.begin(r); o.status != wire.StatusOK {
+		if o.status == wire.StatusETIMEDOUT {
+			o.s.log.Warn("request expired before it could start; not applied", "cmd", r.Cmd,
+				"offset", r.Offset, "length", r.Length)
+		}
+		return
+	}
+	defer o.s.se.end()
 	var err error
 	switch r.Cmd {
 	case wire.CmdRead:

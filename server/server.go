@@ -33,7 +33,6 @@ type Server struct {
 	exports map[string]*export
 	names   []string // export names in configuration order, for messages
 	info    wire.ServerInfo
-	infoMsg []byte // the SERVER_INFO message, encoded once
 
 	replay     *crypto.ReplayFilter
 	authorized atomic.Pointer[crypto.AuthorizedKeys]
@@ -43,6 +42,9 @@ type Server struct {
 	// handshakes holds a token per connection in its handshake, so
 	// half-open connections cannot pile up.
 	handshakes chan struct{}
+
+	fenceMu sync.Mutex
+	attach  map[attachKey]*attachment // see fence.go
 
 	jobs    chan *op      // requests for the worker pool
 	stopped chan struct{} // closed after every session ended: workers exit
@@ -98,6 +100,7 @@ func New(cfg *Config) (*Server, error) {
 	s.replay = crypto.NewReplayFilter()
 	s.authorized.Store(c.Authorized)
 	s.sessions = make(map[*yamux.Session]crypto.PublicKey)
+	s.attach = make(map[attachKey]*attachment)
 	s.handshakes = make(chan struct{}, maxHandshakes)
 	s.jobs = make(chan *op)
 	s.stopped = make(chan struct{})
@@ -119,11 +122,9 @@ func (s *Server) makeInfo() error {
 		host = "unknown"
 	}
 	s.info.Server = host
-	body := wire.AppendServerInfo(nil, &s.info)
-	if len(body) > wire.MaxMessage {
-		return fmt.Errorf("server: export list of %d bytes exceeds the %d byte message limit", len(body), wire.MaxMessage)
+	if n := len(wire.AppendServerInfo(nil, &s.info)); n > wire.MaxMessage {
+		return fmt.Errorf("server: export list of %d bytes exceeds the %d byte message limit", n, wire.MaxMessage)
 	}
-	s.infoMsg = wire.AppendMessage(nil, wire.MsgServerInfo, body)
 	return nil
 }
 
@@ -177,6 +178,11 @@ func (s *Server) openExport(ec ExportConfig) (*export, error) {
 			return nil, fmt.Errorf("server: export %q: %w", ec.Name, err)
 		}
 		b = f
+	}
+	if ec.Volatile {
+		s.log.Warn("export has a volatile write cache (a testing option): writes not flushed die with this process",
+			"name", ec.Name)
+		b = NewVolatile(b)
 	}
 	info, err := describe(ec, b)
 	if err != nil {
@@ -305,6 +311,13 @@ func (s *Server) SetAuthorized(a *crypto.AuthorizedKeys) {
 	for _, sess := range revoked {
 		sess.Close()
 	}
+}
+
+// keyOf returns the client key of a tracked session, or the zero key.
+func (s *Server) keyOf(sess *yamux.Session) crypto.PublicKey {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[sess]
 }
 
 // track registers a live session under its client's key until the

@@ -30,7 +30,9 @@ const (
 
 // session is the state one client's streams share.
 type session struct {
+	sessionGate
 	srv     *Server
+	mux     *yamux.Session
 	log     *slog.Logger
 	bytes   *limiter // payload bytes in flight, all streams
 	streams atomic.Int32
@@ -54,6 +56,7 @@ func (s *Server) ServeSession(ctx context.Context, sess *yamux.Session, peer str
 
 	se := &session{
 		srv:   s,
+		mux:   sess,
 		log:   s.log.With("peer", peer),
 		bytes: newLimiter(math.MaxInt, sessionBytes),
 	}
@@ -80,6 +83,7 @@ func (s *Server) ServeSession(ctx context.Context, sess *yamux.Session, peer str
 	}
 	sess.Close()
 	wg.Wait()
+	s.leave(se)
 	switch {
 	case s.ctx.Err() != nil:
 		return ErrServerClosed
@@ -113,11 +117,14 @@ func (se *session) serveStream(st *yamux.Stream) {
 	}
 }
 
-// serveControl answers HELLO with SERVER_INFO, then keeps the stream open
-// and idle until the session ends.
+// serveControl answers HELLO with SERVER_INFO, after fencing older
+// sessions of the client's attachment, then answers PINGs until the
+// session ends.
 func (se *session) serveControl(st *yamux.Stream, body []byte, log *slog.Logger) {
+	// The version comes first: another version's HELLO may not parse as
+	// this one's, and deserves the clear refusal.
 	h, err := wire.DecodeHello(body)
-	if err != nil {
+	if err != nil && h.Version == wire.Version {
 		log.Warn("closing stream: malformed HELLO", "err", err)
 		return
 	}
@@ -127,16 +134,44 @@ func (se *session) serveControl(st *yamux.Stream, body []byte, log *slog.Logger)
 			fmt.Sprintf("protocol version %d is not supported; this server speaks version %d", h.Version, wire.Version))
 		return
 	}
-	if _, err := st.Write(se.srv.infoMsg); err != nil {
+	if !h.Attachment.IsZero() {
+		k := attachKey{key: se.srv.keyOf(se.mux), id: h.Attachment}
+		if err := se.srv.admit(se, k, h.Epoch); err != nil {
+			log.Warn("refusing stale session", "client", h.Client, "epoch", h.Epoch)
+			se.refuse(st, log, wire.StatusESTALE, "a newer session of this attachment exists")
+			return
+		}
+	}
+	info := se.srv.info
+	info.Clock = serverClock()
+	msg := wire.AppendMessage(nil, wire.MsgServerInfo, wire.AppendServerInfo(nil, &info))
+	if _, err := st.Write(msg); err != nil {
 		log.Debug("writing SERVER_INFO", "err", err)
 		return
 	}
-	log.Info("client connected", "client", h.Client)
-	var b [1]byte
-	if n, err := st.Read(b[:]); n > 0 {
-		log.Warn("closing control stream: client sent data after HELLO")
-	} else if err != nil && !errors.Is(err, io.EOF) {
-		log.Debug("control stream ended", "err", err)
+	log.Info("client connected", "client", h.Client, "epoch", h.Epoch)
+	for {
+		typ, body, err := wire.ReadMessage(st)
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				log.Debug("control stream ended", "err", err)
+			}
+			return
+		}
+		if typ != wire.MsgPing {
+			log.Warn("closing control stream: unexpected message", "type", typ)
+			return
+		}
+		p, err := wire.DecodePing(body)
+		if err != nil {
+			log.Warn("closing control stream: malformed PING", "err", err)
+			return
+		}
+		pong := wire.AppendMessage(nil, wire.MsgPong, wire.AppendPong(nil, &wire.Pong{Seq: p.Seq, Clock: serverClock()}))
+		if _, err := st.Write(pong); err != nil {
+			log.Debug("writing PONG", "err", err)
+			return
+		}
 	}
 }
 
