@@ -373,25 +373,32 @@ func TestCloseFailsPending(t *testing.T) {
 	}
 }
 
-func TestLostWhenServerGoes(t *testing.T) {
+func TestDeadlineWhileServerGone(t *testing.T) {
 	env := newEnv(t, "tcp", 1<<20)
-	a := env.attach(t, "disk", 1, 2)
+	cfg := &AttachConfig{Config: *env.config(), Export: "disk", Queues: 2, IOTimeout: 500 * time.Millisecond,
+		KeepaliveInterval: 50 * time.Millisecond, KeepaliveTimeout: 300 * time.Millisecond}
+	a, err := Attach(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer a.Close()
 	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-a.Lost():
-		t.Fatal("Lost before the server went away")
-	default:
-	}
 	env.srv.Close()
+	start := time.Now()
+	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read while the server is gone: %v, want EIO", err)
+	}
+	if d := time.Since(start); d < 400*time.Millisecond || d > 5*time.Second {
+		t.Errorf("read failed after %v; the deadline was 500ms", d)
+	}
+	if s := a.Stats(); s.Timeouts == 0 {
+		t.Errorf("stats %+v: no timeout counted", s)
+	}
 	select {
 	case <-a.Lost():
-	case <-time.After(10 * time.Second):
-		t.Fatal("Lost not closed after the server closed")
-	}
-	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); !errors.Is(err, syscall.EIO) {
-		t.Fatalf("read after loss: %v, want EIO", err)
+		t.Fatal("Lost closed: a server going away is not a permanent failure")
+	default:
 	}
 }

@@ -37,25 +37,15 @@ func (c *Config) logger() *slog.Logger {
 	return slog.Default()
 }
 
-// Session is one authenticated connection to a server: the encrypted
-// channel, its yamux session, and what the server said about itself.
-type Session struct {
-	mux    *yamux.Session
-	info   wire.ServerInfo
-	cipher crypto.Cipher
+// Dial connects to the server, runs the handshake and autoconfiguration.
+// The session it returns belongs to no attachment: the server fences
+// nothing for it, and nothing probes it.
+func Dial(ctx context.Context, cfg *Config) (*Session, error) {
+	return dial(ctx, cfg, wire.Identity{}, 0)
 }
 
-// Info is the server's autoconfiguration answer.
-func (s *Session) Info() wire.ServerInfo { return s.info }
-
-// Cipher is the channel's AEAD.
-func (s *Session) Cipher() crypto.Cipher { return s.cipher }
-
-// Close ends the session.
-func (s *Session) Close() error { return s.mux.Close() }
-
-// Dial connects to the server, runs the handshake and autoconfiguration.
-func Dial(ctx context.Context, cfg *Config) (*Session, error) {
+// dial connects as session epoch of an attachment.
+func dial(ctx context.Context, cfg *Config, attachment wire.Identity, epoch uint64) (*Session, error) {
 	timeout := cfg.DialTimeout
 	if timeout == 0 {
 		timeout = 15 * time.Second
@@ -83,7 +73,7 @@ func Dial(ctx context.Context, cfg *Config) (*Session, error) {
 		Cipher:     cfg.Cipher,
 	})
 	if err != nil {
-		raw.Close()
+		abort(raw)
 		return nil, fmt.Errorf("client: handshake with %s: %w", cfg.Server, err)
 	}
 	sess, err := mux.Client(conn, &mux.Options{Logger: cfg.logger()})
@@ -91,35 +81,40 @@ func Dial(ctx context.Context, cfg *Config) (*Session, error) {
 		conn.Close()
 		return nil, err
 	}
-	s := &Session{mux: sess, cipher: conn.Cipher()}
-	if err := s.hello(ctx); err != nil {
-		sess.Close()
+	s := &Session{mux: sess, raw: raw, cipher: conn.Cipher(), dead: make(chan struct{})}
+	h := &wire.Hello{Version: wire.Version, Attachment: attachment, Epoch: epoch}
+	if err := s.hello(ctx, h); err != nil {
+		s.abort()
 		return nil, fmt.Errorf("client: autoconfiguration from %s: %w", cfg.Server, err)
 	}
 	return s, nil
 }
 
-// hello opens the control stream and learns the server's exports. The
-// stream then stays open, idle, for the life of the session.
-func (s *Session) hello(ctx context.Context) error {
+// hello opens the control stream, learns the server's exports and takes
+// the first sample of its clock. The stream then carries keepalives.
+func (s *Session) hello(ctx context.Context, h *wire.Hello) error {
 	st, err := s.mux.OpenStream()
 	if err != nil {
 		return err
 	}
-	host, _ := os.Hostname()
-	msg := wire.AppendMessage(nil, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Client: host}))
+	h.Client, _ = os.Hostname()
+	msg := wire.AppendMessage(nil, wire.MsgHello, wire.AppendHello(nil, h))
 	body, err := roundTrip(ctx, st, msg, wire.MsgServerInfo)
 	if err != nil {
 		return err
 	}
+	now := time.Now()
 	info, err := wire.DecodeServerInfo(body)
+	if info.Version != wire.Version && len(body) >= 2 {
+		return fmt.Errorf("server speaks protocol version %d, this client %d: upgrade the older side",
+			info.Version, wire.Version)
+	}
 	if err != nil {
 		return err
 	}
-	if info.Version != wire.Version {
-		return fmt.Errorf("server speaks protocol version %d, this client %d", info.Version, wire.Version)
-	}
 	s.info = info
+	s.ctl = st
+	s.clock.sample(info.Clock, now)
 	return nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/dstproject/dst/wire"
 	"github.com/hashicorp/yamux"
@@ -33,6 +32,8 @@ const (
 // wakes sendLoop if it is not empty: no transaction is left behind.
 type queue struct {
 	a      *Attachment
+	g      *generation
+	sess   *Session
 	st     *yamux.Stream
 	index  int
 	sendCh chan *tx
@@ -42,9 +43,11 @@ type queue struct {
 	buf    []byte // owned by the token holder
 }
 
-func newQueue(a *Attachment, st *yamux.Stream, index int) *queue {
+func newQueue(g *generation, s *Session, st *yamux.Stream, index int) *queue {
 	return &queue{
-		a:      a,
+		a:      g.a,
+		g:      g,
+		sess:   s,
 		st:     st,
 		index:  index,
 		sendCh: make(chan *tx, queueDepth),
@@ -53,7 +56,8 @@ func newQueue(a *Attachment, st *yamux.Stream, index int) *queue {
 	}
 }
 
-// push queues t and, unless hold, writes what is queued.
+// push queues t and, unless hold, writes what is queued. On a dead queue
+// it does nothing: t stays in the table, and the next generation sends it.
 func (q *queue) push(t *tx, hold bool) {
 	select {
 	case q.sendCh <- t:
@@ -62,8 +66,7 @@ func (q *queue) push(t *tx, hold bool) {
 		q.kick()
 		select {
 		case q.sendCh <- t:
-		case <-q.a.stop:
-			q.fail(t)
+		case <-q.g.dead:
 			return
 		}
 	}
@@ -106,7 +109,7 @@ func (q *queue) sendLoop() {
 	for {
 		select {
 		case <-q.wake:
-		case <-q.a.stop:
+		case <-q.g.dead:
 			return
 		}
 		for len(q.sendCh) > 0 && q.token.CompareAndSwap(false, true) {
@@ -127,10 +130,9 @@ batch:
 		select {
 		case t := <-q.sendCh:
 			if q.dead.Load() {
-				q.fail(t)
-				continue
+				continue // left in the table for the next generation
 			}
-			buf = appendTx(buf, t)
+			buf = q.appendTx(buf, t)
 		default:
 			break batch
 		}
@@ -148,37 +150,28 @@ batch:
 	return true
 }
 
-func appendTx(b []byte, t *tx) []byte {
+// appendTx encodes t's request, with its deadline on this session's
+// server clock, and its payload.
+func (q *queue) appendTx(b []byte, t *tx) []byte {
 	n := len(b)
 	b = append(b, make([]byte, wire.RequestSize)...)
-	t.hdr.Encode(b[n:])
+	h := t.hdr
+	h.Expires = q.sess.clock.expires(t.deadline)
+	h.Encode(b[n:])
 	if t.hdr.Cmd == wire.CmdWrite {
 		b = append(b, t.req.Data...)
 	}
 	return b
 }
 
-// fail completes t with EIO if it is still pending.
-func (q *queue) fail(t *tx) {
-	if q.a.take(t.hdr.ID) != nil {
-		t.req.Complete(syscall.EIO)
-	}
-}
-
-// die marks the queue dead and fails what is pending on it. Issue-3 work
-// replaces failing with resending on a new session.
+// die marks the queue dead and kills its generation: what is pending on
+// it waits in the table for the next one.
 func (q *queue) die(err error) {
 	if q.dead.Swap(true) {
 		return
 	}
-	select {
-	case <-q.a.stop:
-	default:
-		q.a.log.Error("queue failed", "queue", q.index, "err", err)
-	}
 	q.st.Close()
-	q.a.failQueue(q, syscall.EIO)
-	q.a.queueDied()
+	q.g.kill(fmt.Errorf("queue %d: %w", q.index, err))
 }
 
 // recvLoop reads replies and completes their transactions. Read payloads
@@ -217,13 +210,13 @@ func (q *queue) handle(br *bufio.Reader, rep *wire.Reply) error {
 		want = t.hdr.Length
 	}
 	if rep.Cmd != t.hdr.Cmd || rep.Length != want {
-		t.req.Complete(syscall.EIO)
+		q.a.putBack(t)
 		return fmt.Errorf("reply %d (%v, %v, %d bytes) does not match request (%v, %d bytes)",
 			rep.ID, rep.Cmd, rep.Status, rep.Length, t.hdr.Cmd, t.hdr.Length)
 	}
 	if want > 0 {
 		if _, err := io.ReadFull(br, t.req.Data); err != nil {
-			t.req.Complete(syscall.EIO)
+			q.a.putBack(t)
 			return err
 		}
 		if wire.Checksum(t.req.Data) != rep.Checksum {

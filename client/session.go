@@ -1,0 +1,173 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/wire"
+	"github.com/hashicorp/yamux"
+)
+
+// Session is one authenticated connection to a server: the encrypted
+// channel, its yamux session, its control stream, and what the server said
+// about itself.
+type Session struct {
+	mux    *yamux.Session
+	raw    net.Conn
+	info   wire.ServerInfo
+	cipher crypto.Cipher
+	ctl    *yamux.Stream // control stream: PING and PONG after HELLO
+	clock  clockMap
+
+	dead     chan struct{} // closed by kill
+	deadOnce sync.Once
+	deadErr  error
+	lastPong atomic.Int64 // unix nanoseconds of the last PONG
+}
+
+// Info is the server's autoconfiguration answer.
+func (s *Session) Info() wire.ServerInfo { return s.info }
+
+// Cipher is the channel's AEAD.
+func (s *Session) Cipher() crypto.Cipher { return s.cipher }
+
+// Close ends the session.
+func (s *Session) Close() error { return s.mux.Close() }
+
+// abort ends the session with a TCP reset rather than an orderly close:
+// the server learns at once that the session is gone, and the client's
+// unsent bytes are dropped rather than delivered late. (A reset does not
+// discard what the server's kernel has already received; the server's
+// fencing and request expiry cover that.)
+func (s *Session) abort() {
+	abort(s.raw)
+	s.mux.Close()
+}
+
+func abort(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// kill declares the session dead for the reason err.
+func (s *Session) kill(err error) {
+	s.deadOnce.Do(func() {
+		s.deadErr = err
+		close(s.dead)
+	})
+}
+
+// keepalive probes the session every interval on its control stream and
+// kills it when no answer has come for timeout, or the stream fails. A
+// frozen server process answers nothing, so this notices what TCP does
+// not: its kernel keeps acknowledging.
+func (s *Session) keepalive(interval, timeout time.Duration) {
+	s.lastPong.Store(time.Now().UnixNano())
+	go s.readPongs()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var seq uint64
+	for {
+		select {
+		case <-s.dead:
+			return
+		case <-t.C:
+		}
+		silent := time.Since(time.Unix(0, s.lastPong.Load()))
+		if silent > timeout {
+			s.kill(fmt.Errorf("server did not answer keepalives for %v", silent.Round(time.Millisecond)))
+			return
+		}
+		seq++
+		msg := wire.AppendMessage(nil, wire.MsgPing, wire.AppendPing(nil, &wire.Ping{Seq: seq}))
+		s.ctl.SetWriteDeadline(time.Now().Add(timeout))
+		if _, err := s.ctl.Write(msg); err != nil {
+			s.kill(fmt.Errorf("sending keepalive: %w", err))
+			return
+		}
+	}
+}
+
+func (s *Session) readPongs() {
+	for {
+		typ, body, err := wire.ReadMessage(s.ctl)
+		if err != nil {
+			s.kill(fmt.Errorf("control stream: %w", err))
+			return
+		}
+		now := time.Now()
+		if typ != wire.MsgPong {
+			s.kill(fmt.Errorf("control stream: server sent %v, expected PONG", typ))
+			return
+		}
+		p, err := wire.DecodePong(body)
+		if err != nil {
+			s.kill(fmt.Errorf("control stream: %w", err))
+			return
+		}
+		s.clock.sample(p.Clock, now)
+		s.lastPong.Store(now.UnixNano())
+	}
+}
+
+// clockMap relates this host's monotonic clock to a server's, so that a
+// transaction's deadline can travel as a time on the server's clock.
+//
+// A sample pairs a server clock reading c with the local time t at which
+// its message arrived. The server read c before t, so at any later local
+// time u the server's clock reads at least c + (u - t), give or take the
+// two clocks' rate difference. The expiry sent is that lower bound, less a
+// margin for the rate difference: the server may give up a little early,
+// never late.
+type clockMap struct {
+	last atomic.Pointer[clockSample]
+}
+
+type clockSample struct {
+	server uint64
+	local  time.Time
+}
+
+// Rate margin: clocks disciplined by NTP differ by at most 500 ppm; twice
+// that, plus a millisecond.
+const (
+	clockSkewPPM = 1000
+	clockSlack   = time.Millisecond
+)
+
+func (c *clockMap) sample(server uint64, local time.Time) {
+	c.last.Store(&clockSample{server: server, local: local})
+}
+
+// expires maps a local deadline to the server's clock. The zero deadline
+// maps to zero, which means none; a deadline already past maps to 1.
+func (c *clockMap) expires(deadline time.Time) uint64 {
+	if deadline.IsZero() {
+		return 0
+	}
+	s := c.last.Load()
+	if s == nil {
+		return 1
+	}
+	d := deadline.Sub(s.local)
+	if d > 0 {
+		d -= d / 1e6 * clockSkewPPM
+	}
+	d -= clockSlack
+	switch {
+	case d >= 0:
+		return s.server + uint64(d)
+	case uint64(-d) >= s.server:
+		return 1
+	}
+	return max(s.server-uint64(-d), 1)
+}
+
+var errSessionDead = errors.New("client: session dead")

@@ -1,0 +1,311 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/server"
+	"github.com/dstproject/dst/wire"
+)
+
+// restartEnv is a server on a fixed TCP address that a test can stop and
+// start again, as a new instance over the same file.
+type restartEnv struct {
+	t        *testing.T
+	path     string
+	volatile bool
+	sk, ck   crypto.PrivateKey
+	auth     *crypto.AuthorizedKeys
+	addr     string
+	srv      *server.Server
+	stopServ func()
+}
+
+func newRestartEnv(t *testing.T, size int64, volatile bool) *restartEnv {
+	t.Helper()
+	e := &restartEnv{t: t, path: filepath.Join(t.TempDir(), "disk"), volatile: volatile, sk: mustKey(t), ck: mustKey(t)}
+	if err := os.WriteFile(e.path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(e.path, size); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	e.auth, err = crypto.ParseAuthorizedKeys(strings.NewReader(e.ck.Public().String()+"\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	t.Cleanup(e.stop)
+	return e
+}
+
+func (e *restartEnv) start() {
+	e.t.Helper()
+	srv, err := server.New(&server.Config{
+		PrivateKey: e.sk,
+		Authorized: e.auth,
+		Exports:    []server.ExportConfig{{Name: "disk", Path: e.path, Volatile: e.volatile}},
+		Logger:     quietLogger(),
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	addr := e.addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.addr = l.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l) }()
+	e.srv = srv
+	e.stopServ = func() {
+		cancel()
+		<-done
+		srv.Close()
+	}
+}
+
+// stop ends the server. With a volatile export it is a crash: writes not
+// flushed are gone.
+func (e *restartEnv) stop() {
+	if e.stopServ != nil {
+		e.stopServ()
+		e.stopServ = nil
+	}
+}
+
+func (e *restartEnv) attach(t *testing.T, replay int64) *Attachment {
+	t.Helper()
+	a, err := Attach(context.Background(), &AttachConfig{
+		Config: Config{Server: e.addr, PrivateKey: e.ck, ServerKey: e.sk.Public(), Logger: quietLogger(),
+			DialTimeout: 2 * time.Second},
+		Export:            "disk",
+		Queues:            2,
+		IOTimeout:         30 * time.Second,
+		KeepaliveInterval: 50 * time.Millisecond,
+		KeepaliveTimeout:  500 * time.Millisecond,
+		ReplayBuffer:      replay,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
+// submit starts a request and returns the channel its result arrives on.
+func submit(d nbd.Device, cmd nbd.Command, off uint64, data []byte) chan error {
+	ch := make(chan error, 1)
+	d.Submit(nbd.NewRequest(cmd, 0, off, uint32(len(data)), data, func(_ *nbd.Request, err error) { ch <- err }))
+	return ch
+}
+
+func wait(t *testing.T, ch chan error, what string) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s: no completion in 20s", what)
+	}
+	return nil
+}
+
+func TestReconnectResends(t *testing.T) {
+	checkGoroutines(t)
+	e := newRestartEnv(t, 1<<20, false)
+	a := e.attach(t, 0)
+	first := bytes.Repeat([]byte{'a'}, 4096)
+	if err := do(a, nbd.CmdWrite, 0, 0, 4096, first); err != nil {
+		t.Fatal(err)
+	}
+	e.stop()
+	// Submitted while the server is down: it waits, and goes out on the
+	// next session.
+	second := bytes.Repeat([]byte{'b'}, 4096)
+	ch := submit(a, nbd.CmdWrite, 4096, second)
+	time.Sleep(300 * time.Millisecond)
+	e.start()
+	if err := wait(t, ch, "write across a restart"); err != nil {
+		t.Fatalf("write across a restart: %v", err)
+	}
+	got := make([]byte, 8192)
+	if err := do(a, nbd.CmdRead, 0, 0, 8192, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:4096], first) || !bytes.Equal(got[4096:], second) {
+		t.Fatal("data differs after the reconnect")
+	}
+	if s := a.Stats(); s.Reconnects == 0 || s.Resent == 0 {
+		t.Errorf("stats %+v: want a reconnect and a resend", s)
+	}
+}
+
+// TestReplayAfterCrash writes without flushing to a server whose export
+// has a volatile cache, crashes it, and checks that every acknowledged
+// write is there afterwards. With replay off the same run loses writes,
+// which shows the check can fail.
+func TestReplayAfterCrash(t *testing.T) {
+	for _, replay := range []bool{true, false} {
+		t.Run(map[bool]string{true: "replay", false: "no-replay"}[replay], func(t *testing.T) {
+			e := newRestartEnv(t, 4<<20, true)
+			limit := int64(0)
+			if !replay {
+				limit = -1
+			}
+			a := e.attach(t, limit)
+			const blocks = 256
+			want := make([]byte, blocks*4096)
+			rnd := rand.New(rand.NewPCG(1, 2))
+			for i := 0; i < 600; i++ {
+				b := rnd.IntN(blocks)
+				p := make([]byte, 4096)
+				for j := range p {
+					p[j] = byte(rnd.Uint32())
+				}
+				if err := do(a, nbd.CmdWrite, 0, uint64(b)*4096, 4096, p); err != nil {
+					t.Fatal(err)
+				}
+				copy(want[b*4096:], p)
+				if i == 300 {
+					if err := do(a, nbd.CmdFlush, 0, 0, 0, nil); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			e.stop() // a crash: the volatile cache is lost
+			e.start()
+			got := make([]byte, len(want))
+			if err := do(a, nbd.CmdRead, 0, 0, uint32(len(got)), got); err != nil {
+				t.Fatal(err)
+			}
+			lost := 0
+			for b := 0; b < blocks; b++ {
+				if !bytes.Equal(got[b*4096:(b+1)*4096], want[b*4096:(b+1)*4096]) {
+					lost++
+				}
+			}
+			s := a.Stats()
+			t.Logf("blocks lost %d, stats %+v", lost, s)
+			switch {
+			case replay && lost > 0:
+				t.Fatalf("%d acknowledged blocks lost despite replay", lost)
+			case replay && s.Replayed == 0:
+				t.Fatal("nothing replayed")
+			case !replay && lost == 0:
+				t.Fatal("without replay the crash lost nothing: the test cannot tell")
+			}
+		})
+	}
+}
+
+func TestIdentityChanged(t *testing.T) {
+	e := newRestartEnv(t, 1<<20, false)
+	a := e.attach(t, 0)
+	if err := do(a, nbd.CmdWrite, 0, 0, 512, make([]byte, 512)); err != nil {
+		t.Fatal(err)
+	}
+	e.stop()
+	// Another disk at the same path.
+	if err := os.Remove(e.path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.path, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ch := submit(a, nbd.CmdWrite, 0, bytes.Repeat([]byte{'z'}, 512))
+	e.start()
+	if err := wait(t, ch, "write pending when the disk changed"); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("write pending when the disk changed: %v, want EIO", err)
+	}
+	select {
+	case <-a.Lost():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Lost not closed")
+	}
+	if !errors.Is(a.Err(), ErrIdentityChanged) {
+		t.Fatalf("Err() = %v, want ErrIdentityChanged", a.Err())
+	}
+	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read after the change: %v, want EIO", err)
+	}
+	if b, _ := os.ReadFile(e.path); b[0] != 0 {
+		t.Fatal("the pending write reached the new disk")
+	}
+}
+
+func TestClockMapExpires(t *testing.T) {
+	var c clockMap
+	if c.expires(time.Time{}) != 0 {
+		t.Fatal("no deadline must map to 0")
+	}
+	now := time.Now()
+	if c.expires(now) != 1 {
+		t.Fatal("without a sample every deadline has passed")
+	}
+	c.sample(1e12, now)
+	e := c.expires(now.Add(10 * time.Second))
+	lo, hi := uint64(1e12+10e9-10e9/1000-2e6), uint64(1e12+10e9)
+	if e < lo || e > hi {
+		t.Fatalf("expires = %d, want in [%d, %d]: a lower bound, less the rate margin", e, lo, hi)
+	}
+	if got := c.expires(now.Add(-time.Second)); got != 1e12-uint64(time.Second)-uint64(clockSlack) {
+		t.Fatalf("past deadline maps to %d", got)
+	}
+	c.sample(5, now)
+	if got := c.expires(now.Add(-time.Hour)); got != 1 {
+		t.Fatalf("deadline before the server clock's origin maps to %d, want 1", got)
+	}
+}
+
+func TestWaves(t *testing.T) {
+	e := func(off uint64, n uint32) replayEntry { return replayEntry{cmd: wire.CmdWrite, offset: off, length: n} }
+	in := []replayEntry{e(0, 4096), e(1<<20, 4096), e(2048, 512), e(2<<20, 4096), e(0, 4096), e(0, 64<<20), e(8<<20, 4096)}
+	got := waves(in)
+	var shape [][]uint64
+	for _, w := range got {
+		var offs []uint64
+		for _, x := range w {
+			offs = append(offs, x.offset)
+		}
+		shape = append(shape, offs)
+	}
+	want := [][]uint64{{0, 1 << 20}, {2048, 2 << 20}, {0}, {0}, {8 << 20}}
+	if len(shape) != len(want) {
+		t.Fatalf("waves %v, want %v", shape, want)
+	}
+	for i := range want {
+		if !slicesEqual(shape[i], want[i]) {
+			t.Fatalf("waves %v, want %v", shape, want)
+		}
+	}
+}
+
+func slicesEqual(a, b []uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
