@@ -7,7 +7,16 @@ require (
 	github.com/cespare/xxhash/v2 v2.3.0
 	github.com/flynn/noise v1.1.0
 	github.com/hashicorp/yamux v0.1.2
+	github.com/mdlayher/genetlink v1.4.0
+	github.com/mdlayher/netlink v1.9.0
 	github.com/pojntfx/go-nbd v0.3.2
 	golang.org/x/crypto v0.58.0
 	golang.org/x/sys v0.49.0
+)
+
+require (
+	github.com/google/go-cmp v0.7.0 // indirect
+	github.com/mdlayher/socket v0.6.0 // indirect
+	golang.org/x/net v0.60.0 // indirect
+	golang.org/x/sync v0.20.0 // indirect
 )

@@ -66,39 +66,79 @@ func (f *clientFlags) config(addr string, log *slog.Logger) (*client.Config, err
 }
 
 func cmdAttach(ctx context.Context, args []string) error {
-	fs := newFlagSet("attach", "[flags] HOST:PORT EXPORT --nbd-listen unix:PATH|tcp:HOST:PORT")
+	fs := newFlagSet("attach", "[flags] HOST:PORT EXPORT {/dev/nbdN | --device auto | --nbd-listen unix:PATH|tcp:HOST:PORT}")
 	cf := addClientFlags(fs)
 	listen := fs.String("nbd-listen", "", "serve the export as an NBD server on `unix:PATH or tcp:HOST:PORT`")
+	device := fs.String("device", "", "attach the export as kernel block device `/dev/nbdN`, or auto for a free one (printed on stdout)")
 	conns := fs.Int("connections", 1, "TCP connections to the server (spreads crypto over cores)")
-	queues := fs.Int("queues", 2, "data streams per connection")
+	queues := fs.Int("queues", 0, "data streams per connection, and with a kernel device also its sockets (hardware queues);\n"+
+		"default 2 with --nbd-listen, the number of CPUs up to 4 with a device")
+	ioTimeout := fs.Duration("io-timeout", 120*time.Second, "fail a request with EIO when it has no reply after this long; 0 waits forever")
+	keepalive := fs.Duration("keepalive", time.Second, "how often each connection to the server is probed")
+	keepaliveTimeout := fs.Duration("keepalive-timeout", 5*time.Second, "declare a connection dead and redial when it has not answered for this long")
+	replay := sizeFlag(256 << 20)
+	fs.Var(&replay, "replay-buffer", "bound on acknowledged, unflushed write `SIZE` kept to replay to a restarted server (e.g. 64MiB, 1GiB; 0 turns replay off)")
+	deadConn := fs.Duration("dead-conn-timeout", 60*time.Second, "with a device: how long the kernel holds I/O for a restarted dst attach")
 	logger := logFlag(fs)
-	pos, err := parse(fs, args, 2, 2)
+	pos, err := parse(fs, args, 2, 3)
 	if err != nil {
 		return err
+	}
+	if len(pos) == 3 {
+		if *device != "" {
+			return usagef("the device is given twice: %s and --device %s", pos[2], *device)
+		}
+		*device = pos[2]
+	}
+	switch {
+	case *device == "" && *listen == "":
+		return usagef("nowhere to serve the export: give a device (/dev/nbdN or --device auto) or --nbd-listen unix:PATH|tcp:HOST:PORT")
+	case *device != "" && *listen != "":
+		return usagef("give either a device or --nbd-listen, not both")
+	}
+	var kopt *kernelOptions
+	if *device != "" {
+		if kopt, err = newKernelOptions(*device, *queues, *ioTimeout, *deadConn); err != nil {
+			return err
+		}
+		*queues = kopt.queues
+	} else if *queues == 0 {
+		*queues = 2
 	}
 	log := logger()
 	cfg, err := cf.config(pos[0], log)
 	if err != nil {
 		return err
 	}
-	if *listen == "" {
-		return usagef("nowhere to serve the device: give --nbd-listen unix:PATH or tcp:HOST:PORT")
+	if kopt != nil {
+		if err := kopt.plan(pos[0], pos[1]); err != nil {
+			return err
+		}
 	}
-	network, address, err := parseListen(*listen)
-	if err != nil {
-		return usageError{err}
+	var network, address string
+	if *listen != "" {
+		if network, address, err = parseListen(*listen); err != nil {
+			return usageError{err}
+		}
 	}
 
 	a, err := client.Attach(ctx, &client.AttachConfig{
-		Config:      *cfg,
-		Export:      pos[1],
-		Connections: *conns,
-		Queues:      *queues,
+		Config:            *cfg,
+		Export:            pos[1],
+		Connections:       *conns,
+		Queues:            *queues,
+		IOTimeout:         *ioTimeout,
+		KeepaliveInterval: *keepalive,
+		KeepaliveTimeout:  *keepaliveTimeout,
+		ReplayBuffer:      replay.replayBuffer(),
 	})
 	if err != nil {
 		return explain(err, cfg)
 	}
 	defer a.Close()
+	if kopt != nil {
+		return serveKernel(ctx, log, a, cfg, kopt)
+	}
 
 	l, err := listenNBD(network, address)
 	if err != nil {

@@ -21,7 +21,13 @@ Usage:
   dst keygen [-o FILE]                 print (or write, mode 0600) a new private key
   dst pubkey < PRIVATE                 print the public key of a private key
   dst serve [flags]                    export files or block devices
-  dst attach [flags] HOST:PORT EXPORT  attach an export, serve it as a local NBD socket
+  dst attach [flags] HOST:PORT EXPORT /dev/nbdN
+                                       attach an export as a kernel block device
+                                       (--device auto picks a free one and prints it)
+  dst attach [flags] HOST:PORT EXPORT --nbd-listen unix:PATH|tcp:HOST:PORT
+                                       attach an export, serve it as a local NBD socket
+  dst detach /dev/nbdN                 detach a kernel block device
+  dst list                             list attached kernel block devices
   dst info [flags] HOST:PORT           print what autoconfiguration learns from a server
   dst version
 
@@ -33,6 +39,8 @@ var commands = map[string]func(ctx context.Context, args []string) error{
 	"pubkey":  cmdPubkey,
 	"serve":   cmdServe,
 	"attach":  cmdAttach,
+	"detach":  cmdDetach,
+	"list":    cmdList,
 	"info":    cmdInfo,
 	"version": cmdVersion,
 }

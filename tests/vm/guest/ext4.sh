@@ -1,0 +1,18 @@
+# ext4 on /dev/nbd0 attached through netlink: mkfs, write and fsync files,
+# unmount, a clean e2fsck, remount, verify checksums.
+. /opt/vmlib.sh
+attach a disk /dev/nbd0 --queues 2
+dst list
+cat /sys/block/nbd0/backend
+t mkfs.ext4 -q -F /dev/nbd0
+mkdir -p /mnt/a
+mount /dev/nbd0 /mnt/a
+t writefiles /mnt/a/data 4 4
+umount /mnt/a
+t e2fsck -f -n /dev/nbd0
+mount /dev/nbd0 /mnt/a
+t verifyfiles /mnt/a/data
+umount /mnt/a
+no_io_errors
+t dst detach /dev/nbd0
+wait $ATTACH_PID || fail "dst attach exited $? after detach"

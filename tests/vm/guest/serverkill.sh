@@ -1,0 +1,22 @@
+# SIGKILL the host server during writes and restart it: the writes
+# complete, the kernel log shows no I/O error, the data verifies.
+. /opt/vmlib.sh
+attach a disk /dev/nbd0
+mkfs.ext4 -q -F /dev/nbd0
+mkdir -p /mnt/a
+mount /dev/nbd0 /mnt/a
+writefiles /mnt/a/data 8 4 &
+W=$!
+sleep 2
+vmctl kill-server a
+sleep 3
+vmctl start-server a
+t wait $W || fail "writes failed across the server restart"
+kill -0 $ATTACH_PID || fail "dst attach died with the server"
+umount /mnt/a
+e2fsck -f -n /dev/nbd0
+mount /dev/nbd0 /mnt/a
+verifyfiles /mnt/a/data
+umount /mnt/a
+no_io_errors
+dst detach /dev/nbd0

@@ -1,0 +1,82 @@
+package vm
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// disk is the usual export: sparse, small, since guest I/O under TCG runs
+// at a few MB/s.
+func disk(name string) exportSpec { return exportSpec{name: name, size: 128 << 20} }
+
+func TestVMExt4(t *testing.T) {
+	runScenario(t, scenario{
+		script:  "ext4.sh",
+		timeout: 3 * time.Minute,
+		servers: []serverSpec{{name: "a", exports: []exportSpec{disk("disk")}}},
+		check: func(t *testing.T, h *host) {
+			// The filesystem the guest wrote is on the server, clean.
+			f := h.servers["a"].files["disk"]
+			if out, err := exec.Command("e2fsck", "-f", "-n", f).CombinedOutput(); err != nil {
+				t.Errorf("host e2fsck of the backing file: %v\n%s", err, out)
+			}
+		},
+	})
+}
+
+func TestVMFlush(t *testing.T) {
+	runScenario(t, scenario{
+		script:  "flush.sh",
+		timeout: 3 * time.Minute,
+		servers: []serverSpec{{name: "a", exports: []exportSpec{disk("disk")}, countFlushes: true}},
+	})
+}
+
+func TestVMServerKill(t *testing.T) {
+	runScenario(t, scenario{
+		script:  "serverkill.sh",
+		timeout: 4 * time.Minute,
+		servers: []serverSpec{{name: "a", exports: []exportSpec{disk("disk")}}},
+	})
+}
+
+func TestVMAttachKill(t *testing.T) {
+	runScenario(t, scenario{
+		script:  "attachkill.sh",
+		timeout: 4 * time.Minute,
+		servers: []serverSpec{{name: "a", exports: []exportSpec{disk("disk")}}},
+	})
+}
+
+func TestVMDetach(t *testing.T) {
+	ro := disk("ro")
+	ro.readOnly = true
+	runScenario(t, scenario{
+		script:  "detach.sh",
+		timeout: 3 * time.Minute,
+		servers: []serverSpec{{name: "a", exports: []exportSpec{disk("disk"), ro}}},
+	})
+}
+
+// TestVMScript runs any guest script against the usual server "a" (exports
+// disk and ro), for developing scenarios: DST_VM_SCRIPT=path/to/x.sh.
+func TestVMScript(t *testing.T) {
+	script := os.Getenv("DST_VM_SCRIPT")
+	if script == "" {
+		t.Skip("set DST_VM_SCRIPT to a guest script to run it")
+	}
+	abs, err := filepath.Abs(script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro := disk("ro")
+	ro.readOnly = true
+	runScenario(t, scenario{
+		script:  abs,
+		timeout: 5 * time.Minute,
+		servers: []serverSpec{{name: "a", exports: []exportSpec{disk("disk"), ro}, countFlushes: true}},
+	})
+}

@@ -1,0 +1,211 @@
+package vm
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// scenario is one guest script and the host servers it talks to.
+type scenario struct {
+	script  string        // file under guest/
+	timeout time.Duration // whole guest run, boot included
+	servers []serverSpec
+	// check runs on the host after the guest script succeeded.
+	check func(t *testing.T, h *host)
+}
+
+// serverSpec declares a host dst server. The guest finds it as
+// DST_SERVER_<name> and DST_SERVER_KEY_<name>.
+type serverSpec struct {
+	name    string
+	exports []exportSpec
+	// countFlushes traces the server's fdatasync calls (one per NBD FLUSH
+	// it serves; FUA writes use RWF_DSYNC instead) for vmctl flushes.
+	countFlushes bool
+}
+
+// exportSpec is a sparse backing file of size bytes.
+type exportSpec struct {
+	name     string
+	size     int64
+	readOnly bool
+}
+
+var (
+	dstBin      string
+	buildErr    error
+	prepareOnce sync.Once
+	prepareErr  error
+)
+
+func TestMain(m *testing.M) { os.Exit(runTests(m)) }
+
+// runTests builds one static dst for every guest: the initramfs has no libc.
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "dst-vm-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vm:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	dstBin = filepath.Join(dir, "dst")
+	cmd := exec.Command("go", "build", "-o", dstBin, "github.com/dstproject/dst/cmd/dst")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		buildErr = fmt.Errorf("vm: go build ./cmd/dst: %w\n%s", err, out)
+	}
+	return m.Run()
+}
+
+func ci() bool {
+	v := strings.ToLower(os.Getenv("CI"))
+	return v == "true" || v == "1"
+}
+
+// requireVM makes sure the harness can boot guests: packages installed,
+// kernel fetched. Without them the test fails with CI=true and skips
+// otherwise.
+func requireVM(t *testing.T) {
+	t.Helper()
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	prepareOnce.Do(func() {
+		out, err := exec.Command("./run", "--prepare").CombinedOutput()
+		if err != nil {
+			prepareErr = fmt.Errorf("vm: run --prepare: %w\n%s", err, out)
+		}
+	})
+	if prepareErr == nil {
+		return
+	}
+	if ci() {
+		t.Fatal(prepareErr)
+	}
+	t.Skipf("%v\n(with CI=true this fails)", prepareErr)
+}
+
+// runScenario starts sc's servers and the control channel, boots a guest
+// running guest/<sc.script>, and fails unless it exits 0.
+func runScenario(t *testing.T, sc scenario) {
+	requireVM(t)
+	start := time.Now()
+	h := newHost(t)
+	for _, s := range sc.servers {
+		h.addServer(s)
+	}
+	h.serveControl()
+	env := h.writeEnv()
+
+	timeout := sc.timeout
+	if timeout == 0 {
+		timeout = 3 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout+30*time.Second)
+	defer cancel()
+	script := sc.script
+	if !filepath.IsAbs(script) {
+		script = filepath.Join("guest", script)
+	}
+	cmd := exec.CommandContext(ctx, "./run", script, dstBin, h.clientKey, env)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("DST_VM_TIMEOUT=%d", int(timeout.Seconds())))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	console := h.logConsole(out)
+	err = cmd.Wait()
+	<-console
+	t.Logf("vm: %s took %.1fs (guest and servers)", sc.script, time.Since(start).Seconds())
+	if err != nil {
+		h.dumpServerLogs()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == 125 {
+			t.Fatalf("vm: %s: the guest never finished (timeout %v or kernel panic)", sc.script, timeout)
+		}
+		t.Fatalf("vm: %s failed: %v", sc.script, err)
+	}
+	if sc.check != nil {
+		sc.check(t, h)
+	}
+}
+
+// logConsole copies the guest console into the test log line by line.
+func (h *host) logConsole(r io.Reader) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			h.t.Log(sc.Text())
+		}
+	}()
+	return done
+}
+
+// serveControl answers the guest's vmctl requests: GET /VERB/SERVER.
+func (h *host) serveControl() {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.ctlAddr = l.Addr().(*net.TCPAddr)
+	srv := &http.Server{Handler: http.HandlerFunc(h.control)}
+	go srv.Serve(l)
+	h.t.Cleanup(func() { srv.Close() })
+}
+
+func (h *host) control(w http.ResponseWriter, r *http.Request) {
+	verb, name, _ := strings.Cut(strings.Trim(r.URL.Path, "/"), "/")
+	s := h.servers[name]
+	if s == nil {
+		http.Error(w, "no server "+name, http.StatusNotFound)
+		return
+	}
+	h.t.Logf("vmctl: %s %s", verb, name)
+	var (
+		answer string
+		err    error
+	)
+	switch verb {
+	case "kill-server":
+		err = s.stop(syscall.SIGKILL)
+	case "stop-server":
+		err = s.stop(syscall.SIGTERM)
+	case "start-server":
+		err = s.start()
+	case "flushes":
+		var n int
+		n, err = s.flushes()
+		answer = fmt.Sprint(n)
+	default:
+		http.Error(w, "unknown verb "+verb, http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		h.t.Logf("vmctl: %s %s: %v", verb, name, err)
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	fmt.Fprintln(w, answer)
+}
