@@ -153,29 +153,24 @@ func cmdAttach(ctx context.Context, args []string) error {
 	}
 	e := a.Export()
 	log.Info("ready", "export", e.Name, "size", e.Size, "flags", e.Flags.String(),
-		"server", cfg.Server, "cipher", a.Sessions()[0].Cipher().String(), "nbd", *listen)
+		"server", cfg.Server, "cipher", a.Cipher().String(), "nbd", *listen)
 	srv := &nbd.Server{Exports: []*nbd.Export{a.NBDExport()}, Logger: log}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go func() {
-		select {
-		case <-a.Lost():
-			cancel(errLost)
-		case <-ctx.Done():
-		}
-	}()
-	if err := srv.Serve(ctx, l); err != nil {
-		return err
-	}
-	if cause := context.Cause(ctx); errors.Is(cause, errLost) {
-		return fmt.Errorf("%w: %s", errLost, cfg.Server)
-	}
-	return nil
+	go reportFailure(ctx, log, a)
+	return srv.Serve(ctx, l)
 }
 
-// errLost ends attach when every connection to the server is gone: with
-// nothing to carry requests, serving the socket would only fail them.
-var errLost = errors.New("lost the connection to the server")
+// reportFailure logs once if the attachment fails for good (the disk
+// behind the export name changed). attach keeps serving then, failing
+// every request with EIO: exiting would let a restart attach the other
+// disk under whatever is mounted on this one.
+func reportFailure(ctx context.Context, log *slog.Logger, a *client.Attachment) {
+	select {
+	case <-a.Lost():
+		log.Error("the attachment has failed for good: every request now fails with EIO; "+
+			"detach, then check what happened to the export on the server", "err", a.Err())
+	case <-ctx.Done():
+	}
+}
 
 // parseListen splits unix:PATH or tcp:HOST:PORT.
 func parseListen(s string) (network, address string, err error) {

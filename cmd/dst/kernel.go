@@ -142,23 +142,8 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 		"flags", e.Flags.String(), "server", cfg.Server, "queues", k.queues,
 		"kernel_timeout", k.timeout, "dead_conn_timeout", k.deadConnTimeout)
 
-	lost := make(chan struct{})
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		select {
-		case <-a.Lost():
-			close(lost)
-			dev.Close() // as a crash would: the kernel holds I/O for a restart
-		case <-done:
-		}
-	}()
+	go reportFailure(ctx, log, a)
 	err = dev.Serve(ctx)
-	select {
-	case <-lost:
-		return fmt.Errorf("%w: %s; %s waits %v for dst attach to restart", errLost, cfg.Server, dev.Path, k.deadConnTimeout)
-	default:
-	}
 	if err != nil {
 		return fmt.Errorf("%w; %s waits %v for dst attach to restart", err, dev.Path, k.deadConnTimeout)
 	}
