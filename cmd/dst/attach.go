@@ -135,7 +135,12 @@ func cmdAttach(ctx context.Context, args []string) error {
 	if err != nil {
 		return explain(err, cfg)
 	}
-	defer a.Close()
+	defer func() {
+		a.Close()
+		st := a.Stats()
+		log.Info("transaction stats", "reconnects", st.Reconnects, "resent", st.Resent, "replayed", st.Replayed,
+			"timeouts", st.Timeouts, "checksum_retries", st.ChecksumRetries)
+	}()
 	if kopt != nil {
 		return serveKernel(ctx, log, a, cfg, kopt)
 	}
