@@ -3,6 +3,8 @@ package client
 import (
 	"sync"
 
+	"github.com/dstproject/dst/internal/bufpool"
+
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/wire"
 )
@@ -33,8 +35,13 @@ type replayEntry struct {
 	flags  wire.ReqFlags
 	offset uint64
 	length uint32
-	data   []byte // WRITE only: a copy of the payload
+	data   []byte  // WRITE only: a copy of the payload, in buf
+	buf    *[]byte // from replayBufs
 }
+
+// replayBufs holds the payload copies: a write-heavy attachment keeps
+// copying, and the copies are dropped in bulk by each FLUSH.
+var replayBufs = bufpool.New(0)
 
 // entryOverhead is what an entry costs besides its payload, so that TRIMs
 // and WRITE_ZEROES count against the limit too.
@@ -61,7 +68,9 @@ func (l *replayLog) full() bool {
 func (l *replayLog) add(h *wire.Request, data []byte) (flush bool) {
 	e := replayEntry{cmd: h.Cmd, flags: h.Flags, offset: h.Offset, length: h.Length}
 	if h.Cmd == wire.CmdWrite {
-		e.data = append([]byte(nil), data...)
+		e.buf = replayBufs.Get(len(data))
+		e.data = *e.buf
+		copy(e.data, data)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -82,7 +91,11 @@ func (l *replayLog) flushed(mark uint64) {
 	defer l.mu.Unlock()
 	i := 0
 	for i < len(l.entries) && l.entries[i].seq <= mark {
-		l.bytes -= int64(len(l.entries[i].data)) + entryOverhead
+		e := &l.entries[i]
+		l.bytes -= int64(len(e.data)) + entryOverhead
+		if e.buf != nil {
+			replayBufs.Put(e.buf)
+		}
 		i++
 	}
 	if i > 0 {
