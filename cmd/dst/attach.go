@@ -14,6 +14,7 @@ import (
 	"github.com/dstproject/dst/client"
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/sdnotify"
 )
 
 // clientFlags are the flags every command that dials a server shares.
@@ -160,6 +161,8 @@ func cmdAttach(ctx context.Context, args []string) error {
 	log.Info("ready", "export", e.Name, "size", e.Size, "flags", e.Flags.String(),
 		"server", cfg.Server, "cipher", a.Cipher().String(), "nbd", *listen)
 	srv := &nbd.Server{Exports: []*nbd.Export{a.NBDExport()}, Logger: log}
+	notify(log, sdnotify.Ready)
+	notify(log, func() error { return sdnotify.Status(fmt.Sprintf("attached %s at %s", e.Name, *listen)) })
 	go reportFailure(ctx, log, a)
 	return srv.Serve(ctx, l)
 }

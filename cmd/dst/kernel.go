@@ -17,6 +17,7 @@ import (
 
 	"github.com/dstproject/dst/client"
 	"github.com/dstproject/dst/client/kernel"
+	"github.com/dstproject/dst/internal/sdnotify"
 )
 
 // kernelTimeoutMargin is how much longer than --io-timeout the kernel waits
@@ -142,6 +143,8 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 		"flags", e.Flags.String(), "server", cfg.Server, "queues", k.queues,
 		"kernel_timeout", k.timeout, "dead_conn_timeout", k.deadConnTimeout)
 
+	notify(log, sdnotify.Ready)
+	notify(log, func() error { return sdnotify.Status(fmt.Sprintf("attached %s at %s", e.Name, dev.Path)) })
 	go reportFailure(ctx, log, a)
 	err = dev.Serve(ctx)
 	if err != nil {

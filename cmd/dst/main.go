@@ -13,6 +13,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/dstproject/dst/internal/sdnotify"
 )
 
 const usage = `dst: a network block device over an authenticated, encrypted channel
@@ -64,6 +66,7 @@ func main() {
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	context.AfterFunc(ctx, func() { sdnotify.Stopping() })
 	stopProfile := startProfile(os.Getenv("DST_CPUPROFILE"))
 	err := cmd(ctx, os.Args[2:])
 	stopProfile()

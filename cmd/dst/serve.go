@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/sdnotify"
 	"github.com/dstproject/dst/server"
 )
 
@@ -103,6 +104,10 @@ func cmdServe(ctx context.Context, args []string) error {
 	}
 	log.Info("listening", "addr", l.Addr().String(), "public_key", cfg.PrivateKey.Public().String(),
 		"exports", names, "instance", info.Instance.String())
+	notify(log, sdnotify.Ready)
+	notify(log, func() error {
+		return sdnotify.Status(fmt.Sprintf("serving %d exports on %s", len(names), l.Addr()))
+	})
 	go reloadOnHangup(ctx, log, srv, func() (*crypto.AuthorizedKeys, error) {
 		if *authFile != "" {
 			return crypto.LoadAuthorizedKeys(*authFile)
@@ -130,12 +135,22 @@ func reloadOnHangup(ctx context.Context, log *slog.Logger, srv *server.Server, l
 		case <-ctx.Done():
 			return
 		}
+		notify(log, sdnotify.Reloading)
 		a, err := load()
 		if err != nil {
 			log.Error("reloading authorized keys failed; keeping the current ones", "err", err)
-			continue
+		} else {
+			srv.SetAuthorized(a)
+			log.Info("reloaded authorized keys", "keys", a.Len())
 		}
-		srv.SetAuthorized(a)
-		log.Info("reloaded authorized keys", "keys", a.Len())
+		notify(log, sdnotify.Ready) // after a failed reload too: systemd waits for it
+	}
+}
+
+// notify tells systemd (Type=notify units) about a state change; outside
+// systemd it does nothing. A failure is logged, never fatal.
+func notify(log *slog.Logger, send func() error) {
+	if err := send(); err != nil {
+		log.Warn("telling systemd", "err", err)
 	}
 }
