@@ -63,6 +63,23 @@ func TestVMDetach(t *testing.T) {
 
 // TestVMScript runs any guest script against the usual server "a" (exports
 // disk and ro), for developing scenarios: DST_VM_SCRIPT=path/to/x.sh.
+// TestVMMirror builds a dm mirror over two dst devices with dst-mirror,
+// kills one leg's server for longer than its io-timeout, and checks the
+// mirror degrades, keeps serving, and resyncs to identical legs after
+// the repair.
+func TestVMMirror(t *testing.T) {
+	small := func(n string) exportSpec { return exportSpec{name: n, size: 64 << 20} }
+	runScenario(t, scenario{
+		script:  "mirror.sh",
+		timeout: 6 * time.Minute,
+		files:   []string{"scripts/dst-mirror"},
+		servers: []serverSpec{
+			{name: "a", exports: []exportSpec{small("disk")}},
+			{name: "b", exports: []exportSpec{small("disk")}},
+		},
+	})
+}
+
 func TestVMScript(t *testing.T) {
 	script := os.Getenv("DST_VM_SCRIPT")
 	if script == "" {

@@ -23,6 +23,9 @@ type scenario struct {
 	script  string        // file under guest/
 	timeout time.Duration // whole guest run, boot included
 	servers []serverSpec
+	// files are more host files for /opt in the guest, relative to the
+	// repository's root.
+	files []string
 	// check runs on the host after the guest script succeeded.
 	check func(t *testing.T, h *host)
 }
@@ -120,7 +123,11 @@ func runScenario(t *testing.T, sc scenario) {
 	if !filepath.IsAbs(script) {
 		script = filepath.Join("guest", script)
 	}
-	cmd := exec.CommandContext(ctx, "./run", script, dstBin, h.clientKey, env)
+	args := []string{script, dstBin, h.clientKey, env}
+	for _, f := range sc.files {
+		args = append(args, filepath.Join("..", "..", f))
+	}
+	cmd := exec.CommandContext(ctx, "./run", args...)
 	cmd.Env = append(os.Environ(), fmt.Sprintf("DST_VM_TIMEOUT=%d", int(timeout.Seconds())))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
