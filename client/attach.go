@@ -332,7 +332,9 @@ func (a *Attachment) complete(t *tx, st wire.Status) {
 func (a *Attachment) remember(t *tx) {
 	switch t.hdr.Cmd {
 	case wire.CmdWrite, wire.CmdTrim, wire.CmdWriteZeroes:
-		if t.hdr.Flags&wire.FlagFUA == 0 && a.replay.add(&t.hdr, t.req.Data) {
+		if t.hdr.Flags&wire.FlagFUA != 0 {
+			a.replay.durable(t.hdr.Offset, t.hdr.Length)
+		} else if a.replay.add(&t.hdr, t.req.Data) {
 			a.autoFlush()
 		}
 	case wire.CmdFlush:

@@ -1,6 +1,8 @@
 package client
 
 import (
+	"cmp"
+	"slices"
 	"sync"
 
 	"github.com/dstproject/dst/internal/bufpool"
@@ -16,6 +18,10 @@ import (
 // was acknowledged. A FLUSH that completes covers every write completed
 // before it was submitted, and those leave the log.
 //
+// A write made durable by FUA needs no replay, but it does make older
+// entries it overlaps obsolete: replaying them would put old data back over
+// it. durable cuts its range out of them.
+//
 // The log is bounded. Past half its limit the attachment sends a FLUSH of
 // its own to trim it; at the limit, writes go out with FUA, which needs no
 // replay, until that FLUSH completes.
@@ -23,10 +29,14 @@ type replayLog struct {
 	limit int64
 
 	mu       sync.Mutex
-	entries  []replayEntry // in completion order
+	entries  []replayEntry // in completion order; seqs are consecutive
 	bytes    int64
 	seq      uint64 // completion sequence of the newest entry
 	flushing bool   // an automatic FLUSH is in flight
+	// index finds the entries that touch a waveChunk-sized chunk, as
+	// seqs in ascending order; entries wider than waveWide are in wide.
+	index map[uint64][]uint64
+	wide  []uint64
 }
 
 type replayEntry struct {
@@ -37,6 +47,18 @@ type replayEntry struct {
 	length uint32
 	data   []byte  // WRITE only: a copy of the payload, in buf
 	buf    *[]byte // from replayBufs
+	holes  []span  // parts made durable since, not to be replayed
+	dead   bool    // all of it made durable since
+}
+
+// span is a byte range [off, end).
+type span struct{ off, end uint64 }
+
+func (e *replayEntry) span() span { return span{e.offset, e.offset + uint64(e.length)} }
+
+// chunks returns the range of waveChunk indexes sp touches.
+func (sp span) chunks() (first, last uint64) {
+	return sp.off / waveChunk, (max(sp.end, sp.off+1) - 1) / waveChunk
 }
 
 // replayBufs holds the payload copies: a write-heavy attachment keeps
@@ -47,7 +69,9 @@ var replayBufs = bufpool.New(0)
 // and WRITE_ZEROES count against the limit too.
 const entryOverhead = 64
 
-func newReplayLog(limit int64) *replayLog { return &replayLog{limit: limit} }
+func newReplayLog(limit int64) *replayLog {
+	return &replayLog{limit: limit, index: make(map[uint64][]uint64)}
+}
 
 // mark returns the sequence a FLUSH submitted now covers.
 func (l *replayLog) mark() uint64 {
@@ -78,6 +102,14 @@ func (l *replayLog) add(h *wire.Request, data []byte) (flush bool) {
 	e.seq = l.seq
 	l.entries = append(l.entries, e)
 	l.bytes += int64(len(e.data)) + entryOverhead
+	if uint64(e.length) > waveWide {
+		l.wide = append(l.wide, e.seq)
+	} else {
+		first, last := e.span().chunks()
+		for c := first; c <= last; c++ {
+			l.index[c] = append(l.index[c], e.seq)
+		}
+	}
 	if l.bytes > l.limit/2 && !l.flushing {
 		l.flushing = true
 		return true
@@ -92,15 +124,81 @@ func (l *replayLog) flushed(mark uint64) {
 	i := 0
 	for i < len(l.entries) && l.entries[i].seq <= mark {
 		e := &l.entries[i]
-		l.bytes -= int64(len(e.data)) + entryOverhead
-		if e.buf != nil {
-			replayBufs.Put(e.buf)
+		l.release(e)
+		if uint64(e.length) <= waveWide {
+			first, last := e.span().chunks()
+			for c := first; c <= last; c++ {
+				// Entries leave in seq order: e is at the front of each list.
+				if seqs := l.index[c]; len(seqs) > 1 {
+					l.index[c] = seqs[1:]
+				} else {
+					delete(l.index, c)
+				}
+			}
 		}
 		i++
+	}
+	for len(l.wide) > 0 && l.wide[0] <= mark {
+		l.wide = l.wide[1:]
 	}
 	if i > 0 {
 		clear(l.entries[:i])
 		l.entries = l.entries[i:]
+	}
+}
+
+// release gives back what a dropped or dead entry holds.
+func (l *replayLog) release(e *replayEntry) {
+	if e.dead {
+		return
+	}
+	l.bytes -= int64(len(e.data)) + entryOverhead
+	if e.buf != nil {
+		replayBufs.Put(e.buf)
+	}
+	e.dead, e.data, e.buf, e.holes = true, nil, nil, nil
+}
+
+// durable records that n bytes at off were made durable by a FUA request
+// completed now: older entries keep none of that range to replay.
+func (l *replayLog) durable(off uint64, n uint32) {
+	sp := span{off, off + uint64(n)}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.entries) == 0 {
+		return
+	}
+	cut := func(seq uint64) {
+		i := seq - l.entries[0].seq
+		if seq < l.entries[0].seq || i >= uint64(len(l.entries)) {
+			return
+		}
+		e := &l.entries[i]
+		es := e.span()
+		switch {
+		case e.dead || sp.end <= es.off || es.end <= sp.off:
+		case sp.off <= es.off && es.end <= sp.end:
+			l.release(e)
+		default:
+			e.holes = append(e.holes, span{max(sp.off, es.off), min(sp.end, es.end)})
+		}
+	}
+	for _, seq := range l.wide {
+		cut(seq)
+	}
+	if uint64(n) > waveWide {
+		for _, e := range l.entries { // rare: a huge FUA TRIM or WRITE_ZEROES
+			if uint64(e.length) <= waveWide {
+				cut(e.seq)
+			}
+		}
+		return
+	}
+	first, last := sp.chunks()
+	for c := first; c <= last; c++ {
+		for _, seq := range l.index[c] {
+			cut(seq)
+		}
 	}
 }
 
@@ -111,18 +209,59 @@ func (l *replayLog) flushDone() {
 	l.mu.Unlock()
 }
 
-// snapshot returns the entries in completion order.
+// snapshot returns what is to be replayed, in completion order: the live
+// entries, each cut into the pieces its holes leave.
 func (l *replayLog) snapshot() []replayEntry {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return append([]replayEntry(nil), l.entries...)
+	var out []replayEntry
+	for _, e := range l.entries {
+		if !e.dead {
+			out = e.pieces(out)
+		}
+	}
+	return out
+}
+
+// pieces appends the parts of e outside its holes.
+func (e replayEntry) pieces(out []replayEntry) []replayEntry {
+	if len(e.holes) == 0 {
+		return append(out, e)
+	}
+	holes := slices.Clone(e.holes)
+	slices.SortFunc(holes, func(a, b span) int { return cmp.Compare(a.off, b.off) })
+	es := e.span()
+	at := es.off
+	piece := func(end uint64) {
+		if end <= at {
+			return
+		}
+		p := e
+		p.holes = nil
+		p.offset, p.length = at, uint32(end-at)
+		if p.data != nil {
+			p.data = e.data[at-es.off : end-es.off]
+		}
+		out = append(out, p)
+	}
+	for _, h := range holes {
+		piece(h.off)
+		at = max(at, h.end)
+	}
+	piece(es.end)
+	return out
 }
 
 // stats returns the entries and bytes held.
 func (l *replayLog) stats() (n int, bytes int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.entries), l.bytes
+	for _, e := range l.entries {
+		if !e.dead {
+			n++
+		}
+	}
+	return n, l.bytes
 }
 
 // waves splits entries, in order, into groups that can be written

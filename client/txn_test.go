@@ -309,3 +309,44 @@ func slicesEqual(a, b []uint64) bool {
 	}
 	return true
 }
+
+func TestReplayLogDurableCuts(t *testing.T) {
+	l := newReplayLog(1 << 30)
+	w := func(off uint64, n int, b byte) {
+		h := wire.Request{Cmd: wire.CmdWrite, Offset: off, Length: uint32(n)}
+		l.add(&h, bytes.Repeat([]byte{b}, n))
+	}
+	w(0, 8192, 'a')
+	w(4096, 8192, 'b')
+	w(1<<20, 4096, 'c')
+	l.durable(2048, 4096)  // inside a, the head of b
+	l.durable(1<<20, 4096) // all of c
+	type piece struct {
+		off  uint64
+		n    uint32
+		fill byte
+	}
+	var got []piece
+	for _, e := range l.snapshot() {
+		if len(e.data) != int(e.length) || bytes.Count(e.data, e.data[:1]) != len(e.data) {
+			t.Fatalf("piece at %d: %d bytes of data for length %d, or mixed", e.offset, len(e.data), e.length)
+		}
+		got = append(got, piece{e.offset, e.length, e.data[0]})
+	}
+	want := []piece{{0, 2048, 'a'}, {6144, 2048, 'a'}, {6144, 6144, 'b'}}
+	if len(got) != len(want) {
+		t.Fatalf("pieces %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("pieces %v, want %v", got, want)
+		}
+	}
+	if n, b := l.stats(); n != 2 || b != 8192+8192+2*entryOverhead {
+		t.Fatalf("stats %d entries, %d bytes; want 2 and the two live copies", n, b)
+	}
+	l.flushed(3)
+	if n, b := l.stats(); n != 0 || b != 0 || len(l.index) != 0 {
+		t.Fatalf("after a flush covering all: %d entries, %d bytes, %d index chunks", n, b, len(l.index))
+	}
+}
