@@ -151,15 +151,16 @@ func startProbe(e *faultEnv, block int64, tag string) *zombieProbe {
 	return z
 }
 
-// TestFaultStallLong stalls the path for longer than the deadline. Every
+// TestFaultStallLong stalls the path for longer than the deadline, while
+// the keepalive timeout is longer still: the session stays up, as it
+// would with a server frozen with requests in its socket buffer. Every
 // request in flight or submitted during the stall must fail with EIO, and
-// no write reported failed may ever be applied: probes written during the
-// stall (some already in the socket towards the server, one still in
-// attach's table) are checked on the server's file after the stall ends
-// and the server has read everything that was buffered.
+// no write reported failed may ever be applied: the probes written during
+// the stall sit in the socket buffers, reach the server when the stall
+// ends, and must be refused there as expired.
 func TestFaultStallLong(t *testing.T) {
 	e := newFaultEnv(t, false)
-	c := e.startAttach("--io-timeout", "2s")
+	c := e.startAttach("--io-timeout", "2s", "--keepalive-timeout", "10s")
 	td := &timedDisk{d: c}
 	w := faultWorkload(16, verify.RequireAcked)
 	done := runAsync(t, w, td, 3500*time.Millisecond)
@@ -167,14 +168,10 @@ func TestFaultStallLong(t *testing.T) {
 	e.proxy.Stall(faultproxy.Both)
 	stallAt := time.Now()
 	td.setMark()
-	// In the socket: attach's session is alive and writes them out.
 	var probes []*zombieProbe
 	for i := range 4 {
 		probes = append(probes, startProbe(e, int64(faultBlocks+1+i), "in-flight"))
 	}
-	// In the table: the keepalive has declared the session dead by now.
-	time.Sleep(1500 * time.Millisecond)
-	probes = append(probes, startProbe(e, faultBlocks+8, "queued"))
 	for _, z := range probes {
 		select {
 		case <-z.done:
@@ -221,22 +218,23 @@ func TestFaultStallLong(t *testing.T) {
 	log := e.serveLog()
 	expired := strings.Count(log, "request expired before it could start; not applied")
 	fenced := strings.Count(log, "fenced older sessions")
-	// The probes that were in the socket reach the server when the stall
-	// ends: the proxy forwards what it and the socket buffers held (Linux
-	// delivers data queued before attach's reset). The server then either
-	// refuses them as expired, or drops them with the session when the
-	// reset follows before a worker got to them; which one is a race.
+	// The probes were in the socket buffers: the proxy forwards them when
+	// the stall ends, the session is still up, and the server must refuse
+	// each one because its deadline, carried as expiry, has passed.
 	refused := 0
-	for _, z := range probes[:4] {
+	for _, z := range probes {
 		if expiredAt(log, z.block*faultBlock) {
 			refused++
 		}
 	}
 	released := after.ClientToServer - before.ClientToServer
-	t.Logf("in-flight probes the server logged as expired after the stall: %d of 4", refused)
-	if released < 4*faultBlock {
+	t.Logf("in-flight probes the server logged as expired after the stall: %d of %d", refused, len(probes))
+	if released < int64(len(probes))*faultBlock {
 		t.Errorf("tests: only %d bytes reached the server after the stall: the probes were not in flight, "+
 			"so the zombie check was not exercised", released)
+	}
+	if refused != len(probes) {
+		t.Errorf("tests: the server refused %d of %d expired probes; each must be logged as expired", refused, len(probes))
 	}
 	st := e.stopAttach()
 	t.Logf("probes: %d writes failed with EIO after %v..%v", len(probes), minTook(probes), maxTook(probes))
