@@ -1,9 +1,7 @@
 package vm
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -77,23 +75,5 @@ func TestVMMirror(t *testing.T) {
 			{name: "a", exports: []exportSpec{small("disk")}},
 			{name: "b", exports: []exportSpec{small("disk")}},
 		},
-	})
-}
-
-func TestVMScript(t *testing.T) {
-	script := os.Getenv("DST_VM_SCRIPT")
-	if script == "" {
-		t.Skip("set DST_VM_SCRIPT to a guest script to run it")
-	}
-	abs, err := filepath.Abs(script)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ro := disk("ro")
-	ro.readOnly = true
-	runScenario(t, scenario{
-		script:  abs,
-		timeout: 5 * time.Minute,
-		servers: []serverSpec{{name: "a", exports: []exportSpec{disk("disk"), ro}, countFlushes: true}},
 	})
 }
