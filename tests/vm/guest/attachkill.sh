@@ -20,10 +20,5 @@ dst list | grep -q '^/dev/nbd0 .* dead ' || fail "dst list does not show nbd0 de
 t attach a disk /dev/nbd0 --io-timeout 5s
 grep -q 'reconfigured=true' /tmp/attach.log || fail "the restarted dst attach did not reconfigure"
 t wait $W || fail "writes failed across the dst attach restart"
-umount /mnt/a
-e2fsck -f -n /dev/nbd0
-mount /dev/nbd0 /mnt/a
-verifyfiles /mnt/a/data
-umount /mnt/a
-no_io_errors
+checkfs /dev/nbd0 /mnt/a /mnt/a/data
 dst detach /dev/nbd0

@@ -8,11 +8,6 @@ t mkfs.ext4 -q -F /dev/nbd0
 mkdir -p /mnt/a
 mount /dev/nbd0 /mnt/a
 t writefiles /mnt/a/data 4 4
-umount /mnt/a
-t e2fsck -f -n /dev/nbd0
-mount /dev/nbd0 /mnt/a
-t verifyfiles /mnt/a/data
-umount /mnt/a
-no_io_errors
+checkfs /dev/nbd0 /mnt/a /mnt/a/data
 t dst detach /dev/nbd0
 wait $ATTACH_PID || fail "dst attach exited $? after detach"

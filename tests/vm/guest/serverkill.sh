@@ -13,10 +13,5 @@ sleep 3
 vmctl start-server a
 t wait $W || fail "writes failed across the server restart"
 kill -0 $ATTACH_PID || fail "dst attach died with the server"
-umount /mnt/a
-e2fsck -f -n /dev/nbd0
-mount /dev/nbd0 /mnt/a
-verifyfiles /mnt/a/data
-umount /mnt/a
-no_io_errors
+checkfs /dev/nbd0 /mnt/a /mnt/a/data
 dst detach /dev/nbd0

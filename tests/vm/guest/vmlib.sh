@@ -87,6 +87,18 @@ writefiles() {
 	(cd "$1" && sha1sum f*) >"/tmp/$(basename "$1").sums"
 }
 
+# checkfs DEV MNT DIR: unmount MNT, check DEV's filesystem, mount it
+# again and verify DIR's files (DIR under MNT, written by writefiles), then
+# unmount and check the kernel logged no I/O error.
+checkfs() {
+	umount "$2"
+	t e2fsck -f -n "$1"
+	mount "$1" "$2"
+	t verifyfiles "$3"
+	umount "$2"
+	no_io_errors
+}
+
 # verifyfiles DIR: check DIR's files against what writefiles recorded,
 # reading from the device rather than the page cache.
 verifyfiles() {
