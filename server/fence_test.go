@@ -10,6 +10,7 @@ import (
 	"github.com/dstproject/dst/server/servertest"
 	"github.com/dstproject/dst/wire"
 	"github.com/hashicorp/yamux"
+	"golang.org/x/sys/unix"
 )
 
 // heldBackend blocks WRITEs at offset 0 until released, so a test can
@@ -175,5 +176,32 @@ func TestPing(t *testing.T) {
 		if err != nil || p.Seq != seq || p.Clock < info.Clock {
 			t.Fatalf("PONG %+v, %v; want seq %d, clock ≥ %d", p, err, seq, info.Clock)
 		}
+	}
+}
+
+// TestServerClock checks the cached clock against CLOCK_BOOTTIME read
+// directly, and that it never goes backwards.
+func TestServerClock(t *testing.T) {
+	var prev uint64
+	for i := 0; i < 2000; i++ {
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+			t.Fatal(err)
+		}
+		before := uint64(ts.Nano())
+		c := server.ServerClock()
+		if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+			t.Fatal(err)
+		}
+		after := uint64(ts.Nano())
+		// The offset was measured with a reading of its own: allow for
+		// the time between that reading and time.Now.
+		if c+uint64(time.Millisecond) < before || c > after+uint64(time.Millisecond) {
+			t.Fatalf("clock %d outside [%d, %d]", c, before, after)
+		}
+		if c < prev {
+			t.Fatalf("clock went back: %d after %d", c, prev)
+		}
+		prev = c
 	}
 }

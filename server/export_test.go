@@ -1,0 +1,4 @@
+package server
+
+// ServerClock exposes serverClock to the external tests.
+var ServerClock = serverClock
