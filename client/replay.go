@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/dstproject/dst/internal/bufpool"
 
@@ -28,15 +29,21 @@ import (
 type replayLog struct {
 	limit int64
 
-	mu       sync.Mutex
-	entries  []replayEntry // in completion order; seqs are consecutive
-	bytes    int64
-	seq      uint64 // completion sequence of the newest entry
-	flushing bool   // an automatic FLUSH is in flight
+	mu      sync.Mutex
+	entries []replayEntry // in completion order; seqs are consecutive
+	// bytes and seq change under mu; full and mark read them without it,
+	// on every submission.
+	bytes    atomic.Int64
+	seq      atomic.Uint64 // completion sequence of the newest entry
+	flushing bool          // an automatic FLUSH is in flight
 	// index finds the entries that touch a waveChunk-sized chunk, as
 	// seqs in ascending order; entries wider than waveWide are in wide.
-	index map[uint64][]uint64
-	wide  []uint64
+	// Only durable needs it, and FUA is rare until the log is full, so
+	// entries enter it when durable is next called: indexed is the
+	// newest seq in it.
+	index   map[uint64][]uint64
+	wide    []uint64
+	indexed uint64
 }
 
 type replayEntry struct {
@@ -74,18 +81,10 @@ func newReplayLog(limit int64) *replayLog {
 }
 
 // mark returns the sequence a FLUSH submitted now covers.
-func (l *replayLog) mark() uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.seq
-}
+func (l *replayLog) mark() uint64 { return l.seq.Load() }
 
 // full reports whether new writes should be sent with FUA.
-func (l *replayLog) full() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.bytes >= l.limit
-}
+func (l *replayLog) full() bool { return l.bytes.Load() >= l.limit }
 
 // add records an acknowledged write that is not yet durable. It reports
 // whether the caller should start an automatic FLUSH.
@@ -98,19 +97,9 @@ func (l *replayLog) add(h *wire.Request, data []byte) (flush bool) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.seq++
-	e.seq = l.seq
+	e.seq = l.seq.Add(1)
 	l.entries = append(l.entries, e)
-	l.bytes += int64(len(e.data)) + entryOverhead
-	if uint64(e.length) > waveWide {
-		l.wide = append(l.wide, e.seq)
-	} else {
-		first, last := e.span().chunks()
-		for c := first; c <= last; c++ {
-			l.index[c] = append(l.index[c], e.seq)
-		}
-	}
-	if l.bytes > l.limit/2 && !l.flushing {
+	if l.bytes.Add(int64(len(e.data))+entryOverhead) > l.limit/2 && !l.flushing {
 		l.flushing = true
 		return true
 	}
@@ -125,7 +114,7 @@ func (l *replayLog) flushed(mark uint64) {
 	for i < len(l.entries) && l.entries[i].seq <= mark {
 		e := &l.entries[i]
 		l.release(e)
-		if uint64(e.length) <= waveWide {
+		if e.seq <= l.indexed && uint64(e.length) <= waveWide {
 			first, last := e.span().chunks()
 			for c := first; c <= last; c++ {
 				// Entries leave in seq order: e is at the front of each list.
@@ -152,7 +141,7 @@ func (l *replayLog) release(e *replayEntry) {
 	if e.dead {
 		return
 	}
-	l.bytes -= int64(len(e.data)) + entryOverhead
+	l.bytes.Add(-(int64(len(e.data)) + entryOverhead))
 	if e.buf != nil {
 		replayBufs.Put(e.buf)
 	}
@@ -168,6 +157,7 @@ func (l *replayLog) durable(off uint64, n uint32) {
 	if len(l.entries) == 0 {
 		return
 	}
+	l.catchUp()
 	cut := func(seq uint64) {
 		i := seq - l.entries[0].seq
 		if seq < l.entries[0].seq || i >= uint64(len(l.entries)) {
@@ -207,6 +197,23 @@ func (l *replayLog) flushDone() {
 	l.mu.Lock()
 	l.flushing = false
 	l.mu.Unlock()
+}
+
+// catchUp adds the entries newer than indexed to the index.
+func (l *replayLog) catchUp() {
+	first := l.entries[0].seq
+	for i := max(l.indexed+1, first) - first; i < uint64(len(l.entries)); i++ {
+		e := &l.entries[i]
+		if uint64(e.length) > waveWide {
+			l.wide = append(l.wide, e.seq)
+		} else {
+			first, last := e.span().chunks()
+			for c := first; c <= last; c++ {
+				l.index[c] = append(l.index[c], e.seq)
+			}
+		}
+	}
+	l.indexed = l.seq.Load()
 }
 
 // snapshot returns what is to be replayed, in completion order: the live
@@ -261,7 +268,7 @@ func (l *replayLog) stats() (n int, bytes int64) {
 			n++
 		}
 	}
-	return n, l.bytes
+	return n, l.bytes.Load()
 }
 
 // waves splits entries, in order, into groups that can be written
