@@ -269,11 +269,7 @@ func (a *Attachment) newTx(r *nbd.Request) *tx {
 // the caller kicks the returned generation after the rest of its batch.
 func (a *Attachment) start(t *tx, hold bool) *generation {
 	a.mu.Lock()
-	if a.closed || a.failed != nil {
-		err := error(syscall.ESHUTDOWN)
-		if a.failed != nil {
-			err = syscall.EIO
-		}
+	if err := a.refusal(); err != nil {
 		a.mu.Unlock()
 		t.req.Complete(err)
 		return nil
@@ -376,9 +372,9 @@ func (a *Attachment) retry(t *tx, why string) {
 // waits for the next.
 func (a *Attachment) requeue(t *tx) {
 	a.mu.Lock()
-	if a.closed {
+	if err := a.refusal(); err != nil {
 		a.mu.Unlock()
-		t.req.Complete(syscall.ESHUTDOWN)
+		t.req.Complete(err)
 		return
 	}
 	a.pending[t.hdr.ID] = t
@@ -399,13 +395,29 @@ func (a *Attachment) requeue(t *tx) {
 // for the next generation: the reply was unusable and the queue is dying.
 func (a *Attachment) putBack(t *tx) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if !a.closed {
+	err := a.refusal()
+	if err == nil {
 		t.q = nil
 		a.pending[t.hdr.ID] = t
-		return
 	}
-	go t.req.Complete(syscall.ESHUTDOWN)
+	a.mu.Unlock()
+	if err != nil {
+		t.req.Complete(err)
+	}
+}
+
+// refusal is the error a transaction entering the table gets instead:
+// ESHUTDOWN once the attachment is closed, EIO once it has failed for
+// good (fail emptied the table, and nothing would ever send it). Called
+// with a.mu held.
+func (a *Attachment) refusal() error {
+	switch {
+	case a.closed:
+		return syscall.ESHUTDOWN
+	case a.failed != nil:
+		return syscall.EIO
+	}
+	return nil
 }
 
 // statusError maps a reply status to the errno an NBD client sees.

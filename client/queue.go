@@ -39,8 +39,7 @@ type queue struct {
 	sendCh chan *tx
 	wake   chan struct{} // sendLoop: sendCh may have work
 	token  atomic.Bool   // held by the goroutine writing to st
-	dead   atomic.Bool
-	buf    []byte // owned by the token holder
+	buf    []byte        // owned by the token holder
 }
 
 func newQueue(g *generation, s *Session, st *yamux.Stream, index int) *queue {
@@ -121,15 +120,15 @@ func (q *queue) sendLoop() {
 }
 
 // writeBatch writes what is queued, up to sendBatch bytes, in one stream
-// write, and reports whether it wrote anything. On a dead stream it fails
-// what it finds instead.
+// write, and reports whether it wrote anything. Once the generation is
+// dead it drops what it finds: the table keeps it for the next one.
 func (q *queue) writeBatch() bool {
 	buf := q.buf[:0]
 batch:
 	for len(buf) < sendBatch {
 		select {
 		case t := <-q.sendCh:
-			if q.dead.Load() {
+			if q.g.isDead() {
 				continue // left in the table for the next generation
 			}
 			buf = q.appendTx(buf, t)
@@ -164,12 +163,9 @@ func (q *queue) appendTx(b []byte, t *tx) []byte {
 	return b
 }
 
-// die marks the queue dead and kills its generation: what is pending on
-// it waits in the table for the next one.
+// die kills the queue's generation, which every queue of it shares: what
+// is pending waits in the table for the next one.
 func (q *queue) die(err error) {
-	if q.dead.Swap(true) {
-		return
-	}
 	q.st.Close()
 	q.g.kill(fmt.Errorf("queue %d: %w", q.index, err))
 }
