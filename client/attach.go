@@ -80,7 +80,8 @@ type Attachment struct {
 	failed   error // set once the attachment can never carry requests again
 
 	stats    counters
-	stop     chan struct{} // closed by Close
+	ctx      context.Context // cancelled by Close
+	cancel   context.CancelFunc
 	lost     chan struct{} // closed when the attachment fails for good
 	lostOnce sync.Once
 	wg       sync.WaitGroup
@@ -104,9 +105,9 @@ func Attach(ctx context.Context, cfg *AttachConfig) (*Attachment, error) {
 		cfg:     *cfg,
 		log:     cfg.logger(),
 		pending: make(map[uint64]*tx),
-		stop:    make(chan struct{}),
 		lost:    make(chan struct{}),
 	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
 	c := &a.cfg
 	c.Connections = max(c.Connections, 1)
 	if c.Queues <= 0 {
@@ -125,10 +126,12 @@ func Attach(ctx context.Context, cfg *AttachConfig) (*Attachment, error) {
 		a.replay = newReplayLog(c.ReplayBuffer)
 	}
 	if _, err := rand.Read(a.id[:]); err != nil {
+		a.cancel()
 		return nil, fmt.Errorf("client: choosing attachment id: %w", err)
 	}
 	g, err := a.connect(ctx, a.epoch.Add(1), true)
 	if err != nil {
+		a.cancel()
 		return nil, err
 	}
 	a.gen, a.instance = g, g.info.Instance
@@ -437,7 +440,7 @@ func (a *Attachment) reap() {
 	defer t.Stop()
 	for {
 		select {
-		case <-a.stop:
+		case <-a.ctx.Done():
 			return
 		case <-t.C:
 		}
@@ -491,7 +494,7 @@ func (a *Attachment) Close() error {
 	}
 	a.closed = true
 	a.mu.Unlock()
-	close(a.stop)
+	a.cancel()
 	a.wg.Wait()
 	a.mu.Lock()
 	pending := a.pending

@@ -165,7 +165,7 @@ func (a *Attachment) supervise(g *generation) {
 	for {
 		select {
 		case <-g.dead:
-		case <-a.stop:
+		case <-a.ctx.Done():
 			g.shutdown(errClosedGen, true)
 			return
 		}
@@ -191,22 +191,14 @@ var errClosedGen = errors.New("client: attachment closed")
 // reconnect dials generations until one is up and has resumed the
 // attachment's work. It returns nil when the attachment closed or failed.
 func (a *Attachment) reconnect() *generation {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-a.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	ctx := a.ctx
 	delay := time.Duration(0)
 	for attempt := 1; ; attempt++ {
 		if delay > 0 {
 			jittered := delay/2 + rand.N(delay)
 			select {
 			case <-time.After(jittered):
-			case <-a.stop:
+			case <-a.ctx.Done():
 				return nil
 			}
 		}
@@ -321,7 +313,7 @@ func (a *Attachment) replayTo(g *generation) error {
 			a.dropReplay(ids)
 			<-done
 			return fmt.Errorf("client: connection lost while replaying: %w", g.err)
-		case <-a.stop:
+		case <-a.ctx.Done():
 			a.dropReplay(ids)
 			<-done
 			return errClosedGen
