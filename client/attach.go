@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -166,16 +165,6 @@ func (a *Attachment) Cipher() crypto.Cipher {
 		return crypto.CipherAuto
 	}
 	return a.gen.sessions[0].Cipher()
-}
-
-// Sessions returns the current sessions, none while reconnecting.
-func (a *Attachment) Sessions() []*Session {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.gen == nil {
-		return nil
-	}
-	return slices.Clone(a.gen.sessions)
 }
 
 // NBDExport describes the attachment to an NBD front end.
