@@ -18,6 +18,11 @@ import (
 // were in flight when Close was called.
 var ErrClosed = errors.New("nbdclient: client closed")
 
+// ErrConnection is wrapped by the errors of requests failed because the
+// connection broke, as opposed to an error the server replied with. The
+// cause (often an errno such as EPIPE or ECONNRESET) is wrapped too.
+var ErrConnection = errors.New("connection")
+
 // Client is one NBD connection in the transmission phase. Its methods are
 // safe for concurrent use; each blocks until its reply arrives or the
 // connection ends. There are no timeouts: Close (within about a second)
@@ -184,7 +189,7 @@ func (c *Client) send(hdr, payload []byte) {
 		bufs = append(bufs, payload)
 	}
 	if _, err := bufs.WriteTo(c.conn); err != nil {
-		c.fail(fmt.Errorf("connection: %w", err))
+		c.fail(fmt.Errorf("%w: %w", ErrConnection, err))
 	}
 }
 
@@ -220,7 +225,7 @@ func (c *Client) readReplies(br *bufio.Reader) error {
 	var h [replyLen]byte
 	for {
 		if _, err := io.ReadFull(br, h[:]); err != nil {
-			return fmt.Errorf("connection: %w", err)
+			return fmt.Errorf("%w: %w", ErrConnection, err)
 		}
 		switch m := binary.BigEndian.Uint32(h[0:]); m {
 		case magicSimpleReply:
@@ -245,7 +250,7 @@ func (c *Client) readReplies(br *bufio.Reader) error {
 		}
 		if cl.cmd == cmdRead {
 			if _, err := io.ReadFull(br, cl.buf); err != nil {
-				err = fmt.Errorf("connection: reading data: %w", err)
+				err = fmt.Errorf("%w: reading data: %w", ErrConnection, err)
 				cl.done <- err
 				return err
 			}
