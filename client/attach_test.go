@@ -238,6 +238,9 @@ func TestRandomIO(t *testing.T) {
 					base := w * region
 					for i := 0; i < ops; i++ {
 						n := (1 + rng.IntN(64)) * 512
+						if rng.IntN(8) == 0 {
+							n = (1 + rng.IntN(512)) * 512 // up to 256 KiB: past largePayload
+						}
 						off := base + rng.IntN((region-n)/512)*512
 						switch rng.IntN(4) {
 						case 0, 1:

@@ -17,7 +17,10 @@ const (
 	// queueDepth is the number of transactions that may wait to be written
 	// on a queue before Submit blocks.
 	queueDepth = 1024
-	recvBuffer = 4 << 10 // payloads larger than this are read straight into the request
+	// largePayload is the write size from which a payload goes to the
+	// stream straight from the request rather than through the batch.
+	largePayload = 64 << 10
+	recvBuffer   = 4 << 10 // payloads larger than this are read straight into the request
 )
 
 // queue is one data stream of an attachment. Submitters queue
@@ -124,6 +127,7 @@ func (q *queue) sendLoop() {
 // dead it drops what it finds: the table keeps it for the next one.
 func (q *queue) writeBatch() bool {
 	buf := q.buf[:0]
+	wrote := false
 batch:
 	for len(buf) < sendBatch {
 		select {
@@ -131,32 +135,52 @@ batch:
 			if q.g.isDead() {
 				continue // left in the table for the next generation
 			}
+			if t.hdr.Cmd == wire.CmdWrite && len(t.req.Data) >= largePayload {
+				// Large payloads skip the batch buffer: yamux copies
+				// them once anyway.
+				buf = q.appendHeader(buf, t)
+				q.write(buf)
+				q.write(t.req.Data)
+				buf, wrote = buf[:0], true
+				continue
+			}
 			buf = q.appendTx(buf, t)
 		default:
 			break batch
 		}
 	}
-	if len(buf) == 0 {
-		return false
-	}
-	if _, err := q.st.Write(buf); err != nil {
-		q.die(fmt.Errorf("sending: %w", err))
+	if len(buf) > 0 {
+		q.write(buf)
+		wrote = true
 	}
 	if cap(buf) > 4*sendBatch {
 		buf = make([]byte, 0, sendBatch)
 	}
 	q.buf = buf
-	return true
+	return wrote
 }
 
-// appendTx encodes t's request, with its deadline on this session's
-// server clock, and its payload.
-func (q *queue) appendTx(b []byte, t *tx) []byte {
+func (q *queue) write(p []byte) {
+	if _, err := q.st.Write(p); err != nil {
+		q.die(fmt.Errorf("sending: %w", err))
+	}
+}
+
+// appendHeader encodes t's request header, with its deadline on this
+// session's server clock.
+func (q *queue) appendHeader(b []byte, t *tx) []byte {
 	n := len(b)
 	b = append(b, make([]byte, wire.RequestSize)...)
 	h := t.hdr
 	h.Expires = q.sess.clock.expires(t.deadline)
 	h.Encode(b[n:])
+	return b
+}
+
+// appendTx encodes t's request, with its deadline on this session's
+// server clock, and its payload.
+func (q *queue) appendTx(b []byte, t *tx) []byte {
+	b = q.appendHeader(b, t)
 	if t.hdr.Cmd == wire.CmdWrite {
 		b = append(b, t.req.Data...)
 	}
