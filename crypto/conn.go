@@ -286,6 +286,40 @@ func (c *Conn) Write(p []byte) (int, error) {
 	return written, nil
 }
 
+// AppendRecords seals p into records, appends them to dst and returns the
+// extended buffer, for a later WriteRecords. It is Write split in two, so a
+// caller can seal on one goroutine while another is in a write. Records
+// must be written in the order they were sealed, and a Conn written this
+// way must not also be written with Write. Any error is fatal.
+func (c *Conn) AppendRecords(dst, p []byte) ([]byte, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.failure(); err != nil {
+		return dst, err
+	}
+	for len(p) > 0 {
+		chunk := p[:min(len(p), MaxRecordPayload)]
+		var err error
+		if dst, err = c.out.seal(dst, chunk); err != nil {
+			return dst, c.fail(err)
+		}
+		p = p[len(chunk):]
+	}
+	return dst, nil
+}
+
+// WriteRecords writes records made by AppendRecords. Any error, including a
+// write deadline, is fatal.
+func (c *Conn) WriteRecords(b []byte) error {
+	if err := c.failure(); err != nil {
+		return err
+	}
+	if _, err := c.conn.Write(b); err != nil {
+		return c.fail(fmt.Errorf("crypto: write to %s: %w", c.peer, err))
+	}
+	return nil
+}
+
 // growWriteBuffer makes room for up to writeBatch records of the remaining
 // n bytes. It allocates only when a Write is larger than any before it.
 func (c *Conn) growWriteBuffer(n int) {

@@ -22,32 +22,70 @@ const (
 // loop waits beyond it, which pushes back on the streams.
 const maxPending = 4 << 20
 
+// Sealing thresholds. A body of at least directBody bytes arriving in one
+// Write is sealed straight from yamux's buffer instead of being copied
+// first. Whole frames wait unsealed, to share records, while the flusher
+// is in a write, until sealAt bytes of them have gathered.
+const (
+	directBody = 16 << 10
+	sealAt     = 64 << 10
+)
+
+// recordWriter is what a batcher needs from the channel below: turning
+// plaintext into records appended to a buffer, and writing such records.
+// *crypto.Conn provides both; plainWriter stands in for any other conn.
+type recordWriter interface {
+	AppendRecords(dst, p []byte) ([]byte, error)
+	WriteRecords(b []byte) error
+}
+
+// plainWriter makes a plain net.Conn a recordWriter whose records are the
+// plaintext itself.
+type plainWriter struct{ net.Conn }
+
+func (w plainWriter) AppendRecords(dst, p []byte) ([]byte, error) { return append(dst, p...), nil }
+
+func (w plainWriter) WriteRecords(b []byte) error {
+	_, err := w.Conn.Write(b)
+	return err
+}
+
 // batcher sits between yamux's send loop and the encrypted channel. yamux
 // writes every frame with two Writes, header then body, each of which would
-// become a record and a syscall of its own. The batcher follows the framing
-// and hands whole frames to a flusher goroutine. While the flusher is in a
-// write, frames pile up; its next write takes all whole frames at once,
-// sealed in as few records and written with as few syscalls as their size
-// allows. A frame is never split across flushes at a point the peer could
-// act on half of it, and a lone frame pays one goroutine hand-off.
+// become a record and a syscall of its own. The batcher follows the framing,
+// seals whole frames into records and hands them to a flusher goroutine.
+// While the flusher is in a write, frames pile up; its next write takes all
+// of them at once, in as few records and syscalls as their size allows. A
+// frame is never split across flushes at a point the peer could act on half
+// of it, and a lone frame pays one goroutine hand-off.
+//
+// Sealing happens in Write, on yamux's send loop, while the flusher is in a
+// system call: a large body is sealed from yamux's buffer where it lies
+// (yamux has already copied it once), and small frames are gathered in
+// plaintext and sealed together. The records leave in the order they were
+// sealed, which is the order of their nonces.
 //
 // Measured on the 2-core development VM with fio's nbd engine against dst
 // attach (4 KiB, QD32), against writing each frame from yamux's send loop:
 // random reads 67k vs 55k IOPS, random writes 60k vs 47k.
 //
-// Locking: mu guards pending, ready, err and closing. yamux's send loop is
-// the only writer; the flusher is the only reader of pending.
+// Locking: mu guards every field below it. yamux's send loop is the only
+// caller of Write; the flusher is the only writer to the channel.
 type batcher struct {
 	net.Conn
+	rw      recordWriter
 	mu      sync.Mutex
-	space   sync.Cond // signalled when the flusher took pending
-	pending []byte    // bytes from yamux, whole frames first
-	ready   int       // pending[:ready] are whole frames
-	spare   []byte    // the other buffer, reused
-	err     error     // the flusher's write error, sticky
+	space   sync.Cond // signalled when the flusher took out
+	plain   []byte    // unsealed bytes from yamux
+	whole   int       // plain[:whole] are whole frames
+	out     []byte    // sealed records, in nonce order
+	outN    int       // out[:outN] hold whole frames only
+	spare   []byte    // the flusher's last buffer, reused
+	writing bool      // the flusher is in a write
+	err     error     // the first sealing or write error, sticky
 	closing bool
 
-	// Frame parser, owned by the send loop (under mu).
+	// Frame parser, fed by Write.
 	hdr    [frameHeaderSize]byte
 	hdrN   int
 	remain int
@@ -57,12 +95,18 @@ type batcher struct {
 }
 
 func newBatcher(c net.Conn) *batcher {
+	rw, ok := c.(recordWriter)
+	if !ok {
+		rw = plainWriter{c}
+	}
 	b := &batcher{
-		Conn:    c,
-		pending: make([]byte, 0, 256<<10),
-		spare:   make([]byte, 0, 256<<10),
-		wake:    make(chan struct{}, 1),
-		done:    make(chan struct{}),
+		Conn:  c,
+		rw:    rw,
+		plain: make([]byte, 0, sealAt),
+		out:   make([]byte, 0, 256<<10),
+		spare: make([]byte, 0, 256<<10),
+		wake:  make(chan struct{}, 1),
+		done:  make(chan struct{}),
 	}
 	b.space.L = &b.mu
 	go b.flushLoop()
@@ -71,7 +115,7 @@ func newBatcher(c net.Conn) *batcher {
 
 func (b *batcher) Write(p []byte) (int, error) {
 	b.mu.Lock()
-	for b.err == nil && !b.closing && len(b.pending) >= maxPending {
+	for b.err == nil && !b.closing && len(b.out)+len(b.plain) >= maxPending {
 		b.space.Wait()
 	}
 	if b.err != nil || b.closing {
@@ -82,11 +126,40 @@ func (b *batcher) Write(p []byte) (int, error) {
 		}
 		return 0, err
 	}
-	start := len(b.pending)
-	b.pending = append(b.pending, p...)
-	b.scan(start)
-	kick := b.ready > 0
+	q := p
+	if b.hdrN == 0 && b.remain >= directBody && len(q) >= directBody {
+		// A large body: seal what precedes it, then the body in place.
+		// plain holds whole frames, then this frame's header and
+		// perhaps the start of its body.
+		n := min(len(q), b.remain)
+		b.seal()
+		if b.err == nil && len(b.plain) > 0 {
+			b.out, b.err = b.rw.AppendRecords(b.out, b.plain)
+			b.plain = b.plain[:0]
+		}
+		if b.err == nil {
+			b.out, b.err = b.rw.AppendRecords(b.out, q[:n])
+		}
+		b.remain -= n
+		if b.remain == 0 {
+			b.outN = len(b.out)
+		}
+		q = q[n:]
+	}
+	if len(q) > 0 {
+		start := len(b.plain)
+		b.plain = append(b.plain, q...)
+		b.scan(start)
+	}
+	if !b.writing || b.whole >= sealAt {
+		b.seal()
+	}
+	err := b.err
+	kick := b.outN > 0 || b.whole > 0
 	b.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
 	if kick {
 		select {
 		case b.wake <- struct{}{}:
@@ -96,10 +169,21 @@ func (b *batcher) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// scan follows the framing through pending[from:] and moves ready to the
+// seal moves the whole frames in plain into out as records.
+func (b *batcher) seal() {
+	if b.whole == 0 || b.err != nil {
+		return
+	}
+	b.out, b.err = b.rw.AppendRecords(b.out, b.plain[:b.whole])
+	b.outN = len(b.out)
+	b.plain = b.plain[:copy(b.plain, b.plain[b.whole:])]
+	b.whole = 0
+}
+
+// scan follows the framing through plain[from:] and moves whole to the
 // end of the last whole frame.
 func (b *batcher) scan(from int) {
-	p := b.pending[from:]
+	p := b.plain[from:]
 	pos := from
 	for len(p) > 0 {
 		if b.remain == 0 {
@@ -114,7 +198,7 @@ func (b *batcher) scan(from int) {
 				b.remain = int(binary.BigEndian.Uint32(b.hdr[frameLength:]))
 			}
 			if b.remain == 0 {
-				b.ready = pos
+				b.whole = pos
 			}
 			continue
 		}
@@ -122,7 +206,7 @@ func (b *batcher) scan(from int) {
 		b.remain -= k
 		p, pos = p[k:], pos+k
 		if b.remain == 0 {
-			b.ready = pos
+			b.whole = pos
 		}
 	}
 }
@@ -133,33 +217,43 @@ func (b *batcher) flushLoop() {
 	defer close(b.done)
 	for range b.wake {
 		b.mu.Lock()
-		if b.ready == 0 {
-			closing := b.closing
+		b.seal() // frames Write left unsealed while we were writing
+		if b.outN == 0 || b.err != nil {
+			closing := b.closing || b.err != nil
 			b.mu.Unlock()
 			if closing {
 				return
 			}
 			continue
 		}
-		out := b.pending[:b.ready]
-		b.pending = append(b.spare[:0], b.pending[b.ready:]...)
+		buf := b.out[:b.outN]
+		b.out = append(b.spare[:0], b.out[b.outN:]...)
+		b.outN = 0
 		b.spare = nil
-		b.ready = 0
+		b.writing = true
 		b.space.Broadcast()
 		b.mu.Unlock()
 
-		_, err := b.Conn.Write(out)
+		err := b.rw.WriteRecords(buf)
 
 		b.mu.Lock()
-		b.spare = out[:0]
-		if err != nil {
+		b.writing = false
+		b.spare = buf[:0]
+		if err != nil && b.err == nil {
 			b.err = err
-			b.space.Broadcast()
 		}
-		closing := b.closing && b.ready == 0
+		b.space.Broadcast()
+		again := b.whole > 0 || b.outN > 0
+		closing := b.closing && !again
 		b.mu.Unlock()
 		if err != nil || closing {
 			return
+		}
+		if again {
+			select {
+			case b.wake <- struct{}{}:
+			default:
+			}
 		}
 	}
 }

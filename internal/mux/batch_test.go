@@ -191,3 +191,57 @@ func TestBatcherBackpressure(t *testing.T) {
 	}
 	b.Close()
 }
+
+// TestBatcherLargeBodies sends bodies large enough to be sealed where they
+// lie, whole and split over several Writes, between small frames, with the
+// flusher both free and held in a write: the bytes arrive in order and every
+// write holds whole frames.
+func TestBatcherLargeBodies(t *testing.T) {
+	big := func(n int, seed byte) []byte {
+		b := bytes.Repeat([]byte{seed}, n)
+		return frame(typeData, uint32(n), b)
+	}
+	for _, held := range []bool{false, true} {
+		rc := &recordConn{}
+		if held {
+			rc.gate = make(chan struct{})
+		}
+		b := newBatcher(rc)
+		var want []byte
+		send := func(parts ...[]byte) {
+			for _, p := range parts {
+				want = append(want, p...)
+				if n, err := b.Write(p); err != nil || n != len(p) {
+					t.Fatalf("Write = %d, %v", n, err)
+				}
+				if !held {
+					time.Sleep(2 * time.Millisecond) // let the flusher take what it may
+				}
+			}
+		}
+		small := frame(typeData, 3, []byte("abc"))
+		f1 := big(directBody, 1)
+		f2 := big(3*directBody+5, 2)
+		f3 := big(2*directBody, 3)
+		send(small[:frameHeaderSize], small[frameHeaderSize:])
+		send(f1[:frameHeaderSize], f1[frameHeaderSize:])
+		// Split: a direct part, a direct part, a small tail.
+		send(f2[:frameHeaderSize], f2[frameHeaderSize:][:directBody], f2[frameHeaderSize:][directBody:2*directBody+frameHeaderSize],
+			f2[2*directBody+2*frameHeaderSize:])
+		// Header and the start of the body in one Write, then the rest.
+		send(f3[:frameHeaderSize+10], f3[frameHeaderSize+10:])
+		send(frame(2, 7, nil))
+		if held {
+			close(rc.gate)
+		}
+		b.Close()
+		var got []byte
+		for _, w := range rc.snapshot() {
+			wholeFrames(t, w)
+			got = append(got, w...)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("held %v: %d bytes out, want %d, equal %v", held, len(got), len(want), bytes.Equal(got, want))
+		}
+	}
+}
