@@ -322,7 +322,7 @@ func (a *Attachment) remember(t *tx) {
 	case wire.CmdWrite, wire.CmdTrim, wire.CmdWriteZeroes:
 		if t.hdr.Flags&wire.FlagFUA != 0 {
 			a.replay.durable(t.hdr.Offset, t.hdr.Length)
-		} else if a.replay.add(&t.hdr, t.req.Data) {
+		} else if a.replay.add(&t.hdr, t.req.Data, t.req.TakeBuffer()) {
 			a.autoFlush()
 		}
 	case wire.CmdFlush:

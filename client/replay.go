@@ -52,8 +52,8 @@ type replayEntry struct {
 	flags  wire.ReqFlags
 	offset uint64
 	length uint32
-	data   []byte  // WRITE only: a copy of the payload, in buf
-	buf    *[]byte // from replayBufs
+	data   []byte  // WRITE only: the payload, in buf
+	buf    *[]byte // from bufpool.Payloads
 	holes  []span  // parts made durable since, not to be replayed
 	dead   bool    // all of it made durable since
 }
@@ -68,9 +68,10 @@ func (sp span) chunks() (first, last uint64) {
 	return sp.off / waveChunk, (max(sp.end, sp.off+1) - 1) / waveChunk
 }
 
-// replayBufs holds the payload copies: a write-heavy attachment keeps
-// copying, and the copies are dropped in bulk by each FLUSH.
-var replayBufs = bufpool.New(0)
+// replayBufs holds the payloads: a write-heavy attachment keeps adding
+// them, and each FLUSH drops them in bulk. It is the pool the NBD front end
+// reads payloads into, so add can keep a request's own buffer.
+var replayBufs = bufpool.Payloads
 
 // entryOverhead is what an entry costs besides its payload, so that TRIMs
 // and WRITE_ZEROES count against the limit too.
@@ -86,11 +87,17 @@ func (l *replayLog) mark() uint64 { return l.seq.Load() }
 // full reports whether new writes should be sent with FUA.
 func (l *replayLog) full() bool { return l.bytes.Load() >= l.limit }
 
-// add records an acknowledged write that is not yet durable. It reports
-// whether the caller should start an automatic FLUSH.
-func (l *replayLog) add(h *wire.Request, data []byte) (flush bool) {
+// add records an acknowledged write that is not yet durable. owned, if not
+// nil, is data's buffer from replayBufs, handed over to the log; otherwise
+// the log keeps a copy. It reports whether the caller should start an
+// automatic FLUSH.
+func (l *replayLog) add(h *wire.Request, data []byte, owned *[]byte) (flush bool) {
 	e := replayEntry{cmd: h.Cmd, flags: h.Flags, offset: h.Offset, length: h.Length}
-	if h.Cmd == wire.CmdWrite {
+	switch {
+	case h.Cmd != wire.CmdWrite:
+	case owned != nil:
+		e.buf, e.data = owned, data
+	default:
 		e.buf = replayBufs.Get(len(data))
 		e.data = *e.buf
 		copy(e.data, data)

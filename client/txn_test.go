@@ -314,7 +314,7 @@ func TestReplayLogDurableCuts(t *testing.T) {
 	l := newReplayLog(1 << 30)
 	w := func(off uint64, n int, b byte) {
 		h := wire.Request{Cmd: wire.CmdWrite, Offset: off, Length: uint32(n)}
-		l.add(&h, bytes.Repeat([]byte{b}, n))
+		l.add(&h, bytes.Repeat([]byte{b}, n), nil)
 	}
 	w(0, 8192, 'a')
 	w(4096, 8192, 'b')
@@ -348,5 +348,34 @@ func TestReplayLogDurableCuts(t *testing.T) {
 	l.flushed(3)
 	if n, b := l.stats(); n != 0 || b != 0 || len(l.index) != 0 {
 		t.Fatalf("after a flush covering all: %d entries, %d bytes, %d index chunks", n, b, len(l.index))
+	}
+}
+
+// TestReplayLogOwnsOrCopies checks that the log keeps a buffer handed to it
+// as is, and copies a payload it was not given.
+func TestReplayLogOwnsOrCopies(t *testing.T) {
+	l := newReplayLog(1 << 30)
+	owned := replayBufs.Get(4096)
+	copy(*owned, bytes.Repeat([]byte{'o'}, 4096))
+	h := wire.Request{Cmd: wire.CmdWrite, Offset: 0, Length: 4096}
+	l.add(&h, *owned, owned)
+	lent := bytes.Repeat([]byte{'c'}, 4096)
+	h2 := wire.Request{Cmd: wire.CmdWrite, Offset: 8192, Length: 4096}
+	l.add(&h2, lent, nil)
+	lent[0] = 'X' // the caller reuses its buffer
+
+	snap := l.snapshot()
+	if len(snap) != 2 {
+		t.Fatalf("%d entries, want 2", len(snap))
+	}
+	if &snap[0].data[0] != &(*owned)[0] {
+		t.Error("the log copied a buffer it was given")
+	}
+	if snap[1].data[0] != 'c' {
+		t.Error("the log kept the caller's buffer instead of a copy")
+	}
+	l.flushed(l.mark())
+	if n, b := l.stats(); n != 0 || b != 0 {
+		t.Errorf("after FLUSH: %d entries, %d bytes", n, b)
 	}
 }

@@ -6,8 +6,9 @@ import (
 	"github.com/dstproject/dst/internal/bufpool"
 )
 
-// bufs holds payload buffers, pooled by size class.
-var bufs = bufpool.New(0)
+// bufs holds payload buffers, pooled by size class. It is the shared pool,
+// so a buffer taken with TakeBuffer can go back to it from elsewhere.
+var bufs = bufpool.Payloads
 
 var reqPool = sync.Pool{New: func() any { return new(Request) }}
 
@@ -21,4 +22,15 @@ func recycle(r *Request) {
 	r.Cmd, r.Flags, r.Offset, r.Length, r.Data = 0, 0, 0, 0, nil
 	r.cookie, r.conn, r.buf, r.errno, r.cost = 0, nil, nil, 0, 0
 	reqPool.Put(r)
+}
+
+// TakeBuffer detaches r's pooled payload buffer and hands it to the caller,
+// who returns it to bufpool.Payloads when done; r.Data stays valid. It
+// returns nil if r has no pooled buffer (NewRequest made it) or gave it
+// away already. A Device may take the buffer of a WRITE it completes, to
+// keep the payload without copying it.
+func (r *Request) TakeBuffer() *[]byte {
+	b := r.buf
+	r.buf = nil
+	return b
 }

@@ -26,6 +26,11 @@ type Pool struct {
 	classes  [maxShift - minShift + 1]sync.Pool
 }
 
+// Payloads is the pool for payload buffers that pass from one package to
+// another: the NBD front end reads write payloads into them, and the
+// client's replay log may keep one instead of copying it.
+var Payloads = New(0)
+
 // New returns a pool whose buffers have headroom extra bytes.
 func New(headroom int) *Pool { return &Pool{headroom: headroom} }
 
