@@ -115,7 +115,9 @@ func newBatcher(c net.Conn) *batcher {
 
 func (b *batcher) Write(p []byte) (int, error) {
 	b.mu.Lock()
-	for b.err == nil && !b.closing && len(b.out)+len(b.plain) >= maxPending {
+	// Wait for room only while the flusher has something to take: a
+	// frame larger than maxPending must still be let in whole.
+	for b.err == nil && !b.closing && len(b.out)+len(b.plain) >= maxPending && (b.outN > 0 || b.writing) {
 		b.space.Wait()
 	}
 	if b.err != nil || b.closing {

@@ -245,3 +245,36 @@ func TestBatcherLargeBodies(t *testing.T) {
 		}
 	}
 }
+
+// TestBatcherHugeFrameSplit writes a frame larger than maxPending in parts:
+// nothing of it can go out until it is whole, so Write must not wait for
+// room the flusher cannot make.
+func TestBatcherHugeFrameSplit(t *testing.T) {
+	rc := &recordConn{}
+	b := newBatcher(rc)
+	f := frame(typeData, maxPending+100, make([]byte, maxPending+100))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, p := range [][]byte{f[:frameHeaderSize], f[frameHeaderSize : frameHeaderSize+maxPending+50], f[frameHeaderSize+maxPending+50:]} {
+			if _, err := b.Write(p); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Write waited for room that could never come")
+	}
+	b.Close()
+	var got []byte
+	for _, w := range rc.snapshot() {
+		wholeFrames(t, w)
+		got = append(got, w...)
+	}
+	if !bytes.Equal(got, f) {
+		t.Fatalf("%d bytes out, want %d", len(got), len(f))
+	}
+}
