@@ -288,3 +288,27 @@ func fileIsZero(t testing.TB, path string) {
 		}
 	}
 }
+
+// TestAttachBadFlags: out-of-range flag values are refused before attach
+// dials anything, with a message that names the flag.
+func TestAttachBadFlags(t *testing.T) {
+	requireDst(t)
+	sock := shortTempDir(t) + "/nbd.sock"
+	for _, c := range []struct{ flag, val string }{
+		{"--connections", "-1"},
+		{"--connections", "65"},
+	} {
+		out, err := runErr(dstBin, "attach", "--key", "/nonexistent", "--server-key", "x",
+			c.flag, c.val, "127.0.0.1:1", "disk", "--nbd-listen", "unix:"+sock)
+		if err == nil {
+			t.Errorf("tests: attach %s %s exited 0", c.flag, c.val)
+			continue
+		}
+		if !strings.Contains(out, c.flag) {
+			t.Errorf("tests: attach %s %s: message does not name the flag:\n%s", c.flag, c.val, out)
+		}
+		if isSocket(sock) {
+			t.Errorf("tests: attach %s %s opened the NBD socket", c.flag, c.val)
+		}
+	}
+}

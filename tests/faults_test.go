@@ -295,7 +295,9 @@ func TestFaultCorrupt(t *testing.T) {
 	for _, dir := range []faultproxy.Direction{faultproxy.ClientToServer, faultproxy.ServerToClient} {
 		t.Run(dir.String(), func(t *testing.T) {
 			e := newFaultEnv(t, false)
-			c := e.startAttach()
+			// One connection, so the proxy's byte count is that
+			// connection's stream offset.
+			c := e.startAttach("--connections", "1")
 			w := faultWorkload(16, verify.RequireAcked)
 			done := runAsync(t, w, c, 4*time.Second)
 			time.Sleep(time.Second)

@@ -71,7 +71,7 @@ func cmdAttach(ctx context.Context, args []string) error {
 	cf := addClientFlags(fs)
 	listen := fs.String("nbd-listen", "", "serve the export as an NBD server on `unix:PATH or tcp:HOST:PORT`")
 	device := fs.String("device", "", "attach the export as kernel block device `/dev/nbdN`, or auto for a free one (printed on stdout)")
-	conns := fs.Int("connections", 1, "TCP connections to the server (spreads crypto over cores)")
+	conns := fs.Int("connections", 1, "TCP connections to the server, each with its own encrypted channel (spreads crypto over cores)")
 	queues := fs.Int("queues", 0, "data streams per connection, and with a kernel device also its sockets (hardware queues);\n"+
 		"default 2 with --nbd-listen, the number of CPUs up to 4 with a device")
 	ioTimeout := fs.Duration("io-timeout", 120*time.Second, "fail a request with EIO when it has no reply after this long; 0 waits forever")
@@ -96,6 +96,9 @@ func cmdAttach(ctx context.Context, args []string) error {
 		return usagef("nowhere to serve the export: give a device (/dev/nbdN or --device auto) or --nbd-listen unix:PATH|tcp:HOST:PORT")
 	case *device != "" && *listen != "":
 		return usagef("give either a device or --nbd-listen, not both")
+	}
+	if *conns < 1 || *conns > 64 {
+		return usagef("--connections %d: give 1 to 64", *conns)
 	}
 	var kopt *kernelOptions
 	if *device != "" {
