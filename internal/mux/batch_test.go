@@ -86,6 +86,18 @@ func wholeFrames(t *testing.T, w []byte) int {
 	return n
 }
 
+// written returns what rc received, checking that each write held whole
+// frames only.
+func written(t *testing.T, rc *recordConn) []byte {
+	t.Helper()
+	var got []byte
+	for _, w := range rc.snapshot() {
+		wholeFrames(t, w)
+		got = append(got, w...)
+	}
+	return got
+}
+
 func TestBatcherWholeFramesInOrder(t *testing.T) {
 	for _, split := range []int{0, 1, 5, 12, 13, 100} {
 		rc := &recordConn{}
@@ -235,11 +247,7 @@ func TestBatcherLargeBodies(t *testing.T) {
 			close(rc.gate)
 		}
 		b.Close()
-		var got []byte
-		for _, w := range rc.snapshot() {
-			wholeFrames(t, w)
-			got = append(got, w...)
-		}
+		got := written(t, rc)
 		if !bytes.Equal(got, want) {
 			t.Fatalf("held %v: %d bytes out, want %d, equal %v", held, len(got), len(want), bytes.Equal(got, want))
 		}
@@ -269,11 +277,7 @@ func TestBatcherHugeFrameSplit(t *testing.T) {
 		t.Fatal("Write waited for room that could never come")
 	}
 	b.Close()
-	var got []byte
-	for _, w := range rc.snapshot() {
-		wholeFrames(t, w)
-		got = append(got, w...)
-	}
+	got := written(t, rc)
 	if !bytes.Equal(got, f) {
 		t.Fatalf("%d bytes out, want %d", len(got), len(f))
 	}
