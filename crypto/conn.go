@@ -255,9 +255,9 @@ func (c *Conn) readError(err error, got int) error {
 	return c.fail(fmt.Errorf("crypto: read: %w", err))
 }
 
-// Write encrypts p into records of at most MaxRecordPayload bytes. Any
-// error, including a write deadline, is fatal: part of a record may have
-// been sent.
+// Write encrypts p into records of at most MaxRecordPayload bytes, up to
+// writeBatch records per system call. Any error, including a write
+// deadline, is fatal: part of a record may have been sent.
 func (c *Conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -266,22 +266,17 @@ func (c *Conn) Write(p []byte) (int, error) {
 	}
 	written := 0
 	for len(p) > 0 {
-		c.growWriteBuffer(len(p))
-		buf := c.wbuf[:0]
-		n := 0
-		for len(p) > 0 && len(buf)+recordHeaderLen+min(len(p), MaxRecordPayload)+tagLen <= cap(buf) {
-			chunk := p[:min(len(p), MaxRecordPayload)]
-			var err error
-			if buf, err = c.out.seal(buf, chunk); err != nil {
-				return written, c.fail(err)
-			}
-			p = p[len(chunk):]
-			n += len(chunk)
+		n := min(len(p), writeBatch*MaxRecordPayload)
+		c.growWriteBuffer(n)
+		buf, err := c.sealRecords(c.wbuf[:0], p[:n])
+		if err != nil {
+			return written, err
 		}
-		if _, err := c.conn.Write(buf); err != nil {
-			return written, c.fail(fmt.Errorf("crypto: write to %s: %w", c.peer, err))
+		if err := c.writeSealed(buf); err != nil {
+			return written, err
 		}
 		written += n
+		p = p[n:]
 	}
 	return written, nil
 }
@@ -297,6 +292,21 @@ func (c *Conn) AppendRecords(dst, p []byte) ([]byte, error) {
 	if err := c.failure(); err != nil {
 		return dst, err
 	}
+	return c.sealRecords(dst, p)
+}
+
+// WriteRecords writes records made by AppendRecords. Any error, including a
+// write deadline, is fatal.
+func (c *Conn) WriteRecords(b []byte) error {
+	if err := c.failure(); err != nil {
+		return err
+	}
+	return c.writeSealed(b)
+}
+
+// sealRecords appends p to dst as records of at most MaxRecordPayload
+// bytes. The caller holds wmu.
+func (c *Conn) sealRecords(dst, p []byte) ([]byte, error) {
 	for len(p) > 0 {
 		chunk := p[:min(len(p), MaxRecordPayload)]
 		var err error
@@ -308,23 +318,20 @@ func (c *Conn) AppendRecords(dst, p []byte) ([]byte, error) {
 	return dst, nil
 }
 
-// WriteRecords writes records made by AppendRecords. Any error, including a
-// write deadline, is fatal.
-func (c *Conn) WriteRecords(b []byte) error {
-	if err := c.failure(); err != nil {
-		return err
-	}
+// writeSealed writes sealed records to the socket.
+func (c *Conn) writeSealed(b []byte) error {
 	if _, err := c.conn.Write(b); err != nil {
 		return c.fail(fmt.Errorf("crypto: write to %s: %w", c.peer, err))
 	}
 	return nil
 }
 
-// growWriteBuffer makes room for up to writeBatch records of the remaining
-// n bytes. It allocates only when a Write is larger than any before it.
+// growWriteBuffer makes room for the records of n bytes, at most
+// writeBatch records' worth. It allocates only when a Write is larger than
+// any before it.
 func (c *Conn) growWriteBuffer(n int) {
-	records := min((n+MaxRecordPayload-1)/MaxRecordPayload, writeBatch)
-	need := min(n, records*MaxRecordPayload) + records*(recordHeaderLen+tagLen)
+	records := (n + MaxRecordPayload - 1) / MaxRecordPayload
+	need := n + records*(recordHeaderLen+tagLen)
 	if cap(c.wbuf) < need {
 		c.wbuf = make([]byte, 0, need)
 	}
