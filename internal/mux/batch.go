@@ -163,12 +163,18 @@ func (b *batcher) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	if kick {
-		select {
-		case b.wake <- struct{}{}:
-		default:
-		}
+		b.poke()
 	}
 	return len(p), nil
+}
+
+// poke wakes the flusher. Every Write that leaves something for it pokes,
+// so a flusher busy in a write finds the wake-up waiting when it is done.
+func (b *batcher) poke() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
 }
 
 // seal moves the whole frames in plain into out as records.
@@ -245,17 +251,10 @@ func (b *batcher) flushLoop() {
 			b.err = err
 		}
 		b.space.Broadcast()
-		again := b.whole > 0 || b.outN > 0
-		closing := b.closing && !again
+		closing := b.closing && b.whole == 0 && b.outN == 0
 		b.mu.Unlock()
 		if err != nil || closing {
 			return
-		}
-		if again {
-			select {
-			case b.wake <- struct{}{}:
-			default:
-			}
 		}
 	}
 }
@@ -269,10 +268,7 @@ func (b *batcher) Close() error {
 		b.space.Broadcast()
 	}
 	b.mu.Unlock()
-	select {
-	case b.wake <- struct{}{}:
-	default:
-	}
+	b.poke()
 	select {
 	case <-b.done:
 	case <-time.After(time.Second):
