@@ -124,11 +124,12 @@ func TestConstMsgType(t *testing.T) {
 	}{
 		{MsgHello, 1, "HELLO"},
 		{MsgServerInfo, 2, "SERVER_INFO"},
-		{MsgOpen, 3, "OPEN"},
 		{MsgOpened, 4, "OPENED"},
 		{MsgError, 5, "ERROR"},
 		{MsgPing, 6, "PING"}, // version 2
 		{MsgPong, 7, "PONG"}, // version 2
+		{MsgControl, 8, "CONTROL"}, // version 3
+		{MsgQueue, 9, "QUEUE"},
 	}
 	for _, p := range pins {
 		if uint16(p.m) != p.want {
@@ -144,7 +145,7 @@ func TestConstMsgType(t *testing.T) {
 	for _, tt := range []struct {
 		m    MsgType
 		want string
-	}{{0, "MSG_0"}, {8, "MSG_8"}, {0x0100, "MSG_256"}, {0xffff, "MSG_65535"}} {
+	}{{0, "MSG_0"}, {10, "MSG_10"}, {0x0100, "MSG_256"}, {0xffff, "MSG_65535"}} {
 		if got := tt.m.String(); got != tt.want {
 			t.Errorf("MsgType(%d).String() = %q, want %q", uint16(tt.m), got, tt.want)
 		}
@@ -200,7 +201,7 @@ func TestConstSizes(t *testing.T) {
 		name      string
 		got, want int
 	}{
-		{"Version", Version, 2},
+		{"Version", Version, 3},
 		{"RequestSize", RequestSize, 40},
 		{"ReplySize", ReplySize, 24},
 		{"MsgHeaderSize", MsgHeaderSize, 8},

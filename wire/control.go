@@ -12,21 +12,25 @@ type MsgType uint16
 const (
 	MsgHello      MsgType = 1 // client → server, first on the control stream
 	MsgServerInfo MsgType = 2 // server → client, answers Hello
-	MsgOpen       MsgType = 3 // client → server, first on a data stream
-	MsgOpened     MsgType = 4 // server → client, answers Open
-	MsgError      MsgType = 5 // server → client, refuses Hello or Open
-	MsgPing       MsgType = 6 // client → server, on the control stream
-	MsgPong       MsgType = 7 // server → client, answers Ping
+	// 3 was OPEN, which bound a yamux data stream to an export (versions 1
+	// and 2); a queue connection's QUEUE does that now.
+	MsgOpened  MsgType = 4 // server → client, answers Queue
+	MsgError   MsgType = 5 // server → client, refuses Control, Hello or Queue
+	MsgPing    MsgType = 6 // client → server, on the control stream
+	MsgPong    MsgType = 7 // server → client, answers Ping
+	MsgControl MsgType = 8 // client → server, first on a control connection
+	MsgQueue   MsgType = 9 // client → server, first on a queue connection
 )
 
 var msgNames = map[MsgType]string{
 	MsgHello:      "HELLO",
 	MsgServerInfo: "SERVER_INFO",
-	MsgOpen:       "OPEN",
 	MsgOpened:     "OPENED",
 	MsgError:      "ERROR",
 	MsgPing:       "PING",
 	MsgPong:       "PONG",
+	MsgControl:    "CONTROL",
+	MsgQueue:      "QUEUE",
 }
 
 func (t MsgType) String() string {
@@ -245,7 +249,9 @@ func DecodeHello(body []byte) (Hello, error) {
 //	2  flags    u16 (zero)
 //	4  instance [16] new at every server start
 //	20 clock    u64  the server's clock in nanoseconds (arbitrary origin)
-//	28 server   string
+//	28 session  [16] names this control session to the client's queue
+//	                 connections (Queue), random per session
+//	44 server   string
 //	   count    u16, then count exports:
 //	     name string, size u64, logical u32, physical u32, max transfer u32,
 //	     flags u32, identity [16]
@@ -253,6 +259,7 @@ type ServerInfo struct {
 	Version  uint16
 	Instance Identity
 	Clock    uint64
+	Session  Identity
 	Server   string
 	Exports  []ExportInfo
 }
@@ -266,6 +273,7 @@ func AppendServerInfo(b []byte, s *ServerInfo) []byte {
 	b = binary.BigEndian.AppendUint16(b, 0)
 	b = append(b, s.Instance[:]...)
 	b = binary.BigEndian.AppendUint64(b, s.Clock)
+	b = append(b, s.Session[:]...)
 	b = appendString(b, s.Server)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(s.Exports)))
 	for i := range s.Exports {
@@ -283,6 +291,7 @@ func DecodeServerInfo(body []byte) (ServerInfo, error) {
 	}
 	copy(s.Instance[:], d.bytes(IdentitySize))
 	s.Clock = d.u64()
+	copy(s.Session[:], d.bytes(IdentitySize))
 	s.Server = d.string()
 	n := int(d.u16())
 	if n > MaxExports && d.err == nil {
@@ -335,24 +344,77 @@ func DecodePong(body []byte) (Pong, error) {
 	return p, d.finish()
 }
 
-// Open binds a new data stream to an export.
+// Control is the first message of a control connection; the yamux
+// session starts right after it.
 //
-//	0 export string
-type Open struct {
-	Export string
+//	0 version u16
+//	2 flags   u16 (zero)
+type Control struct {
+	Version uint16
 }
 
-// AppendOpen appends o's body.
-func AppendOpen(b []byte, o *Open) []byte { return appendString(b, o.Export) }
-
-// DecodeOpen parses an Open body.
-func DecodeOpen(body []byte) (Open, error) {
-	d := decoder{b: body, what: "OPEN"}
-	o := Open{Export: d.string()}
-	return o, d.finish()
+// AppendControl appends c's body.
+func AppendControl(b []byte, c *Control) []byte {
+	b = binary.BigEndian.AppendUint16(b, c.Version)
+	return binary.BigEndian.AppendUint16(b, 0)
 }
 
-// Opened accepts an Open; its body is the export's ExportInfo, which the
+// DecodeControl parses a Control body. Like DecodeHello it returns the
+// version even when the rest does not parse.
+func DecodeControl(body []byte) (Control, error) {
+	d := decoder{b: body, what: "CONTROL"}
+	c := Control{Version: d.u16()}
+	if d.u16() != 0 && d.err == nil {
+		d.fail("nonzero flags")
+	}
+	return c, d.finish()
+}
+
+// Queue is the first message of a queue connection: it binds the
+// connection to a live control session of the same client key (its
+// session token, attachment and epoch, as HELLO and SERVER_INFO gave
+// them) and to an export. Requests and replies follow it.
+//
+//	0  version    u16
+//	2  flags      u16 (zero)
+//	4  attachment [16] the control session's HELLO attachment
+//	20 epoch      u64  the control session's HELLO epoch
+//	28 session    [16] the control session's SERVER_INFO session
+//	44 export     string
+type Queue struct {
+	Version    uint16
+	Attachment Identity
+	Epoch      uint64
+	Session    Identity
+	Export     string
+}
+
+// AppendQueue appends q's body.
+func AppendQueue(b []byte, q *Queue) []byte {
+	b = binary.BigEndian.AppendUint16(b, q.Version)
+	b = binary.BigEndian.AppendUint16(b, 0)
+	b = append(b, q.Attachment[:]...)
+	b = binary.BigEndian.AppendUint64(b, q.Epoch)
+	b = append(b, q.Session[:]...)
+	return appendString(b, q.Export)
+}
+
+// DecodeQueue parses a Queue body, returning the version even when the
+// rest does not parse.
+func DecodeQueue(body []byte) (Queue, error) {
+	d := decoder{b: body, what: "QUEUE"}
+	q := Queue{Version: d.u16()}
+	if d.u16() != 0 && d.err == nil {
+		d.fail("nonzero flags")
+	}
+	copy(q.Attachment[:], d.bytes(IdentitySize))
+	q.Epoch = d.u64()
+	copy(q.Session[:], d.bytes(IdentitySize))
+	q.Export = d.string()
+	return q, d.finish()
+}
+
+// Opened accepts a Queue; its body is the export's ExportInfo, which the
 // client checks against what autoconfiguration told it.
 type Opened struct {
 	Export ExportInfo
@@ -368,7 +430,7 @@ func DecodeOpened(body []byte) (Opened, error) {
 	return o, d.finish()
 }
 
-// ErrorMsg refuses a Hello or an Open.
+// ErrorMsg refuses a Control, a Hello or a Queue.
 //
 //	0 status  u16
 //	2 message string (u8 length), for the user

@@ -27,9 +27,12 @@ var (
 	serverInfoCodec = codec{"ServerInfo",
 		func(b []byte, v any) []byte { s := v.(ServerInfo); return AppendServerInfo(b, &s) },
 		func(b []byte) (any, error) { return DecodeServerInfo(b) }}
-	openCodec = codec{"Open",
-		func(b []byte, v any) []byte { o := v.(Open); return AppendOpen(b, &o) },
-		func(b []byte) (any, error) { return DecodeOpen(b) }}
+	queueCodec = codec{"Queue",
+		func(b []byte, v any) []byte { q := v.(Queue); return AppendQueue(b, &q) },
+		func(b []byte) (any, error) { return DecodeQueue(b) }}
+	controlCodec = codec{"Control",
+		func(b []byte, v any) []byte { c := v.(Control); return AppendControl(b, &c) },
+		func(b []byte) (any, error) { return DecodeControl(b) }}
 	openedCodec = codec{"Opened",
 		func(b []byte, v any) []byte { o := v.(Opened); return AppendOpened(b, &o) },
 		func(b []byte) (any, error) { return DecodeOpened(b) }}
@@ -104,9 +107,12 @@ func TestControlRoundTrip(t *testing.T) {
 		{pongCodec, Pong{Seq: max64, Clock: 1}, nil},
 		{pongCodec, Pong{Seq: max64, Clock: max64}, nil},
 
-		{openCodec, Open{}, nil},
-		{openCodec, Open{Export: maxName}, nil},
-		{openCodec, Open{Export: longName}, Open{Export: maxName}},
+		{queueCodec, Queue{Version: Version}, nil},
+		{queueCodec, Queue{Version: math.MaxUint16, Attachment: maxExport.Identity, Epoch: max64,
+			Session: Identity{0xff, 1}, Export: maxName}, nil},
+		{queueCodec, Queue{Version: Version, Epoch: 1, Export: longName}, Queue{Version: Version, Epoch: 1, Export: maxName}},
+		{controlCodec, Control{Version: Version}, nil},
+		{controlCodec, Control{Version: math.MaxUint16}, nil},
 
 		{openedCodec, Opened{Export: minExport}, nil},
 		{openedCodec, Opened{Export: maxExport}, nil},
@@ -161,9 +167,9 @@ func prefixStep(n, size int) int {
 }
 
 func TestServerInfoExportCount(t *testing.T) {
-	// The count follows version, flags, instance, clock and the server
+	// The count follows version, flags, instance, clock, session and the server
 	// name, empty here.
-	const countOffset = 2 + 2 + IdentitySize + 8 + 1
+	const countOffset = 2 + 2 + IdentitySize + 8 + IdentitySize + 1
 	// One over the limit is refused even though every export is valid.
 	body := AppendServerInfo(nil, &ServerInfo{Version: Version, Exports: manyExports(MaxExports + 1)})
 	if _, err := DecodeServerInfo(body); !errors.Is(err, ErrMalformed) {
@@ -293,9 +299,14 @@ func TestControlRejects(t *testing.T) {
 		{"Pong with only a seq", pongCodec, pong[:8], ErrShort},
 		{"Pong of 15 bytes", pongCodec, pong[:15], ErrShort},
 		{"Pong of 17 bytes", pongCodec, append(pong[:16:16], 0), ErrMalformed},
-		{"Open empty", openCodec, nil, ErrShort},
-		{"Open name length 255, body 1", openCodec, []byte{255, 'x'}, ErrShort},
-		{"Open two names", openCodec, []byte{1, 'a', 1, 'b'}, ErrMalformed},
+		{"Queue empty", queueCodec, nil, ErrShort},
+		{"Queue without export", queueCodec, make([]byte, 44), ErrShort},
+		{"Queue name length 255, body 1", queueCodec, append(make([]byte, 44), 255, 'x'), ErrShort},
+		{"Queue two names", queueCodec, append(make([]byte, 44), 1, 'a', 1, 'b'), ErrMalformed},
+		{"Queue flags", queueCodec, append([]byte{0, 3, 0, 1}, make([]byte, 41)...), ErrMalformed},
+		{"Control empty", controlCodec, nil, ErrShort},
+		{"Control flags", controlCodec, []byte{0, 3, 0, 1}, ErrMalformed},
+		{"Control long", controlCodec, []byte{0, 3, 0, 0, 0}, ErrMalformed},
 		{"Opened empty", openedCodec, nil, ErrShort},
 		{"Opened name only", openedCodec, []byte{1, 'a'}, ErrShort},
 		{"Error empty", errorCodec, nil, ErrShort},
@@ -355,14 +366,16 @@ func TestMsgHeader(t *testing.T) {
 		{"Hello, empty body", header(1, 0, 0), nil, MsgHello, 0},
 		{"Error at MaxMessage", header(5, 0, MaxMessage), nil, MsgError, MaxMessage},
 		{"ServerInfo", header(2, 0, 7), nil, MsgServerInfo, 7},
-		{"Open", header(3, 0, 1), nil, MsgOpen, 1},
+		{"Control", header(8, 0, 4), nil, MsgControl, 4},
+		{"Queue", header(9, 0, 45), nil, MsgQueue, 45},
 		{"Opened", header(4, 0, 45), nil, MsgOpened, 45},
 		{"Ping", header(6, 0, 8), nil, MsgPing, 8},
 		{"Pong", header(7, 0, 16), nil, MsgPong, 16},
 		{"empty", nil, ErrShort, 0, 0},
 		{"one byte short", header(1, 0, 0)[:MsgHeaderSize-1], ErrShort, 0, 0},
 		{"type 0", header(0, 0, 0), ErrMalformed, 0, 0},
-		{"type 8, the first unknown", header(8, 0, 0), ErrMalformed, 0, 0},
+		{"type 3, OPEN before version 3", header(3, 0, 1), ErrMalformed, 0, 0},
+		{"type 10, the first unknown", header(10, 0, 0), ErrMalformed, 0, 0},
 		{"Ping with reserved set", header(6, 1, 8), ErrMalformed, 0, 0},
 		{"type 0x0100", header(0x0100, 0, 0), ErrMalformed, 0, 0},
 		{"type 65535", header(math.MaxUint16, 0, 0), ErrMalformed, 0, 0},
@@ -396,7 +409,7 @@ func TestMsgHeader(t *testing.T) {
 func TestReadMessage(t *testing.T) {
 	var stream []byte
 	stream = AppendMessage(stream, MsgHello, AppendHello(nil, &Hello{Version: Version, Epoch: 1, Client: "c"}))
-	stream = AppendMessage(stream, MsgOpen, nil)
+	stream = AppendMessage(stream, MsgControl, nil)
 	stream = AppendMessage(stream, MsgPing, AppendPing(nil, &Ping{Seq: 3}))
 	big := bytes.Repeat([]byte{0x5a}, MaxMessage)
 	stream = AppendMessage(stream, MsgError, big)
@@ -405,7 +418,7 @@ func TestReadMessage(t *testing.T) {
 		body []byte
 	}{
 		{MsgHello, AppendHello(nil, &Hello{Version: Version, Epoch: 1, Client: "c"})},
-		{MsgOpen, []byte{}},
+		{MsgControl, []byte{}},
 		{MsgPing, AppendPing(nil, &Ping{Seq: 3})},
 		{MsgError, big},
 	}
@@ -435,7 +448,7 @@ func TestReadMessageErrors(t *testing.T) {
 	}{
 		{"header cut", hello[:3], io.ErrUnexpectedEOF},
 		{"body cut", hello[:len(hello)-1], io.ErrUnexpectedEOF},
-		{"unknown type", AppendMessage(nil, 8, nil), ErrMalformed},
+		{"unknown type", AppendMessage(nil, 10, nil), ErrMalformed},
 		// Refused before the body is read, or allocated: there is none.
 		{"length over MaxMessage", binary.BigEndian.AppendUint32([]byte{0, 1, 0, 0}, MaxMessage+1), ErrMalformed},
 		{"length 2^32-1", binary.BigEndian.AppendUint32([]byte{0, 1, 0, 0}, math.MaxUint32), ErrMalformed},
@@ -464,7 +477,7 @@ func TestReadMessageErrors(t *testing.T) {
 // between messages. A header promising a body that never comes is a
 // truncated message: io.ErrUnexpectedEOF, as when the body is cut short.
 func TestReadMessageEOFAfterHeader(t *testing.T) {
-	header := AppendMessage(nil, MsgOpen, []byte{4, 'd', 'i', 's', 'k'})[:MsgHeaderSize]
+	header := AppendMessage(nil, MsgQueue, []byte{4, 'd', 'i', 's', 'k'})[:MsgHeaderSize]
 	_, _, err := ReadMessage(bytes.NewReader(header))
 	if errors.Is(err, io.EOF) || !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("EOF after a header promising 5 bytes: err = %v, want io.ErrUnexpectedEOF and not io.EOF", err)

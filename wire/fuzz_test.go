@@ -111,10 +111,10 @@ func FuzzDecodeReply(f *testing.F) {
 var zeros = make([]byte, MaxMessage)
 
 func FuzzDecodeMsgHeader(f *testing.F) {
-	for _, typ := range []MsgType{MsgHello, MsgServerInfo, MsgOpen, MsgOpened, MsgError, MsgPing, MsgPong} {
+	for _, typ := range []MsgType{MsgHello, MsgServerInfo, MsgOpened, MsgError, MsgPing, MsgPong, MsgControl, MsgQueue} {
 		addVariants(f, AppendMessage(nil, typ, []byte("body")))
 	}
-	f.Add(AppendMessage(nil, MsgOpen, nil))
+	f.Add(AppendMessage(nil, MsgControl, nil))
 	f.Add(binary.BigEndian.AppendUint32([]byte{0, 2, 0, 0}, MaxMessage))
 	f.Add(binary.BigEndian.AppendUint32([]byte{0, 2, 0, 0}, MaxMessage+1))
 	f.Add(binary.BigEndian.AppendUint32([]byte{0, 1, 0, 0}, math.MaxUint32))
@@ -191,12 +191,20 @@ func FuzzDecodeServerInfo(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) { fuzzBody(t, serverInfoCodec, b) })
 }
 
-func FuzzDecodeOpen(f *testing.F) {
-	addVariants(f, AppendOpen(nil, &Open{Export: "disk"}))
-	addVariants(f, AppendOpen(nil, &Open{Export: maxName}))
+func FuzzDecodeQueue(f *testing.F) {
+	addVariants(f, AppendQueue(nil, &Queue{Version: Version, Attachment: goldenAttachment, Epoch: 1,
+		Session: Identity{7}, Export: "disk"}))
+	addVariants(f, AppendQueue(nil, &Queue{Version: Version, Epoch: math.MaxUint64, Export: maxName}))
 	f.Add([]byte{0})
 	f.Add([]byte{})
-	f.Fuzz(func(t *testing.T, b []byte) { fuzzBody(t, openCodec, b) })
+	f.Fuzz(func(t *testing.T, b []byte) { fuzzBody(t, queueCodec, b) })
+}
+
+func FuzzDecodeControl(f *testing.F) {
+	addVariants(f, AppendControl(nil, &Control{Version: Version}))
+	f.Add([]byte{0, 3, 0, 1})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) { fuzzBody(t, controlCodec, b) })
 }
 
 func FuzzDecodeOpened(f *testing.F) {
@@ -239,9 +247,9 @@ func FuzzReadMessage(f *testing.F) {
 	addVariants(f, AppendMessage(nil, MsgPing, AppendPing(nil, &Ping{Seq: 1})))
 	addVariants(f, AppendMessage(nil, MsgPong, AppendPong(nil, &Pong{Seq: 1, Clock: 2})))
 	addVariants(f, AppendMessage(nil, MsgOpened, AppendOpened(nil, &Opened{Export: goldenExport})))
-	f.Add(AppendMessage(nil, MsgOpen, nil))
-	f.Add(AppendMessage(nil, MsgOpen, nil)[:MsgHeaderSize-1])
-	two := AppendMessage(nil, MsgOpen, []byte{1, 'a'})
+	f.Add(AppendMessage(nil, MsgControl, nil))
+	f.Add(AppendMessage(nil, MsgQueue, nil)[:MsgHeaderSize-1])
+	two := AppendMessage(nil, MsgControl, []byte{0, 3, 0, 0})
 	f.Add(AppendMessage(two, MsgError, []byte{0, 5, 0}))
 	f.Add(binary.BigEndian.AppendUint32([]byte{0, 2, 0, 0}, MaxMessage+1))
 	f.Add(binary.BigEndian.AppendUint32([]byte{0, 2, 0, 0}, 1000))
@@ -288,7 +296,8 @@ func TestSeedCorpus(t *testing.T) {
 		"FuzzDecodeServerInfo": func(b []byte) error { _, err := DecodeServerInfo(b); return err },
 		"FuzzDecodePing":       func(b []byte) error { _, err := DecodePing(b); return err },
 		"FuzzDecodePong":       func(b []byte) error { _, err := DecodePong(b); return err },
-		"FuzzDecodeOpen":       func(b []byte) error { _, err := DecodeOpen(b); return err },
+		"FuzzDecodeQueue":      func(b []byte) error { _, err := DecodeQueue(b); return err },
+		"FuzzDecodeControl":    func(b []byte) error { _, err := DecodeControl(b); return err },
 		"FuzzDecodeOpened":     func(b []byte) error { _, err := DecodeOpened(b); return err },
 		"FuzzDecodeError":      func(b []byte) error { _, err := DecodeError(b); return err },
 		"FuzzReadMessage":      readAllMessages,

@@ -203,40 +203,44 @@ func TestGoldenControl(t *testing.T) {
 			name: "ServerInfo",
 			typ:  MsgServerInfo,
 			want: ServerInfo{
-				Version:  2,
+				Version:  3,
 				Instance: Identity{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
 				Clock:    3600_000_000_000,
+				Session:  Identity{0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff},
 				Server:   "srv",
 				Exports:  []ExportInfo{goldenExport},
 			},
 			append: func(b []byte) []byte {
 				return AppendServerInfo(b, &ServerInfo{
-					Version:  2,
+					Version:  3,
 					Instance: Identity{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
 					Clock:    3600_000_000_000,
+					Session:  Identity{0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff},
 					Server:   "srv",
 					Exports:  []ExportInfo{goldenExport},
 				})
 			},
 			decode: func(b []byte) (any, error) { return DecodeServerInfo(b) },
-			// body: 2+2+16+8+1+3+2 = 34 bytes, then one 45-byte export: 79 = 0x4f.
-			hex: `0002 | 0000 | 0000004f
-				0002 | 0000                      # version 2, flags
+			// body: 2+2+16+8+16+1+3+2 = 50 bytes, then one 45-byte export: 95 = 0x5f.
+			hex: `0002 | 0000 | 0000005f
+				0003 | 0000                      # version 3, flags
 				000102030405060708090a0b0c0d0e0f # instance
 				0000034630b8a000                 # clock: up for an hour (3.6e12 ns)
+				f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff # session
 				03 737276                        # server "srv"
 				0001                             # one export` + goldenExportHex,
 		},
 		{
 			name: "ServerInfo without exports",
 			typ:  MsgServerInfo,
-			want: ServerInfo{Version: 2, Clock: 0xffffffffffffffff},
+			want: ServerInfo{Version: 3, Clock: 0xffffffffffffffff},
 			append: func(b []byte) []byte {
-				return AppendServerInfo(b, &ServerInfo{Version: 2, Clock: 0xffffffffffffffff, Exports: []ExportInfo{}})
+				return AppendServerInfo(b, &ServerInfo{Version: 3, Clock: 0xffffffffffffffff, Exports: []ExportInfo{}})
 			},
 			decode: func(b []byte) (any, error) { return DecodeServerInfo(b) },
-			hex: `0002 | 0000 | 0000001f
-				0002 | 0000 | 00000000000000000000000000000000 | ffffffffffffffff | 00 | 0000`,
+			hex: `0002 | 0000 | 0000002f
+				0003 | 0000 | 00000000000000000000000000000000 | ffffffffffffffff
+				00000000000000000000000000000000 | 00 | 0000`,
 		},
 		{
 			name:   "Ping",
@@ -257,12 +261,32 @@ func TestGoldenControl(t *testing.T) {
 				00000002540be400 # clock 10 s`,
 		},
 		{
-			name:   "Open",
-			typ:    MsgOpen,
-			want:   Open{Export: "disk"},
-			append: func(b []byte) []byte { return AppendOpen(b, &Open{Export: "disk"}) },
-			decode: func(b []byte) (any, error) { return DecodeOpen(b) },
-			hex:    `0003 | 0000 | 00000005 | 04 6469736b`,
+			name:   "Control",
+			typ:    MsgControl,
+			want:   Control{Version: 3},
+			append: func(b []byte) []byte { return AppendControl(b, &Control{Version: 3}) },
+			decode: func(b []byte) (any, error) { return DecodeControl(b) },
+			hex:    `0008 | 0000 | 00000004 | 0003 | 0000`,
+		},
+		{
+			name: "Queue",
+			typ:  MsgQueue,
+			want: Queue{Version: 3, Attachment: Identity{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
+				Epoch: 2, Session: Identity{0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff},
+				Export: "disk"},
+			append: func(b []byte) []byte {
+				return AppendQueue(b, &Queue{Version: 3, Attachment: Identity{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
+					Epoch: 2, Session: Identity{0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff},
+					Export: "disk"})
+			},
+			decode: func(b []byte) (any, error) { return DecodeQueue(b) },
+			// body: 2+2+16+8+16+1+4 = 49 bytes = 0x31.
+			hex: `0009 | 0000 | 00000031
+				0003 | 0000                      # version 3, flags
+				0102030405060708090a0b0c0d0e0f10 # attachment
+				0000000000000002                 # epoch 2
+				f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff # session
+				04 6469736b                      # export "disk"`,
 		},
 		{
 			name:   "Opened",

@@ -9,7 +9,7 @@ import (
 // HELLO and SERVER_INFO. The encrypted channel below has its own version
 // (crypto.ProtocolVersion), which is what the Noise prologue binds; it does
 // not change with this one.
-const Version = 2
+const Version = 3
 
 // Sizes of the fixed parts of frames, in bytes.
 const (
