@@ -26,6 +26,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/flynn/noise"
@@ -316,6 +317,51 @@ func (c *Conn) sealRecords(dst, p []byte) ([]byte, error) {
 		p = p[len(chunk):]
 	}
 	return dst, nil
+}
+
+// TryWriteRecords writes as much of b, records made by AppendRecords, as
+// the socket takes without waiting, and returns how much that was; the
+// caller writes the rest later with WriteRecords. It lets a goroutine that
+// must never block on a peer (a server worker answering a client that
+// stopped reading) hand what is left to one that may. Over a connection
+// without a file descriptor (net.Pipe in tests) it writes all of b. Any
+// error is fatal.
+func (c *Conn) TryWriteRecords(b []byte) (int, error) {
+	if err := c.failure(); err != nil {
+		return 0, err
+	}
+	sc, ok := c.conn.(syscall.Conn)
+	if !ok {
+		return len(b), c.writeSealed(b)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return len(b), c.writeSealed(b)
+	}
+	var n int
+	var werr error
+	err = rc.Write(func(fd uintptr) bool {
+		n, werr = syscall.Write(int(fd), b)
+		if werr == syscall.EAGAIN || werr == syscall.EINTR {
+			n, werr = 0, nil
+		}
+		return true // done, whether or not the socket took it all
+	})
+	if err == nil {
+		err = werr
+	}
+	if err != nil {
+		return max(n, 0), c.fail(fmt.Errorf("crypto: write to %s: %w", c.peer, err))
+	}
+	return n, nil
+}
+
+// Buffered reports how many bytes are waiting to be read without a system
+// call: decrypted plaintext not yet returned by Read, and received bytes
+// of records not yet opened. Zero means the next Read waits on the socket.
+// It must be called from the goroutine that reads.
+func (c *Conn) Buffered() int {
+	return len(c.pending) + c.r.Buffered()
 }
 
 // writeSealed writes sealed records to the socket.

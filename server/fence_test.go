@@ -34,30 +34,21 @@ func newHeldEnv(t *testing.T) (*env, *heldBackend) {
 	t.Helper()
 	leakCheck(t)
 	b := &heldBackend{MemBackend: servertest.NewMemBackend(1 << 20), entered: make(chan struct{}, 1), release: make(chan struct{})}
-	srv, err := server.New(&server.Config{
+	var once sync.Once
+	b.open = func() { once.Do(func() { close(b.release) }) }
+	e := &env{t: t, mem: map[string]*servertest.MemBackend{"disk": b.MemBackend}}
+	e.start(&server.Config{
 		Logger:  testLogger(t),
 		Workers: 4,
 		Exports: []server.ExportConfig{{Name: "disk", Path: "mem:disk", Backend: b}},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	b.open = func() { once.Do(func() { close(b.release) }) }
-	e := &env{t: t, srv: srv, mem: map[string]*servertest.MemBackend{"disk": b.MemBackend}, done: make(chan error, 16)}
-	t.Cleanup(func() {
-		if err := srv.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	t.Cleanup(b.open) // runs before Close, which waits for the held write
-	e.cli = e.connect()
+	t.Cleanup(b.open) // runs before the server's Close, which waits for the held write
 	return e, b
 }
 
 // hello sends HELLO as session epoch of attachment id and returns the
 // answer's type and body.
-func hello(t *testing.T, sess *yamux.Session, id wire.Identity, epoch uint64) (*yamux.Stream, wire.MsgType, []byte) {
+func hello(t *testing.T, sess *ctl, id wire.Identity, epoch uint64) (*yamux.Stream, wire.MsgType, []byte) {
 	t.Helper()
 	h := &wire.Hello{Version: wire.Version, Attachment: id, Epoch: epoch, Client: "test"}
 	return message(t, sess, wire.MsgHello, wire.AppendHello(nil, h))

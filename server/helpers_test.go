@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/internal/mux"
 	"github.com/dstproject/dst/server"
 	"github.com/dstproject/dst/server/servertest"
@@ -63,14 +64,18 @@ func leakCheck(t testing.TB) {
 	})
 }
 
-// env is a server with in-memory exports and one client session to it
-// over net.Pipe, without crypto.
+// env is a server with in-memory exports and one client control session
+// to it over net.Pipe, with the real handshake and record layer.
 type env struct {
 	t    testing.TB
 	srv  *server.Server
 	mem  map[string]*servertest.MemBackend
-	cli  *yamux.Session
-	done chan error // ServeSession's result
+	cli  *ctl
+	done chan error // ServeConn's results
+	key  crypto.PrivateKey
+	skey crypto.PrivateKey
+	rf   *crypto.ReplayFilter
+	tcp  bool // dialConn uses loopback TCP instead of net.Pipe
 }
 
 type exportSpec struct {
@@ -85,57 +90,134 @@ func newEnv(t testing.TB, specs ...exportSpec) *env {
 	if len(specs) == 0 {
 		specs = []exportSpec{{name: "disk", size: 8 << 20}}
 	}
-	e := &env{t: t, mem: make(map[string]*servertest.MemBackend), done: make(chan error, 1)}
+	e := &env{t: t, mem: make(map[string]*servertest.MemBackend)}
 	cfg := &server.Config{Logger: testLogger(t), Workers: 8}
 	for _, s := range specs {
 		m := servertest.NewMemBackend(s.size)
 		e.mem[s.name] = m
 		cfg.Exports = append(cfg.Exports, server.ExportConfig{Name: s.name, Path: "mem:" + s.name, ReadOnly: s.readOnly, Backend: m})
 	}
-	srv, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.srv = srv
-	t.Cleanup(func() {
-		if err := srv.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	e.cli = e.connect()
+	e.start(cfg)
 	return e
 }
 
-// connect starts one more session and returns its client side.
-func (e *env) connect() *yamux.Session {
+// start creates the server from cfg, with keys for the test's client,
+// and connects the first control session.
+func (e *env) start(cfg *server.Config) {
 	e.t.Helper()
-	a, b := net.Pipe()
-	ss, err := mux.Server(a, &mux.Options{Logger: testLogger(e.t)})
+	e.done = make(chan error, 64)
+	e.key, _ = crypto.GeneratePrivateKey()
+	e.skey, _ = crypto.GeneratePrivateKey()
+	e.rf = crypto.NewReplayFilter()
+	auth, err := crypto.ParseAuthorizedKeys(strings.NewReader(e.key.Public().String()+" test\n"), "test")
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	go func() { e.done <- e.srv.ServeSession(context.Background(), ss, "pipe") }()
-	cs, err := mux.Client(b, &mux.Options{Logger: testLogger(e.t)})
+	cfg.PrivateKey, cfg.Authorized = e.skey, auth
+	srv, err := server.New(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.srv = srv
+	e.t.Cleanup(func() {
+		if err := srv.Close(); err != nil {
+			e.t.Errorf("Close: %v", err)
+		}
+	})
+	e.cli = e.connect()
+}
+
+// dialConn runs the handshake over a new pipe, with the server side served
+// by ServeConn, and returns the client side.
+func (e *env) dialConn(key crypto.PrivateKey) *crypto.Conn {
+	e.t.Helper()
+	a, b := net.Pipe()
+	if e.tcp {
+		a, b = tcpPair(e.t)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	go func() {
+		sc, err := crypto.Server(ctx, a, &crypto.ServerConfig{
+			PrivateKey: e.skey,
+			Authorize:  func(crypto.PublicKey) error { return nil },
+			Replay:     e.rf,
+		})
+		if err != nil {
+			e.done <- err
+			return
+		}
+		e.done <- e.srv.ServeConn(context.Background(), sc)
+	}()
+	c, err := crypto.Client(ctx, b, &crypto.ClientConfig{PrivateKey: key, ServerKey: e.skey.Public()})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t testing.TB) (server, client net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	client, err = net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return server, client
+}
+
+// ctl is the client side of a control session.
+type ctl struct {
+	e   *env
+	key crypto.PrivateKey
+	mux *yamux.Session
+
+	mu    sync.Mutex
+	hello wire.Hello
+	info  wire.ServerInfo // once a HELLO was answered
+}
+
+// connect starts one more control session and returns its client side.
+func (e *env) connect() *ctl { return e.connectAs(e.key) }
+
+func (e *env) connectAs(key crypto.PrivateKey) *ctl {
+	e.t.Helper()
+	c := e.dialConn(key)
+	if _, err := c.Write(wire.AppendMessage(nil, wire.MsgControl, wire.AppendControl(nil, &wire.Control{Version: wire.Version}))); err != nil {
+		e.t.Fatal(err)
+	}
+	cs, err := mux.Client(c, &mux.Options{Logger: testLogger(e.t)})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() { cs.Close() })
-	return cs
+	return &ctl{e: e, key: key, mux: cs}
 }
 
 // message sends a control message on a new stream and returns the reply.
-func message(t testing.TB, sess *yamux.Session, typ wire.MsgType, body []byte) (*yamux.Stream, wire.MsgType, []byte) {
+func message(t testing.TB, c *ctl, typ wire.MsgType, body []byte) (*yamux.Stream, wire.MsgType, []byte) {
 	t.Helper()
-	st, rt, rb, err := exchange(sess, typ, body)
+	st, rt, rb, err := exchange(c, typ, body)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return st, rt, rb
 }
 
-// exchange is message for goroutines other than the test's.
-func exchange(sess *yamux.Session, typ wire.MsgType, body []byte) (*yamux.Stream, wire.MsgType, []byte, error) {
-	st, err := sess.OpenStream()
+// exchange is message for goroutines other than the test's. A HELLO that
+// is answered with SERVER_INFO is remembered, for queues opened later.
+func exchange(c *ctl, typ wire.MsgType, body []byte) (*yamux.Stream, wire.MsgType, []byte, error) {
+	st, err := c.mux.OpenStream()
 	if err != nil {
 		return nil, 0, nil, err
 	}
@@ -148,38 +230,81 @@ func exchange(sess *yamux.Session, typ wire.MsgType, body []byte) (*yamux.Stream
 		return nil, 0, nil, fmt.Errorf("reading reply to %v: %w", typ, err)
 	}
 	st.SetReadDeadline(time.Time{})
+	if typ == wire.MsgHello && rt == wire.MsgServerInfo {
+		h, _ := wire.DecodeHello(body)
+		info, err := wire.DecodeServerInfo(rb)
+		if err != nil {
+			return nil, 0, nil, err
+		}
+		c.mu.Lock()
+		c.hello, c.info = h, info
+		c.mu.Unlock()
+	}
 	return st, rt, rb, nil
 }
 
-// open opens a data stream on export name.
-func (e *env) open(sess *yamux.Session, name string) *client {
+// queueMsg is the QUEUE message that binds a queue to c's session.
+func (c *ctl) queueMsg(export string) wire.Queue {
+	c.e.t.Helper()
+	c.mu.Lock()
+	answered := !c.info.Session.IsZero()
+	c.mu.Unlock()
+	if !answered {
+		_, typ, _ := message(c.e.t, c, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Client: "test"}))
+		if typ != wire.MsgServerInfo {
+			c.e.t.Fatalf("HELLO answered with %v", typ)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return wire.Queue{Version: wire.Version, Attachment: c.hello.Attachment, Epoch: c.hello.Epoch,
+		Session: c.info.Session, Export: export}
+}
+
+// queue opens a queue connection with the given QUEUE message and returns
+// the server's answer.
+func (e *env) queue(key crypto.PrivateKey, q wire.Queue) (*crypto.Conn, wire.MsgType, []byte) {
+	e.t.Helper()
+	c := e.dialConn(key)
+	if _, err := c.Write(wire.AppendMessage(nil, wire.MsgQueue, wire.AppendQueue(nil, &q))); err != nil {
+		e.t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	typ, body, err := wire.ReadMessage(c)
+	if err != nil {
+		e.t.Fatalf("reading the answer to QUEUE: %v", err)
+	}
+	c.SetReadDeadline(time.Time{})
+	return c, typ, body
+}
+
+// open opens a queue connection on export name, bound to sess.
+func (e *env) open(sess *ctl, name string) *client {
 	e.t.Helper()
 	c := e.openRaw(sess, name)
 	go c.readLoop()
 	return c
 }
 
-// openRaw opens a data stream without reading its replies.
-func (e *env) openRaw(sess *yamux.Session, name string) *client {
+// openRaw opens a queue connection without reading its replies.
+func (e *env) openRaw(sess *ctl, name string) *client {
 	e.t.Helper()
-	st, typ, body := message(e.t, sess, wire.MsgOpen, wire.AppendOpen(nil, &wire.Open{Export: name}))
+	st, typ, body := e.queue(sess.key, sess.queueMsg(name))
 	if typ != wire.MsgOpened {
-		e.t.Fatalf("OPEN %q: got %v", name, typ)
+		e.t.Fatalf("QUEUE %q: got %v", name, typ)
 	}
 	o, err := wire.DecodeOpened(body)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	c := &client{t: e.t, st: st, info: o.Export, pending: make(map[uint64]chan result), closed: make(chan struct{})}
-	e.t.Cleanup(func() { st.Close() })
-	return c
+	return &client{t: e.t, st: st, info: o.Export, pending: make(map[uint64]chan result), closed: make(chan struct{})}
 }
 
-// client is a minimal data-stream client: requests from any goroutine,
-// replies matched by id, in whatever order they come.
+// client is a minimal queue-connection client: requests from any
+// goroutine, replies matched by id, in whatever order they come.
 type client struct {
 	t    testing.TB
-	st   *yamux.Stream
+	st   *crypto.Conn
 	info wire.ExportInfo
 
 	wmu     sync.Mutex
@@ -294,7 +419,7 @@ func (c *client) write(off uint64, p []byte, flags wire.ReqFlags) wire.Status {
 	return c.do(wire.Request{Cmd: wire.CmdWrite, Flags: flags, Offset: off, Length: uint32(len(p))}, p).rep.Status
 }
 
-// ended reports whether the stream was closed by the server within d.
+// ended reports whether the connection was closed by the server within d.
 func (c *client) ended(d time.Duration) bool {
 	select {
 	case <-c.closed:

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/crypto"
-	"github.com/dstproject/dst/internal/mux"
+	"github.com/dstproject/dst/wire"
 )
 
 const (
@@ -113,30 +113,72 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		s.log.Warn("handshake failed", "remote", remote, "err", err)
 		return
 	}
+	if err := s.ServeConn(ctx, conn); err != nil && !errors.Is(err, ErrServerClosed) {
+		s.log.Info("connection ended", "remote", remote, "err", err)
+	}
+}
+
+// firstMessageMax bounds the first message of a connection: a QUEUE with
+// the longest export name fits.
+const firstMessageMax = 512
+
+// ServeConn serves an authenticated connection until it ends or ctx is
+// cancelled, and closes it. The client's first message says what the
+// connection is: CONTROL starts a control session (yamux: HELLO, keepalive),
+// QUEUE binds a queue connection to a live control session and serves its
+// requests. It is the part of Serve after the handshake; tests call it over
+// net.Pipe. A connection that ends because the client went away returns
+// nil.
+func (s *Server) ServeConn(ctx context.Context, conn *crypto.Conn) error {
+	defer conn.Close()
+	if !s.enter() {
+		return ErrServerClosed
+	}
+	defer s.active.Done()
+	stop := context.AfterFunc(s.ctx, func() { conn.Close() })
+	defer stop()
+
+	remote := conn.RemoteAddr().String()
 	peer := fmt.Sprintf("%s (%s)", conn.PeerKey(), remote)
 	if comment, _ := s.authorized.Load().Contains(conn.PeerKey()); comment != "" {
 		peer = fmt.Sprintf("%s %q (%s)", conn.PeerKey(), comment, remote)
 	}
-	sess, err := mux.Server(conn, &mux.Options{Logger: s.log})
+	log := s.log.With("peer", peer)
+	conn.SetReadDeadline(time.Now().Add(firstMessageTimeout))
+	typ, body, err := wire.ReadMessageLimit(conn, firstMessageMax)
+	conn.SetReadDeadline(time.Time{})
 	if err != nil {
-		conn.Close()
-		s.log.Warn("starting session", "peer", peer, "err", err)
-		return
+		log.Warn("closing connection: bad first message", "err", err)
+		return nil
 	}
-	s.log.Info("session started", "peer", peer, "cipher", conn.Cipher())
-	untrack := s.track(sess, conn.PeerKey())
-	// A reload may have revoked the key while the handshake ran.
-	if _, ok := s.authorized.Load().Contains(conn.PeerKey()); !ok {
-		sess.Close()
+	switch typ {
+	case wire.MsgControl:
+		c, err := wire.DecodeControl(body)
+		if c.Version != wire.Version {
+			log.Warn("refusing client: unsupported protocol version", "version", c.Version)
+			refuse(conn, log, wire.StatusEINVAL, versionMessage(c.Version))
+			return nil
+		}
+		if err != nil {
+			log.Warn("closing connection: malformed CONTROL", "err", err)
+			return nil
+		}
+		log.Info("session started", "cipher", conn.Cipher())
+		err = s.serveControl(ctx, conn, peer)
+		if err != nil && !errors.Is(err, ErrServerClosed) {
+			log.Info("session ended", "err", err)
+		} else {
+			log.Info("session ended")
+		}
+		return err
+	case wire.MsgQueue:
+		stop := context.AfterFunc(ctx, func() { conn.Close() })
+		defer stop()
+		s.serveQueue(conn, body, log)
+		return nil
 	}
-	err = s.ServeSession(ctx, sess, peer)
-	untrack()
-	conn.Close()
-	if err != nil && !errors.Is(err, ErrServerClosed) {
-		s.log.Info("session ended", "peer", peer, "err", err)
-		return
-	}
-	s.log.Info("session ended", "peer", peer)
+	log.Warn("closing connection: unexpected first message", "type", typ)
+	return nil
 }
 
 func (s *Server) handshake(ctx context.Context, c net.Conn) (*crypto.Conn, error) {

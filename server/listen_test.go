@@ -74,40 +74,62 @@ func newTCPEnv(t *testing.T) *tcpEnv {
 	return e
 }
 
-// dial connects with key and checks the whole stack with a HELLO, an OPEN
-// and a READ.
+// dialTCP connects and runs the handshake with key.
+func (e *tcpEnv) dialTCP(ctx context.Context, key crypto.PrivateKey) (*crypto.Conn, error) {
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", e.addr)
+	if err != nil {
+		return nil, err
+	}
+	return crypto.Client(ctx, c, &crypto.ClientConfig{PrivateKey: key, ServerKey: e.serverKey})
+}
+
+// dial connects with key and checks the whole stack: a control connection
+// with HELLO, then a queue connection bound to it with a READ.
 func (e *tcpEnv) dial(key crypto.PrivateKey) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", e.addr)
-	if err != nil {
-		return err
-	}
-	conn, err := crypto.Client(ctx, c, &crypto.ClientConfig{PrivateKey: key, ServerKey: e.serverKey})
+	conn, err := e.dialTCP(ctx, key)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	if _, err := conn.Write(wire.AppendMessage(nil, wire.MsgControl, wire.AppendControl(nil, &wire.Control{Version: wire.Version}))); err != nil {
+		return err
+	}
 	sess, err := mux.Client(conn, nil)
 	if err != nil {
 		return err
 	}
 	defer sess.Close()
-	_, typ, _, err := exchange(sess, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Client: "t"}))
+	c := &ctl{mux: sess}
+	_, typ, body, err := exchange(c, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Client: "t"}))
 	if err != nil || typ != wire.MsgServerInfo {
 		return fmt.Errorf("HELLO: %v, %w", typ, err)
 	}
-	st, typ, _, err := exchange(sess, wire.MsgOpen, wire.AppendOpen(nil, &wire.Open{Export: "disk"}))
-	if err != nil || typ != wire.MsgOpened {
-		return fmt.Errorf("OPEN: %v, %w", typ, err)
+	info, err := wire.DecodeServerInfo(body)
+	if err != nil {
+		return err
+	}
+	q, err := e.dialTCP(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	msg := wire.AppendQueue(nil, &wire.Queue{Version: wire.Version, Session: info.Session, Export: "disk"})
+	if _, err := q.Write(wire.AppendMessage(nil, wire.MsgQueue, msg)); err != nil {
+		return err
+	}
+	q.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if typ, _, err := wire.ReadMessage(q); err != nil || typ != wire.MsgOpened {
+		return fmt.Errorf("QUEUE: %v, %w", typ, err)
 	}
 	var b [wire.RequestSize]byte
 	(&wire.Request{Cmd: wire.CmdRead, ID: 9, Length: 4096}).Encode(b[:])
-	if _, err := st.Write(b[:]); err != nil {
+	if _, err := q.Write(b[:]); err != nil {
 		return err
 	}
 	reply := make([]byte, wire.ReplySize+4096)
-	if _, err := io.ReadFull(st, reply); err != nil {
+	if _, err := io.ReadFull(q, reply); err != nil {
 		return err
 	}
 	r, err := wire.DecodeReply(reply)
@@ -268,12 +290,15 @@ func TestSetAuthorized(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := conn.Write(wire.AppendMessage(nil, wire.MsgControl, wire.AppendControl(nil, &wire.Control{Version: wire.Version}))); err != nil {
+		t.Fatal(err)
+	}
 	sess, err := mux.Client(conn, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sess.Close()
-	if _, _, _, err := exchange(sess, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version})); err != nil {
+	if _, _, _, err := exchange(&ctl{mux: sess}, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version})); err != nil {
 		t.Fatal(err)
 	}
 

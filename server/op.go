@@ -6,26 +6,26 @@ import (
 	"io"
 	"sync"
 
+	"github.com/dstproject/dst/internal/qconn"
 	"github.com/dstproject/dst/wire"
 )
 
-// op is one request on its way from a stream's reader through a worker to
-// the stream's writer. Ops and their buffers are pooled: the data path
+// op is one request on its way from a queue connection's reader, through
+// a worker or not, to the connection's writer. Ops and their buffers are pooled: the data path
 // allocates nothing per request in the steady state.
 type op struct {
-	s      *stream
+	q      *queueConn
 	req    wire.Request
 	cost   int         // budget taken by the reader
 	buf    *[]byte     // WRITE payload, or READ reply header and data
 	status wire.Status // the reply's status
-	hdr    [wire.ReplySize]byte
 }
 
 var opPool = sync.Pool{New: func() any { return new(op) }}
 
-func getOp(s *stream, req wire.Request, cost int) *op {
+func getOp(q *queueConn, req wire.Request, cost int) *op {
 	o := opPool.Get().(*op)
-	o.s, o.req, o.cost = s, req, cost
+	o.q, o.req, o.cost = q, req, cost
 	return o
 }
 
@@ -37,7 +37,7 @@ func putOp(o *op) {
 	opPool.Put(o)
 }
 
-// worker runs requests from all streams of all sessions until the server
+// worker runs requests from all queues of all sessions until the server
 // has stopped. Close stops the workers only after every session ended, so
 // no request is left behind in jobs.
 func (s *Server) worker() {
@@ -46,7 +46,7 @@ func (s *Server) worker() {
 		select {
 		case o := <-s.jobs:
 			o.run()
-			o.s.replies <- o
+			o.q.w.Send(o, qconn.NoBlock)
 		case <-s.stopped:
 			return
 		}
@@ -55,15 +55,15 @@ func (s *Server) worker() {
 
 // run does a request's work and sets its status.
 func (o *op) run() {
-	e, r := o.s.exp, &o.req
-	if o.status = o.s.se.begin(r); o.status != wire.StatusOK {
+	e, r := o.q.exp, &o.req
+	if o.status = o.q.se.begin(r); o.status != wire.StatusOK {
 		if o.status == wire.StatusETIMEDOUT {
-			o.s.log.Warn("request expired before it could start; not applied", "cmd", r.Cmd,
+			o.q.log.Warn("request expired before it could start; not applied", "cmd", r.Cmd,
 				"offset", r.Offset, "length", r.Length)
 		}
 		return
 	}
-	defer o.s.se.end()
+	defer o.q.se.end()
 	var err error
 	switch r.Cmd {
 	case wire.CmdRead:
@@ -73,7 +73,7 @@ func (o *op) run() {
 		if wire.Checksum(payload) != r.Checksum {
 			// Corrupted on the way: never apply it, the client may retry.
 			o.status = wire.StatusBadChecksum
-			o.s.log.Warn("WRITE payload failed its checksum", "offset", r.Offset, "length", r.Length)
+			o.q.log.Warn("WRITE payload failed its checksum", "offset", r.Offset, "length", r.Length)
 			return
 		}
 		if r.Flags&wire.FlagFUA != 0 {
@@ -94,7 +94,7 @@ func (o *op) run() {
 	}
 	if err != nil {
 		o.status = errStatus(err)
-		o.s.log.Warn("request failed", "cmd", r.Cmd, "offset", r.Offset, "length", r.Length,
+		o.q.log.Warn("request failed", "cmd", r.Cmd, "offset", r.Offset, "length", r.Length,
 			"status", o.status, "err", err)
 	}
 }
@@ -104,7 +104,7 @@ func (o *op) read() error {
 	n := int(o.req.Length)
 	o.buf = bufs.Get(wire.ReplySize + n)
 	data := (*o.buf)[wire.ReplySize:]
-	k, err := o.s.exp.b.ReadAt(data, int64(o.req.Offset))
+	k, err := o.q.exp.b.ReadAt(data, int64(o.req.Offset))
 	if k == n && (err == nil || errors.Is(err, io.EOF)) {
 		// Checksum here rather than in the stream's writer, so it runs
 		// in parallel across workers.
@@ -121,18 +121,7 @@ func (o *op) read() error {
 // fua makes a successful TRIM or WRITE_ZEROES durable when asked to.
 func (o *op) fua(err error) error {
 	if err == nil && o.req.Flags&wire.FlagFUA != 0 {
-		err = o.s.exp.b.Sync()
+		err = o.q.exp.b.Sync()
 	}
 	return err
-}
-
-// reply returns the bytes to send in one Write: for a successful READ the
-// header and data that read put in one buffer, else the header alone.
-func (o *op) reply() []byte {
-	if o.req.Cmd == wire.CmdRead && o.status == wire.StatusOK {
-		return *o.buf
-	}
-	r := wire.Reply{Cmd: o.req.Cmd, Status: o.status, ID: o.req.ID}
-	r.Encode(o.hdr[:])
-	return o.hdr[:]
 }

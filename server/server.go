@@ -15,14 +15,13 @@ import (
 
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/wire"
-	"github.com/hashicorp/yamux"
 )
 
 // DefaultWorkers is the size of the I/O worker pool when Config.Workers is
 // zero.
 const DefaultWorkers = 64
 
-// ErrServerClosed is returned by Serve and ServeSession after Close.
+// ErrServerClosed is returned by Serve and ServeConn after Close.
 var ErrServerClosed = errors.New("server: closed")
 
 // Server serves exports to authenticated clients. Create it with New; it
@@ -36,9 +35,11 @@ type Server struct {
 
 	replay     *crypto.ReplayFilter
 	authorized atomic.Pointer[crypto.AuthorizedKeys]
-	// sessions maps each live session to its client's key, so that
-	// SetAuthorized can end the sessions of keys it no longer lists.
-	sessions map[*yamux.Session]crypto.PublicKey // under mu
+	// sessions holds every live control session, so that SetAuthorized
+	// can end those of keys it no longer lists; tokens finds a session by
+	// the token its queue connections present. Both under mu.
+	sessions map[*session]struct{}
+	tokens   map[wire.Identity]*session
 	// handshakes holds a token per connection in its handshake, so
 	// half-open connections cannot pile up.
 	handshakes chan struct{}
@@ -99,7 +100,8 @@ func New(cfg *Config) (*Server, error) {
 	}
 	s.replay = crypto.NewReplayFilter()
 	s.authorized.Store(c.Authorized)
-	s.sessions = make(map[*yamux.Session]crypto.PublicKey)
+	s.sessions = make(map[*session]struct{})
+	s.tokens = make(map[wire.Identity]*session)
 	s.attach = make(map[attachKey]*attachment)
 	s.handshakes = make(chan struct{}, maxHandshakes)
 	s.jobs = make(chan *op)
@@ -296,39 +298,56 @@ func (s *Server) closeExports() error {
 
 // SetAuthorized replaces the authorized client keys, as on a reload of the
 // authorized keys file: new connections are checked against a, and the
-// sessions of clients whose key a no longer lists are ended at once.
+// sessions of clients whose key a no longer lists are ended at once, with
+// their queue connections.
 func (s *Server) SetAuthorized(a *crypto.AuthorizedKeys) {
 	s.authorized.Store(a)
 	s.mu.Lock()
-	var revoked []*yamux.Session
-	for sess, k := range s.sessions {
-		if _, ok := a.Contains(k); !ok {
-			revoked = append(revoked, sess)
-			s.log.Warn("ending session: client key no longer authorized", "key", k)
+	var revoked []*session
+	for se := range s.sessions {
+		if _, ok := a.Contains(se.key); !ok {
+			revoked = append(revoked, se)
+			s.log.Warn("ending session: client key no longer authorized", "key", se.key)
 		}
 	}
 	s.mu.Unlock()
-	for _, sess := range revoked {
-		sess.Close()
+	for _, se := range revoked {
+		se.close()
 	}
 }
 
-// keyOf returns the client key of a tracked session, or the zero key.
-func (s *Server) keyOf(sess *yamux.Session) crypto.PublicKey {
+// track registers a live control session until the returned function is
+// called.
+func (s *Server) track(se *session) (untrack func()) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.sessions[sess]
-}
-
-// track registers a live session under its client's key until the
-// returned function is called.
-func (s *Server) track(sess *yamux.Session, k crypto.PublicKey) (untrack func()) {
-	s.mu.Lock()
-	s.sessions[sess] = k
+	s.sessions[se] = struct{}{}
 	s.mu.Unlock()
 	return func() {
 		s.mu.Lock()
-		delete(s.sessions, sess)
+		delete(s.sessions, se)
 		s.mu.Unlock()
 	}
+}
+
+// register makes se findable by its session token.
+func (s *Server) register(se *session, token wire.Identity) {
+	s.mu.Lock()
+	s.tokens[token] = se
+	s.mu.Unlock()
+}
+
+// forget makes se's token find nothing, so no queue binds to it any more.
+func (s *Server) forget(se *session) {
+	s.mu.Lock()
+	if s.tokens[se.token] == se {
+		delete(s.tokens, se.token)
+	}
+	s.mu.Unlock()
+}
+
+// lookup returns the live session with the given token, or nil.
+func (s *Server) lookup(token wire.Identity) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tokens[token]
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -9,80 +10,99 @@ import (
 	"math"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/mux"
 	"github.com/dstproject/dst/wire"
 	"github.com/hashicorp/yamux"
 )
 
-// Per-session limits. A stream is a queue of a client's block device, so a
-// handful per session is normal; the bounds only stop abuse.
+// Per-session limits. A session is one client's control connection and
+// the queue connections bound to it.
 const (
-	maxStreams = 1024 // open streams per session
-	// sessionBytes bounds payload bytes in flight on all streams of one
+	// maxStreams bounds the open control streams of a session; a client
+	// needs one.
+	maxStreams = 16
+	// maxQueues bounds the queue connections bound to one session.
+	maxQueues = 256
+	// sessionBytes bounds payload bytes in flight on all queues of one
 	// session: buffered WRITE payloads and READ buffers not yet sent.
 	sessionBytes = 256 << 20
-	// firstMessageTimeout bounds the wait for a new stream's first control
+	// firstMessageTimeout bounds the wait for a new stream's first
 	// message, so silent streams do not hold goroutines.
 	firstMessageTimeout = 30 * time.Second
 )
 
-// session is the state one client's streams share.
+// session is one client's control connection: its yamux session, the
+// state its queue connections share (the fence gate, the byte budget) and
+// those connections.
 type session struct {
 	sessionGate
-	srv     *Server
-	mux     *yamux.Session
-	log     *slog.Logger
-	bytes   *limiter // payload bytes in flight, all streams
-	streams atomic.Int32
+	srv   *Server
+	conn  *crypto.Conn
+	mux   *yamux.Session
+	key   crypto.PublicKey
+	log   *slog.Logger
+	bytes *limiter // payload bytes in flight, all queues
+
+	mu     sync.Mutex
+	token  wire.Identity // SERVER_INFO's session token, set once HELLO is answered
+	hello  wire.Hello
+	queues map[*queueConn]struct{}
+	ended  bool // no more queues may bind
+	qwg    sync.WaitGroup
 }
 
-// ServeSession serves the streams of an established session until it ends
-// or ctx is cancelled, then closes it and waits for its streams. It is the
-// part of Serve after the handshake; tests call it over net.Pipe. peer
-// names the client in logs. A session that ends because the client went
-// away returns nil.
-func (s *Server) ServeSession(ctx context.Context, sess *yamux.Session, peer string) error {
-	if !s.enter() {
-		sess.Close()
-		return ErrServerClosed
+// serveControl serves a control connection: a yamux session whose first
+// stream carries HELLO, SERVER_INFO and then keepalives. When it ends,
+// so do the queue connections bound to it.
+func (s *Server) serveControl(ctx context.Context, conn *crypto.Conn, peer string) error {
+	sess, err := mux.Server(conn, &mux.Options{Logger: s.log})
+	if err != nil {
+		return err
 	}
-	defer s.active.Done()
-	stop1 := context.AfterFunc(ctx, func() { sess.Close() })
-	defer stop1()
-	stop2 := context.AfterFunc(s.ctx, func() { sess.Close() })
-	defer stop2()
-
 	se := &session{
-		srv:   s,
-		mux:   sess,
-		log:   s.log.With("peer", peer),
-		bytes: newLimiter(math.MaxInt, sessionBytes),
+		srv:    s,
+		conn:   conn,
+		mux:    sess,
+		key:    conn.PeerKey(),
+		log:    s.log.With("peer", peer),
+		bytes:  newLimiter(math.MaxInt, sessionBytes),
+		queues: make(map[*queueConn]struct{}),
 	}
+	untrack := s.track(se)
+	defer untrack()
+	// A reload may have revoked the key while the handshake ran.
+	if _, ok := s.authorized.Load().Contains(se.key); !ok {
+		sess.Close()
+	}
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
+
 	var wg sync.WaitGroup
-	var err error
+	streams := 0
 	for {
 		var st *yamux.Stream
 		st, err = sess.AcceptStream()
 		if err != nil {
 			break
 		}
-		if se.streams.Add(1) > maxStreams {
-			se.streams.Add(-1)
+		if streams >= maxStreams {
 			se.log.Warn("refusing stream: too many open streams", "stream", st.StreamID(), "max", maxStreams)
 			st.Close()
 			continue
 		}
+		streams++
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer se.streams.Add(-1)
 			se.serveStream(st)
 		}()
 	}
 	sess.Close()
 	wg.Wait()
+	se.shutdown()
 	s.leave(se)
 	switch {
 	case s.ctx.Err() != nil:
@@ -93,8 +113,24 @@ func (s *Server) ServeSession(ctx context.Context, sess *yamux.Session, peer str
 	return fmt.Errorf("server: session with %s: %w", peer, err)
 }
 
-// serveStream reads a stream's first control message, which decides what
-// the stream is for.
+// shutdown closes the session's queue connections, stops new ones from binding
+// and waits until their readers and writers are done.
+func (se *session) shutdown() {
+	se.srv.forget(se)
+	se.mu.Lock()
+	se.ended = true
+	for q := range se.queues {
+		q.close()
+	}
+	se.mu.Unlock()
+	se.qwg.Wait()
+}
+
+// close ends the session's control connection; serveControl then ends
+// the rest.
+func (se *session) close() { se.mux.Close() }
+
+// serveStream reads a stream's first message, which must be HELLO.
 func (se *session) serveStream(st *yamux.Stream) {
 	defer st.Close()
 	log := se.log.With("stream", st.StreamID())
@@ -107,20 +143,16 @@ func (se *session) serveStream(st *yamux.Stream) {
 		}
 		return
 	}
-	switch typ {
-	case wire.MsgHello:
-		se.serveControl(st, body, log)
-	case wire.MsgOpen:
-		se.serveOpen(st, body, log)
-	default:
+	if typ != wire.MsgHello {
 		log.Warn("closing stream: unexpected first message", "type", typ)
+		return
 	}
+	se.serveHello(st, body, log)
 }
 
-// serveControl answers HELLO with SERVER_INFO, after fencing older
-// sessions of the client's attachment, then answers PINGs until the
-// session ends.
-func (se *session) serveControl(st *yamux.Stream, body []byte, log *slog.Logger) {
+// serveHello answers HELLO with SERVER_INFO, after fencing older sessions
+// of the client's attachment, then answers PINGs until the session ends.
+func (se *session) serveHello(st *yamux.Stream, body []byte, log *slog.Logger) {
 	// The version comes first: another version's HELLO may not parse as
 	// this one's, and deserves the clear refusal.
 	h, err := wire.DecodeHello(body)
@@ -130,19 +162,33 @@ func (se *session) serveControl(st *yamux.Stream, body []byte, log *slog.Logger)
 	}
 	if h.Version != wire.Version {
 		log.Warn("refusing client: unsupported protocol version", "client", h.Client, "version", h.Version)
-		se.refuse(st, log, wire.StatusEINVAL,
-			fmt.Sprintf("protocol version %d is not supported; this server speaks version %d", h.Version, wire.Version))
+		refuse(st, log, wire.StatusEINVAL, versionMessage(h.Version))
+		return
+	}
+	se.mu.Lock()
+	answered := !se.token.IsZero()
+	se.mu.Unlock()
+	if answered {
+		log.Warn("closing stream: a second HELLO on one session")
 		return
 	}
 	if !h.Attachment.IsZero() {
-		k := attachKey{key: se.srv.keyOf(se.mux), id: h.Attachment}
+		k := attachKey{key: se.key, id: h.Attachment}
 		if err := se.srv.admit(se, k, h.Epoch); err != nil {
 			log.Warn("refusing stale session", "client", h.Client, "epoch", h.Epoch)
-			se.refuse(st, log, wire.StatusESTALE, "a newer session of this attachment exists")
+			refuse(st, log, wire.StatusESTALE, "a newer session of this attachment exists")
 			return
 		}
 	}
 	info := se.srv.info
+	if _, err := rand.Read(info.Session[:]); err != nil {
+		log.Error("choosing session token", "err", err)
+		return
+	}
+	se.mu.Lock()
+	se.token, se.hello = info.Session, h
+	se.mu.Unlock()
+	se.srv.register(se, info.Session)
 	info.Clock = serverClock()
 	msg := wire.AppendMessage(nil, wire.MsgServerInfo, wire.AppendServerInfo(nil, &info))
 	if _, err := st.Write(msg); err != nil {
@@ -175,36 +221,40 @@ func (se *session) serveControl(st *yamux.Stream, body []byte, log *slog.Logger)
 	}
 }
 
-// serveOpen binds the stream to an export and serves its requests.
-func (se *session) serveOpen(st *yamux.Stream, body []byte, log *slog.Logger) {
-	o, err := wire.DecodeOpen(body)
-	if err != nil {
-		log.Warn("closing stream: malformed OPEN", "err", err)
-		return
+func versionMessage(v uint16) string {
+	return fmt.Sprintf("protocol version %d is not supported; this server speaks version %d", v, wire.Version)
+}
+
+// bind adds a queue connection to the session, unless the session has
+// ended or been fenced.
+func (se *session) bind(q *queueConn) bool {
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	if se.ended || len(se.queues) >= maxQueues {
+		return false
 	}
-	e := se.srv.exports[o.Export]
-	if e == nil {
-		log.Warn("refusing OPEN of unknown export", "export", o.Export)
-		se.refuse(st, log, wire.StatusEINVAL, se.srv.noExportMessage(o.Export))
-		return
-	}
-	msg := wire.AppendMessage(nil, wire.MsgOpened, wire.AppendOpened(nil, &wire.Opened{Export: e.info}))
-	if _, err := st.Write(msg); err != nil {
-		log.Debug("writing OPENED", "err", err)
-		return
-	}
-	log.Debug("export opened", "export", o.Export)
-	newStream(se, st, e, log.With("export", o.Export)).serve()
+	se.queues[q] = struct{}{}
+	se.qwg.Add(1)
+	return true
+}
+
+// unbind removes a queue connection that has finished.
+func (se *session) unbind(q *queueConn) {
+	se.mu.Lock()
+	delete(se.queues, q)
+	se.mu.Unlock()
+	se.qwg.Done()
 }
 
 func (s *Server) noExportMessage(name string) string {
 	return fmt.Sprintf("no export named %q (exports: %s)", name, strings.Join(s.names, ", "))
 }
 
-// refuse sends an ERROR message; the caller then closes the stream.
-func (se *session) refuse(st *yamux.Stream, log *slog.Logger, status wire.Status, msg string) {
+// refuse sends an ERROR message; the caller then closes the stream or
+// connection.
+func refuse(w io.Writer, log *slog.Logger, status wire.Status, msg string) {
 	b := wire.AppendMessage(nil, wire.MsgError, wire.AppendError(nil, &wire.ErrorMsg{Status: status, Message: msg}))
-	if _, err := st.Write(b); err != nil {
+	if _, err := w.Write(b); err != nil {
 		log.Debug("writing ERROR", "err", err)
 	}
 }

@@ -88,6 +88,13 @@ func AppendMessage(b []byte, t MsgType, body []byte) []byte {
 // ReadMessage reads one framed control message from r. The body is freshly
 // allocated, after its length was checked against MaxMessage.
 func ReadMessage(r io.Reader) (MsgType, []byte, error) {
+	return ReadMessageLimit(r, MaxMessage)
+}
+
+// ReadMessageLimit is ReadMessage for a message whose body may not exceed
+// limit bytes: a longer one is refused before anything is allocated for
+// it.
+func ReadMessageLimit(r io.Reader, limit uint32) (MsgType, []byte, error) {
 	var hb [MsgHeaderSize]byte
 	if _, err := io.ReadFull(r, hb[:]); err != nil {
 		return 0, nil, err
@@ -95,6 +102,9 @@ func ReadMessage(r io.Reader) (MsgType, []byte, error) {
 	h, err := DecodeMsgHeader(hb[:])
 	if err != nil {
 		return 0, nil, err
+	}
+	if h.Length > limit {
+		return h.Type, nil, malformed("%v message of %d bytes exceeds the %d bytes it may have here", h.Type, h.Length, limit)
 	}
 	body := make([]byte, h.Length)
 	if _, err := io.ReadFull(r, body); err != nil {

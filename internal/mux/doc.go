@@ -1,8 +1,11 @@
-// Package mux runs yamux sessions over dst's encrypted channel.
+// Package mux runs the yamux session of a control connection over dst's
+// encrypted channel.
 //
-// It owns the yamux configuration (windows sized for block I/O, keepalives,
-// logging through slog) and the batcher that gathers yamux's frames into
-// few large writes on the channel below, so that a frame's 12-byte header
-// and its body travel in one encrypted record instead of two, and frames
-// sent together share records and syscalls.
+// It owns the yamux configuration (keepalives, timeouts, logging through
+// slog). Only control traffic uses yamux: autoconfiguration, keepalives
+// and whatever control streams later versions add. Block I/O runs on queue
+// connections of its own (package qconn), because every yamux write passes
+// through the session's send loop and every read through its receive loop,
+// and on a small machine those two goroutine hand-offs per frame cost more
+// than the encryption.
 package mux

@@ -9,11 +9,6 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// StreamWindow is the per-stream receive window. yamux's default of 256 KiB
-// caps one stream at window/RTT; block I/O with many large requests in
-// flight on one stream needs more.
-const StreamWindow = 16 << 20
-
 // Options tune a session. The zero value gives the defaults.
 type Options struct {
 	// KeepAlive is the interval between yamux pings on an idle session;
@@ -37,7 +32,6 @@ func (o *Options) config() *yamux.Config {
 	if o.WriteTimeout > 0 {
 		c.ConnectionWriteTimeout = o.WriteTimeout
 	}
-	c.MaxStreamWindowSize = StreamWindow
 	c.StreamOpenTimeout = 30 * time.Second
 	c.StreamCloseTimeout = 30 * time.Second
 	c.LogOutput = nil
@@ -55,7 +49,7 @@ func Client(conn net.Conn, o *Options) (*yamux.Session, error) {
 	if o == nil {
 		o = &Options{}
 	}
-	s, err := yamux.Client(newBatcher(conn), o.config())
+	s, err := yamux.Client(conn, o.config())
 	if err != nil {
 		return nil, fmt.Errorf("mux: starting client session: %w", err)
 	}
@@ -67,7 +61,7 @@ func Server(conn net.Conn, o *Options) (*yamux.Session, error) {
 	if o == nil {
 		o = &Options{}
 	}
-	s, err := yamux.Server(newBatcher(conn), o.config())
+	s, err := yamux.Server(conn, o.config())
 	if err != nil {
 		return nil, fmt.Errorf("mux: starting server session: %w", err)
 	}

@@ -1,0 +1,261 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/qconn"
+	"github.com/dstproject/dst/wire"
+)
+
+// Per-connection bounds on requests in flight. Requests beyond them are
+// not read off the connection until earlier ones are answered, which
+// pushes back on the client through TCP.
+const (
+	maxInflight      = 512
+	maxInflightBytes = 64 << 20
+)
+
+// errDisconnect ends a queue's read loop on a DISCONNECT request.
+var errDisconnect = errors.New("server: client disconnected")
+
+// queueConn serves the requests of one queue connection.
+//
+// Who does what. The connection's reader (readLoop) parses a request,
+// reads its payload into a pooled buffer (the record layer decrypts it
+// straight there) and answers at once what needs no I/O. When nothing
+// else of the connection is in flight and nothing more has arrived, it
+// runs the request itself (inline): at queue depth one, handing it to a
+// worker would cost a wake-up for no parallelism. Otherwise the request
+// goes to the server-wide worker pool. Whoever finishes a request hands
+// its reply to the connection's writer (qconn.Writer), which seals and
+// writes it from that goroutine if no one else is writing, and replies
+// that finish together share records and a system call.
+//
+// Nobody blocks on the client's socket but the connection's own flusher:
+// replies are written with qconn.NoBlock, so a client that stops reading
+// its replies stalls only its own connection, then its reader through the
+// budget, never a worker other clients need.
+type queueConn struct {
+	se     *session
+	conn   *crypto.Conn
+	exp    *export
+	log    *slog.Logger
+	w      *qconn.Writer[*op]
+	budget *limiter // requests and bytes in flight on this connection
+	hdr    [wire.RequestSize]byte
+	discID uint64 // the DISCONNECT request's id, for its reply
+
+	closeOnce sync.Once
+}
+
+// serveQueue binds a queue connection to its control session and serves
+// it. body is the connection's QUEUE message.
+func (s *Server) serveQueue(conn *crypto.Conn, body []byte, log *slog.Logger) {
+	q, err := wire.DecodeQueue(body)
+	if q.Version != wire.Version {
+		log.Warn("refusing queue: unsupported protocol version", "version", q.Version)
+		refuse(conn, log, wire.StatusEINVAL, versionMessage(q.Version))
+		return
+	}
+	if err != nil {
+		log.Warn("closing connection: malformed QUEUE", "err", err)
+		return
+	}
+	se := s.lookup(q.Session)
+	switch {
+	case se == nil || se.key != conn.PeerKey():
+		log.Warn("refusing queue: no such session", "attachment", q.Attachment, "epoch", q.Epoch)
+		refuse(conn, log, wire.StatusESTALE, "no live session with that token for this client")
+		return
+	case se.hello.Attachment != q.Attachment || se.hello.Epoch != q.Epoch:
+		log.Warn("refusing queue: attachment or epoch differ from its session's",
+			"attachment", q.Attachment, "epoch", q.Epoch)
+		refuse(conn, log, wire.StatusESTALE, "the queue's attachment and epoch are not its session's")
+		return
+	}
+	e := s.exports[q.Export]
+	if e == nil {
+		log.Warn("refusing queue: unknown export", "export", q.Export)
+		refuse(conn, log, wire.StatusEINVAL, s.noExportMessage(q.Export))
+		return
+	}
+	qc := &queueConn{
+		se:     se,
+		conn:   conn,
+		exp:    e,
+		log:    se.log.With("export", q.Export),
+		budget: newLimiter(maxInflight, maxInflightBytes),
+	}
+	if !se.bind(qc) {
+		log.Warn("refusing queue: its session has ended or has too many queues")
+		refuse(conn, log, wire.StatusESTALE, "the session has ended")
+		return
+	}
+	defer se.unbind(qc)
+	if se.isFenced() {
+		refuse(conn, log, wire.StatusESTALE, "a newer session of this attachment exists")
+		return
+	}
+	qc.w = qconn.NewWriter(conn, qc.encodeReply, qc.done, qc.writeFailed)
+	msg := wire.AppendMessage(nil, wire.MsgOpened, wire.AppendOpened(nil, &wire.Opened{Export: e.info}))
+	if _, err := conn.Write(msg); err != nil {
+		log.Debug("writing OPENED", "err", err)
+		qc.close()
+		qc.w.Wait()
+		return
+	}
+	qc.log.Debug("queue opened")
+	qc.serve()
+}
+
+// serve runs the connection until the client closes it, disconnects or
+// sends something malformed, or the session ends.
+func (q *queueConn) serve() {
+	err := q.readLoop()
+	switch {
+	case err == nil, errors.Is(err, errDisconnect):
+		// Let in-flight requests finish and be answered.
+	case errors.Is(err, wire.ErrMalformed), errors.Is(err, wire.ErrShort):
+		q.log.Warn("closing queue: malformed request", "err", err)
+		q.close()
+	default:
+		q.log.Debug("queue ended", "err", err)
+		q.close()
+	}
+	q.budget.drain()
+	if errors.Is(err, errDisconnect) {
+		q.budget.acquire(0)
+		q.se.bytes.acquire(0)
+		o := getOp(q, wire.Request{Cmd: wire.CmdDisconnect, ID: q.discID}, 0)
+		q.w.Send(o, qconn.Block)
+	}
+	q.close()
+	q.w.Wait()
+}
+
+// close ends the connection: queued replies are dropped, and the reader
+// and a blocked flusher return.
+func (q *queueConn) close() {
+	q.closeOnce.Do(func() {
+		if q.w != nil {
+			q.w.Close()
+		}
+		q.conn.Close()
+	})
+}
+
+func (q *queueConn) writeFailed(err error) {
+	q.log.Debug("writing reply", "err", err)
+	q.conn.Close()
+}
+
+// readLoop reads requests until the connection ends (nil at a clean EOF
+// between requests) or a request is malformed.
+func (q *queueConn) readLoop() error {
+	for {
+		if _, err := io.ReadFull(q.conn, q.hdr[:]); err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		req, err := wire.DecodeRequest(q.hdr[:])
+		if err != nil {
+			return err
+		}
+		if req.Cmd == wire.CmdDisconnect {
+			q.discID = req.ID
+			return errDisconnect
+		}
+		if err := q.dispatch(req); err != nil {
+			return err
+		}
+	}
+}
+
+// dispatch reads the request's payload and runs it, inline or on a
+// worker, or answers it at once when no I/O is needed.
+func (q *queueConn) dispatch(req wire.Request) error {
+	cost := 0
+	if req.Cmd == wire.CmdRead || req.Cmd == wire.CmdWrite {
+		cost = int(req.Length)
+	}
+	q.budget.acquire(cost)
+	q.se.bytes.acquire(cost)
+	o := getOp(q, req, cost)
+	if n := req.PayloadLen(); n > 0 {
+		o.buf = bufs.Get(n)
+		if _, err := io.ReadFull(q.conn, *o.buf); err != nil {
+			q.done(o)
+			return fmt.Errorf("server: reading %v payload of %d bytes: %w", req.Cmd, n, err)
+		}
+	}
+	if o.status = q.check(&req); o.status != wire.StatusOK || q.noop(&req) {
+		q.w.Send(o, qconn.NoBlock)
+		return nil
+	}
+	if q.budget.count() == 1 && q.conn.Buffered() == 0 {
+		o.run()
+		q.w.Send(o, qconn.NoBlock)
+		return nil
+	}
+	select {
+	case q.se.srv.jobs <- o:
+	case <-q.se.srv.stopped:
+		o.status = wire.StatusESHUTDOWN
+		q.w.Send(o, qconn.NoBlock)
+	}
+	return nil
+}
+
+// check applies the export's rules to a request.
+func (q *queueConn) check(r *wire.Request) wire.Status {
+	e := &q.exp.info
+	switch {
+	case r.Cmd == wire.CmdFlush:
+		return wire.StatusOK
+	case q.exp.readOnly && r.Cmd != wire.CmdRead:
+		return wire.StatusEPERM
+	case (r.Cmd == wire.CmdRead || r.Cmd == wire.CmdWrite) && r.Length > e.MaxTransfer:
+		return wire.StatusEINVAL
+	case r.Offset+uint64(r.Length) > e.Size:
+		if r.Cmd == wire.CmdWrite || r.Cmd == wire.CmdWriteZeroes {
+			return wire.StatusENOSPC
+		}
+		return wire.StatusEINVAL
+	}
+	return wire.StatusOK
+}
+
+// noop reports whether a valid request needs no I/O: flushing a read-only
+// export has nothing to flush.
+func (q *queueConn) noop(r *wire.Request) bool {
+	return r.Cmd == wire.CmdFlush && q.exp.readOnly
+}
+
+// encodeReply adds o's reply to a batch and returns o's buffers and
+// budget: once sealed, the reply needs neither.
+func (q *queueConn) encodeReply(b *qconn.Batch, o *op) {
+	h := b.Frame(wire.ReplySize)
+	if o.req.Cmd == wire.CmdRead && o.status == wire.StatusOK {
+		copy(h, (*o.buf)[:wire.ReplySize])
+		b.Payload((*o.buf)[wire.ReplySize:])
+	} else {
+		r := wire.Reply{Cmd: o.req.Cmd, Status: o.status, ID: o.req.ID}
+		r.Encode(h)
+	}
+	q.done(o)
+}
+
+// done returns a finished request's buffers and budget.
+func (q *queueConn) done(o *op) {
+	cost := o.cost
+	putOp(o)
+	q.se.bytes.release(cost)
+	q.budget.release(cost)
+}
