@@ -144,13 +144,13 @@ func (e *testEnv) config() *Config {
 	}
 }
 
-func (e *testEnv) attach(t *testing.T, export string, conns, queues int) *Attachment {
-	return e.attachTB(t, export, conns, queues)
+func (e *testEnv) attach(t *testing.T, export string, conns int) *Attachment {
+	return e.attachTB(t, export, conns)
 }
 
-func (e *testEnv) attachTB(t testing.TB, export string, conns, queues int) *Attachment {
+func (e *testEnv) attachTB(t testing.TB, export string, conns int) *Attachment {
 	t.Helper()
-	a, err := Attach(context.Background(), &AttachConfig{Config: *e.config(), Export: export, Connections: conns, Queues: queues})
+	a, err := Attach(context.Background(), &AttachConfig{Config: *e.config(), Export: export, Connections: conns})
 	if err != nil {
 		t.Fatalf("Attach: %v", err)
 	}
@@ -225,7 +225,7 @@ func TestRandomIO(t *testing.T) {
 			checkGoroutines(t)
 			const size, workers, ops = 16 << 20, 8, 150
 			env := newEnv(t, transport, size)
-			a := env.attach(t, "disk", 2, 2)
+			a := env.attach(t, "disk", 4)
 			model := make([]byte, size)
 			region := size / workers
 			var wg sync.WaitGroup
@@ -300,9 +300,9 @@ func TestRandomIO(t *testing.T) {
 
 func TestRequestErrors(t *testing.T) {
 	env := newEnv(t, "tcp", 1<<20)
-	a := env.attach(t, "disk", 1, 1)
+	a := env.attach(t, "disk", 1)
 	defer a.Close()
-	ro := env.attach(t, "ro", 1, 1)
+	ro := env.attach(t, "ro", 1)
 	defer ro.Close()
 
 	buf := make([]byte, 4096)
@@ -357,7 +357,7 @@ func TestAttachRefusals(t *testing.T) {
 		t.Errorf("wrong server key: %v, want ErrHandshake", err)
 	}
 	// The server still serves a legitimate client.
-	a := env.attach(t, "disk", 1, 1)
+	a := env.attach(t, "disk", 1)
 	defer a.Close()
 	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); err != nil {
 		t.Fatal(err)
@@ -367,7 +367,7 @@ func TestAttachRefusals(t *testing.T) {
 func TestCloseFailsPending(t *testing.T) {
 	checkGoroutines(t)
 	env := newEnv(t, "pipe", 1<<20)
-	a := env.attach(t, "disk", 1, 1)
+	a := env.attach(t, "disk", 1)
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -378,7 +378,7 @@ func TestCloseFailsPending(t *testing.T) {
 
 func TestDeadlineWhileServerGone(t *testing.T) {
 	env := newEnv(t, "tcp", 1<<20)
-	cfg := &AttachConfig{Config: *env.config(), Export: "disk", Queues: 2, IOTimeout: 500 * time.Millisecond,
+	cfg := &AttachConfig{Config: *env.config(), Export: "disk", Connections: 2, IOTimeout: 500 * time.Millisecond,
 		KeepaliveInterval: 50 * time.Millisecond, KeepaliveTimeout: 300 * time.Millisecond}
 	a, err := Attach(context.Background(), cfg)
 	if err != nil {
@@ -403,5 +403,56 @@ func TestDeadlineWhileServerGone(t *testing.T) {
 	case <-a.Lost():
 		t.Fatal("Lost closed: a server going away is not a permanent failure")
 	default:
+	}
+}
+
+// TestExpiredWriteWaitingForWriter: a WRITE whose deadline passes while
+// it waits for its queue's writer (stuck, say, on a full socket) completes
+// with EIO, and its request goes back to the front end, which recycles
+// it. The writer must then skip it: sending it from the recycled request
+// would promise a payload that never comes, and the generation would
+// reconnect. Found in review of the yamux-stream queue layer.
+func TestExpiredWriteWaitingForWriter(t *testing.T) {
+	env := newEnv(t, "tcp", 1<<20)
+	a, err := Attach(context.Background(), &AttachConfig{Config: *env.config(), Export: "disk",
+		Connections: 1, IOTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a.table.mu.Lock()
+	q := a.table.gen.queues[0]
+	a.table.mu.Unlock()
+	release := q.w.Hold()
+
+	done := make(chan error, 1)
+	data := bytes.Repeat([]byte{0xab}, 4096)
+	a.Submit(nbd.NewRequest(nbd.CmdWrite, 0, 0, 4096, data, func(r *nbd.Request, err error) {
+		r.Data = nil // as the front end's recycling does
+		done <- err
+	}))
+	select {
+	case err := <-done:
+		if !errors.Is(err, syscall.EIO) {
+			t.Fatalf("expired write: %v, want EIO", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the write did not time out")
+	}
+	release()
+	for i := range 20 {
+		if err := do(a, nbd.CmdWrite, 0, uint64(4096*(i+1)), 4096, make([]byte, 4096)); err != nil {
+			t.Fatalf("write %d after the expired one: %v", i, err)
+		}
+	}
+	got := make([]byte, 4096)
+	if err := do(a, nbd.CmdRead, 0, 0, 4096, got); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(got, data) {
+		t.Fatal("the write reported failed was applied")
+	}
+	if s := a.Stats(); s.Reconnects != 0 || s.Timeouts != 1 {
+		t.Fatalf("stats %+v: want no reconnect and one timeout", s)
 	}
 }

@@ -14,7 +14,7 @@ func BenchmarkRead4K(b *testing.B) {
 	for _, qd := range []int{1, 32} {
 		b.Run(fmt.Sprintf("QD%d", qd), func(b *testing.B) {
 			env := newEnvTB(b, "tcp", 64<<20)
-			a := env.attachTB(b, "disk", 1, 2)
+			a := env.attachTB(b, "disk", 2)
 			defer a.Close()
 			b.SetBytes(4096)
 			b.ReportAllocs()

@@ -12,7 +12,6 @@ import (
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/internal/mux"
 	"github.com/dstproject/dst/wire"
-	"github.com/hashicorp/yamux"
 )
 
 // Config says how to reach and authenticate to a server.
@@ -44,15 +43,18 @@ func Dial(ctx context.Context, cfg *Config) (*Session, error) {
 	return dial(ctx, cfg, wire.Identity{}, 0)
 }
 
-// dial connects as session epoch of an attachment.
-func dial(ctx context.Context, cfg *Config, attachment wire.Identity, epoch uint64) (*Session, error) {
-	timeout := cfg.DialTimeout
-	if timeout == 0 {
-		timeout = 15 * time.Second
+// dialTimeout bounds one dial: TCP connect, handshake and the first
+// exchange.
+func (c *Config) dialTimeout() time.Duration {
+	if c.DialTimeout == 0 {
+		return 15 * time.Second
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	return c.DialTimeout
+}
 
+// channel dials TCP and runs the handshake: an encrypted connection to the
+// server, and the TCP connection under it.
+func channel(ctx context.Context, cfg *Config) (*crypto.Conn, net.Conn, error) {
 	dial := cfg.Dialer
 	if dial == nil {
 		var d net.Dialer
@@ -62,7 +64,7 @@ func dial(ctx context.Context, cfg *Config, attachment wire.Identity, epoch uint
 	}
 	raw, err := dial(ctx, cfg.Server)
 	if err != nil {
-		return nil, fmt.Errorf("client: connecting to %s: %w", cfg.Server, err)
+		return nil, nil, fmt.Errorf("client: connecting to %s: %w", cfg.Server, err)
 	}
 	if tc, ok := raw.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
@@ -74,11 +76,27 @@ func dial(ctx context.Context, cfg *Config, attachment wire.Identity, epoch uint
 	})
 	if err != nil {
 		abort(raw)
-		return nil, fmt.Errorf("client: handshake with %s: %w", cfg.Server, err)
+		return nil, nil, fmt.Errorf("client: handshake with %s: %w", cfg.Server, err)
+	}
+	return conn, raw, nil
+}
+
+// dial opens a control connection as session epoch of an attachment.
+func dial(ctx context.Context, cfg *Config, attachment wire.Identity, epoch uint64) (*Session, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.dialTimeout())
+	defer cancel()
+	conn, raw, err := channel(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	first := wire.AppendMessage(nil, wire.MsgControl, wire.AppendControl(nil, &wire.Control{Version: wire.Version}))
+	if _, err := conn.Write(first); err != nil {
+		abort(raw)
+		return nil, fmt.Errorf("client: %s: %w", cfg.Server, err)
 	}
 	sess, err := mux.Client(conn, &mux.Options{Logger: cfg.logger()})
 	if err != nil {
-		conn.Close()
+		abort(raw)
 		return nil, err
 	}
 	s := &Session{mux: sess, raw: raw, cipher: conn.Cipher(), dead: make(chan struct{})}
@@ -112,35 +130,37 @@ func (s *Session) hello(ctx context.Context, h *wire.Hello) error {
 	if err != nil {
 		return err
 	}
-	s.info = info
+	s.info, s.said = info, *h
+	s.lastPong.Store(now.UnixNano())
 	s.ctl = st
 	s.clock.sample(info.Clock, now)
 	return nil
 }
 
-// openQueue opens a data stream bound to export and checks that the server
-// still describes it as autoconfiguration did.
-func (s *Session) openQueue(ctx context.Context, export wire.ExportInfo) (*yamux.Stream, error) {
-	st, err := s.mux.OpenStream()
+// dialQueue opens a queue connection bound to session s and to export,
+// and checks that the server still describes the export as
+// autoconfiguration did.
+func dialQueue(ctx context.Context, cfg *Config, s *Session, export wire.ExportInfo) (*crypto.Conn, net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.dialTimeout())
+	defer cancel()
+	conn, raw, err := channel(ctx, cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	msg := wire.AppendMessage(nil, wire.MsgOpen, wire.AppendOpen(nil, &wire.Open{Export: export.Name}))
-	body, err := roundTrip(ctx, st, msg, wire.MsgOpened)
+	q := &wire.Queue{Version: wire.Version, Attachment: s.said.Attachment, Epoch: s.said.Epoch,
+		Session: s.info.Session, Export: export.Name}
+	body, err := roundTrip(ctx, conn, wire.AppendMessage(nil, wire.MsgQueue, wire.AppendQueue(nil, q)), wire.MsgOpened)
+	if err == nil {
+		var o wire.Opened
+		if o, err = wire.DecodeOpened(body); err == nil && o.Export.Identity != export.Identity {
+			err = fmt.Errorf("%w: export %q was %v, now %v", ErrIdentityChanged, export.Name, export.Identity, o.Export.Identity)
+		}
+	}
 	if err != nil {
-		st.Close()
-		return nil, err
+		abort(raw)
+		return nil, nil, fmt.Errorf("client: opening a queue on %s: %w", cfg.Server, err)
 	}
-	o, err := wire.DecodeOpened(body)
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	if o.Export.Identity != export.Identity {
-		st.Close()
-		return nil, fmt.Errorf("%w: export %q was %v, now %v", ErrIdentityChanged, export.Name, export.Identity, o.Export.Identity)
-	}
-	return st, nil
+	return conn, raw, nil
 }
 
 // ErrIdentityChanged says the disk behind an export name is not the one

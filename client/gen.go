@@ -11,27 +11,28 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/internal/qconn"
 	"github.com/dstproject/dst/wire"
 )
 
-// A generation is one set of sessions to the server, all dialed with the
-// same epoch, and their queues. A fault anywhere in it (a stream error, a
-// keepalive without answer, an authentication failure on the channel)
-// kills the whole generation; the attachment's supervisor then dials the
-// next one with a higher epoch, which makes the server fence this one,
-// and sends again every transaction still in the table.
+// A generation is one control session to the server and the queue
+// connections bound to it, all of one epoch. A fault anywhere in it (a
+// connection error, a keepalive without answer, an authentication failure
+// on a channel) kills the whole generation; the attachment's supervisor
+// then dials the next one with a higher epoch, which makes the server
+// fence this one, and sends again every transaction still in the table.
 type generation struct {
-	a        *Attachment
-	epoch    uint64
-	info     wire.ServerInfo
-	sessions []*Session
-	queues   []*queue
-	next     atomic.Uint64
+	a      *Attachment
+	epoch  uint64
+	info   wire.ServerInfo
+	sess   *Session
+	queues []*queue
+	next   atomic.Uint64
 
 	dead     chan struct{}
 	deadOnce sync.Once
 	err      error
-	wg       sync.WaitGroup // queue loops and keepalives
+	wg       sync.WaitGroup // receive loops, keepalive
 }
 
 func (g *generation) kill(err error) {
@@ -55,30 +56,28 @@ func (g *generation) pick() *queue {
 	return g.queues[g.next.Add(1)%uint64(len(g.queues))]
 }
 
-// kick writes what is queued on every queue.
-func (g *generation) kick() {
-	for _, q := range g.queues {
-		q.kick()
-	}
-}
-
-// shutdown kills the generation, ends its sessions (with a reset unless
-// graceful) and waits for its goroutines. After it, nothing of the
-// generation touches the transaction table.
+// shutdown kills the generation, closes its connections (with a reset
+// unless graceful) and waits for its goroutines and for any goroutine
+// still writing on its queues. After it, nothing of the generation
+// touches the transaction table or a transaction's request.
 func (g *generation) shutdown(err error, graceful bool) {
 	g.kill(err)
-	for _, s := range g.sessions {
+	if g.sess != nil {
 		if graceful {
-			s.Close()
+			g.sess.Close()
 		} else {
-			s.abort()
+			g.sess.abort()
 		}
+	}
+	for _, q := range g.queues {
+		q.close(graceful)
 	}
 	g.wg.Wait()
 }
 
-// connect dials a generation: every connection, every queue. The first
-// generation learns the export; later ones must find the same disk.
+// connect dials a generation: the control session, then every queue
+// connection. The first generation learns the export; later ones must
+// find the same disk.
 func (a *Attachment) connect(ctx context.Context, epoch uint64, first bool) (*generation, error) {
 	c := &a.cfg
 	g := &generation{a: a, epoch: epoch, dead: make(chan struct{})}
@@ -86,46 +85,37 @@ func (a *Attachment) connect(ctx context.Context, epoch uint64, first bool) (*ge
 		g.shutdown(err, false)
 		return nil, err
 	}
+	s, err := dial(ctx, &c.Config, a.id, epoch)
+	if err != nil {
+		return fail(err)
+	}
+	g.sess, g.info = s, s.Info()
+	if err := a.checkExport(g.info, first); err != nil {
+		return fail(err)
+	}
 	for i := 0; i < c.Connections; i++ {
-		s, err := dial(ctx, &c.Config, a.id, epoch)
+		conn, raw, err := dialQueue(ctx, &c.Config, s, a.export)
 		if err != nil {
 			return fail(err)
 		}
-		g.sessions = append(g.sessions, s)
-		if i == 0 {
-			g.info = s.Info()
-			if err := a.checkExport(g.info, first); err != nil {
-				return fail(err)
-			}
-		} else if s.Info().Instance != g.info.Instance {
-			return fail(fmt.Errorf("client: connection %d reached a different server instance", i))
-		}
-		for j := 0; j < c.Queues; j++ {
-			st, err := s.openQueue(ctx, a.export)
-			if err != nil {
-				return fail(fmt.Errorf("client: opening queue on %s: %w", c.Server, err))
-			}
-			g.queues = append(g.queues, newQueue(g, s, st, len(g.queues)))
-		}
+		g.queues = append(g.queues, newQueue(g, conn, raw, i))
 	}
 	for _, q := range g.queues {
-		g.wg.Add(2)
-		go func() { defer g.wg.Done(); q.sendLoop() }()
+		g.wg.Add(1)
 		go func() { defer g.wg.Done(); q.recvLoop() }()
 	}
-	for _, s := range g.sessions {
-		g.wg.Add(2)
-		go func() { defer g.wg.Done(); s.keepalive(c.KeepaliveInterval, c.KeepaliveTimeout) }()
-		go func() {
-			defer g.wg.Done()
-			select {
-			case <-s.dead:
-				g.kill(s.deadErr)
-			case <-g.dead:
-				s.kill(errSessionDead)
-			}
-		}()
-	}
+	g.wg.Add(3)
+	go func() { defer g.wg.Done(); s.keepalive(c.KeepaliveInterval, c.KeepaliveTimeout) }()
+	go func() { defer g.wg.Done(); s.readPongs() }()
+	go func() {
+		defer g.wg.Done()
+		select {
+		case <-s.dead:
+			g.kill(s.deadErr)
+		case <-g.dead:
+			s.kill(errSessionDead)
+		}
+	}()
 	return g, nil
 }
 
@@ -170,12 +160,12 @@ func (a *Attachment) supervise(g *generation) {
 			return
 		}
 		lostAt := time.Now()
-		a.mu.Lock()
-		if a.gen == g {
-			a.gen = nil
+		a.table.mu.Lock()
+		if a.table.gen == g {
+			a.table.gen = nil
 		}
-		n := len(a.pending)
-		a.mu.Unlock()
+		n := len(a.table.pending)
+		a.table.mu.Unlock()
 		a.log.Warn("connection to server lost; reconnecting", "server", a.cfg.Server, "err", g.err, "pending", n)
 		g.shutdown(g.err, false)
 		if g = a.reconnect(); g == nil {
@@ -227,32 +217,36 @@ func (a *Attachment) reconnect() *generation {
 // makes the generation current and sends every transaction in the table
 // on it, oldest first.
 func (a *Attachment) resume(g *generation) error {
-	if g.info.Instance != a.instance {
+	if g.info.Instance != a.table.instance {
 		if a.replay == nil {
 			a.log.Warn("server restarted; writes it acknowledged but had not flushed may be lost (replay is off)")
 		} else if err := a.replayTo(g); err != nil {
 			return err
 		}
 	}
-	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
+	tb := &a.table
+	tb.mu.Lock()
+	if tb.closed {
+		tb.mu.Unlock()
 		return errClosedGen
 	}
-	a.gen, a.instance = g, g.info.Instance
-	resend := make([]*tx, 0, len(a.pending))
-	for _, t := range a.pending {
+	tb.gen, tb.instance = g, g.info.Instance
+	resend := make([]*tx, 0, len(tb.pending))
+	for _, t := range tb.pending {
 		if !t.replay {
-			t.q = g.pick()
 			resend = append(resend, t)
 		}
 	}
-	a.mu.Unlock()
 	slices.SortFunc(resend, func(x, y *tx) int { return cmpID(x.hdr.ID, y.hdr.ID) })
+	byQueue := make(map[*queue][]*tx)
 	for _, t := range resend {
-		t.q.push(t, true)
+		t.q = g.pick()
+		byQueue[t.q] = append(byQueue[t.q], t)
 	}
-	g.kick()
+	tb.mu.Unlock()
+	for q, ts := range byQueue {
+		q.w.SendAll(ts, qconn.Defer)
+	}
 	if len(resend) > 0 {
 		a.stats.resent.Add(uint64(len(resend)))
 		a.log.Info("resent transactions", "count", len(resend), "epoch", g.epoch)
@@ -298,13 +292,12 @@ func (a *Attachment) replayTo(g *generation) error {
 			t.deadline, t.replay = time.Time{}, true
 			t.hdr.Flags &^= wire.FlagFUA
 			ids = append(ids, t.hdr.ID)
-			a.mu.Lock()
-			a.pending[t.hdr.ID] = t
+			a.table.mu.Lock()
+			a.table.pending[t.hdr.ID] = t
 			t.q = g.pick()
-			a.mu.Unlock()
-			t.q.push(t, true)
+			a.table.mu.Unlock()
+			t.q.send(t, qconn.Defer)
 		}
-		g.kick()
 		done := make(chan struct{})
 		go func() { wg.Wait(); close(done) }()
 		select {
@@ -331,8 +324,8 @@ func (a *Attachment) replayTo(g *generation) error {
 // completes them, so the replay that sent them can give up.
 func (a *Attachment) dropReplay(ids []uint64) {
 	for _, id := range ids {
-		if t := a.take(id); t != nil {
-			t.req.Complete(errSessionDead)
+		if t := a.table.take(id); t != nil {
+			t.finish(errSessionDead)
 		}
 	}
 }

@@ -1,207 +1,90 @@
 package client
 
 import (
-	"bufio"
 	"fmt"
 	"io"
-	"sync/atomic"
+	"net"
 
+	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/qconn"
 	"github.com/dstproject/dst/wire"
-	"github.com/hashicorp/yamux"
 )
 
-const (
-	// sendBatch bounds how many bytes of queued requests a writer packs
-	// into one stream write (one yamux frame).
-	sendBatch = 256 << 10
-	// queueDepth is the number of transactions that may wait to be written
-	// on a queue before Submit blocks.
-	queueDepth = 1024
-	// largePayload is the write size from which a payload goes to the
-	// stream straight from the request rather than through the batch.
-	largePayload = 64 << 10
-	recvBuffer   = 4 << 10 // payloads larger than this are read straight into the request
-)
-
-// queue is one data stream of an attachment. Submitters queue
-// transactions in sendCh; recvLoop reads replies and completes them.
+// queue is one queue connection of a generation: its own TCP connection
+// and encrypted channel, bound to the generation's control session.
 //
-// Writing to the stream needs the writer token. A submitter that finds the
-// token free writes what is queued itself, once, so a lone request goes out
-// without waking another goroutine. Work that remains or arrives meanwhile
-// is left to sendLoop, which keeps writing batches while there is any, so
-// under load submitters only queue and one stream write carries many
-// requests. Whoever releases the token looks at sendCh again afterwards and
-// wakes sendLoop if it is not empty: no transaction is left behind.
+// Sending: the goroutine that submits a transaction (the NBD front end's
+// reader) seals and writes it itself when no one else is writing, in one
+// system call with whatever else was queued meanwhile (qconn.Writer);
+// under load one writer drains many requests into few records. Goroutines
+// that must not block on the socket (recvLoop, when it sends a transaction
+// again) leave the write to the writer's flusher.
+//
+// Receiving: recvLoop reads each reply, opens a READ's payload straight
+// into the request's buffer, verifies it, takes the transaction out of
+// the table and completes it, which writes the NBD reply from that same
+// goroutine when the front end's socket is free.
 type queue struct {
-	a      *Attachment
-	g      *generation
-	sess   *Session
-	st     *yamux.Stream
-	index  int
-	sendCh chan *tx
-	wake   chan struct{} // sendLoop: sendCh may have work
-	token  atomic.Bool   // held by the goroutine writing to st
-	buf    []byte        // owned by the token holder
+	a     *Attachment
+	g     *generation
+	sess  *Session
+	conn  *crypto.Conn
+	raw   net.Conn
+	index int
+	w     *qconn.Writer[*tx]
 }
 
-func newQueue(g *generation, s *Session, st *yamux.Stream, index int) *queue {
-	return &queue{
-		a:      g.a,
-		g:      g,
-		sess:   s,
-		st:     st,
-		index:  index,
-		sendCh: make(chan *tx, queueDepth),
-		wake:   make(chan struct{}, 1),
-		buf:    make([]byte, 0, sendBatch),
-	}
-}
-
-// push queues t and, unless hold, writes what is queued. On a dead queue
-// it does nothing: t stays in the table, and the next generation sends it.
-func (q *queue) push(t *tx, hold bool) {
-	select {
-	case q.sendCh <- t:
-	default:
-		// Full: what is held must go out before anything more fits.
-		q.kick()
-		select {
-		case q.sendCh <- t:
-		case <-q.g.dead:
-			return
-		}
-	}
-	if !hold {
-		q.kick()
-	}
-}
-
-// kick writes what is queued at once if no one else is writing, else
-// leaves it to the writer or sendLoop.
-func (q *queue) kick() {
-	if len(q.sendCh) == 0 {
-		return
-	}
-	if q.token.CompareAndSwap(false, true) {
-		q.writeBatch()
-		q.release()
-		return
-	}
-	q.poke()
-}
-
-// release gives the token back and hands any queued work to sendLoop.
-func (q *queue) release() {
-	q.token.Store(false)
-	if len(q.sendCh) > 0 {
-		q.poke()
-	}
-}
-
-func (q *queue) poke() {
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-// sendLoop writes what submitters left queued.
-func (q *queue) sendLoop() {
-	for {
-		select {
-		case <-q.wake:
-		case <-q.g.dead:
-			return
-		}
-		for len(q.sendCh) > 0 && q.token.CompareAndSwap(false, true) {
-			for q.writeBatch() {
-			}
-			q.release()
-		}
-	}
-}
-
-// writeBatch writes what is queued, up to sendBatch bytes, in one stream
-// write, and reports whether it wrote anything. Once the generation is
-// dead it drops what it finds: the table keeps it for the next one.
-func (q *queue) writeBatch() bool {
-	buf := q.buf[:0]
-	wrote := false
-batch:
-	for len(buf) < sendBatch {
-		select {
-		case t := <-q.sendCh:
-			if q.g.isDead() {
-				continue // left in the table for the next generation
-			}
-			if t.hdr.Cmd == wire.CmdWrite && len(t.req.Data) >= largePayload {
-				// Large payloads skip the batch buffer: yamux copies
-				// them once anyway.
-				buf = q.appendHeader(buf, t)
-				q.write(buf)
-				q.write(t.req.Data)
-				buf, wrote = buf[:0], true
-				continue
-			}
-			buf = q.appendTx(buf, t)
-		default:
-			break batch
-		}
-	}
-	if len(buf) > 0 {
-		q.write(buf)
-		wrote = true
-	}
-	if cap(buf) > 4*sendBatch {
-		buf = make([]byte, 0, sendBatch)
-	}
-	q.buf = buf
-	return wrote
-}
-
-func (q *queue) write(p []byte) {
-	if _, err := q.st.Write(p); err != nil {
+func newQueue(g *generation, conn *crypto.Conn, raw net.Conn, index int) *queue {
+	q := &queue{a: g.a, g: g, sess: g.sess, conn: conn, raw: raw, index: index}
+	q.w = qconn.NewWriter(conn, q.encode, func(*tx) {}, func(err error) {
 		q.die(fmt.Errorf("sending: %w", err))
-	}
+	})
+	return q
 }
 
-// appendHeader encodes t's request header, with its deadline on this
-// session's server clock.
-func (q *queue) appendHeader(b []byte, t *tx) []byte {
-	n := len(b)
-	b = append(b, make([]byte, wire.RequestSize)...)
+// send hands t to the queue's writer. A transaction the writer drops (the
+// queue died) stays in the table for the next generation.
+func (q *queue) send(t *tx, mode qconn.Mode) { q.w.Send(t, mode) }
+
+// encode adds t's request, with its deadline on this session's server
+// clock, to a batch. A transaction that completed meanwhile (its deadline
+// passed while it waited) is skipped: its request may already be recycled.
+func (q *queue) encode(b *qconn.Batch, t *tx) {
+	if !t.startSending() {
+		return
+	}
 	h := t.hdr
 	h.Expires = q.sess.clock.expires(t.deadline)
-	h.Encode(b[n:])
-	return b
-}
-
-// appendTx encodes t's request, with its deadline on this session's
-// server clock, and its payload.
-func (q *queue) appendTx(b []byte, t *tx) []byte {
-	b = q.appendHeader(b, t)
-	if t.hdr.Cmd == wire.CmdWrite {
-		b = append(b, t.req.Data...)
+	h.Encode(b.Frame(wire.RequestSize))
+	if h.Cmd == wire.CmdWrite {
+		b.Payload(t.req.Data)
 	}
-	return b
+	t.doneSending()
 }
 
 // die kills the queue's generation, which every queue of it shares: what
 // is pending waits in the table for the next one.
 func (q *queue) die(err error) {
-	q.st.Close()
+	q.conn.Close()
 	q.g.kill(fmt.Errorf("queue %d: %w", q.index, err))
 }
 
-// recvLoop reads replies and completes their transactions. Read payloads
-// go straight into the NBD request's buffer and are verified there before
-// the request completes.
+// close ends the connection and waits until no goroutine writes on it.
+func (q *queue) close(graceful bool) {
+	if graceful {
+		q.raw.Close()
+	} else {
+		abort(q.raw)
+	}
+	q.w.Close()
+	q.w.Wait()
+}
+
+// recvLoop reads replies and completes their transactions.
 func (q *queue) recvLoop() {
-	br := bufio.NewReaderSize(q.st, recvBuffer)
 	var hb [wire.ReplySize]byte
 	for {
-		if _, err := io.ReadFull(br, hb[:]); err != nil {
+		if _, err := io.ReadFull(q.conn, hb[:]); err != nil {
 			q.die(fmt.Errorf("reading reply: %w", err))
 			return
 		}
@@ -210,18 +93,21 @@ func (q *queue) recvLoop() {
 			q.die(err)
 			return
 		}
-		if err := q.handle(br, &rep); err != nil {
+		if err := q.handle(&rep); err != nil {
 			q.die(err)
 			return
 		}
 	}
 }
 
-func (q *queue) handle(br *bufio.Reader, rep *wire.Reply) error {
-	t := q.a.take(rep.ID)
+// handle completes the transaction rep answers. A READ's payload is read
+// straight into the request's buffer (the record layer decrypts it there)
+// and verified before the request completes.
+func (q *queue) handle(rep *wire.Reply) error {
+	t := q.a.table.take(rep.ID)
 	if t == nil {
-		// Already completed (the attachment closed): skip the payload.
-		_, err := br.Discard(int(rep.Length))
+		// Already completed (deadline, close): skip the payload.
+		_, err := io.CopyN(io.Discard, q.conn, int64(rep.Length))
 		return err
 	}
 	// Only a successful READ carries a payload, of the length asked for.
@@ -230,13 +116,13 @@ func (q *queue) handle(br *bufio.Reader, rep *wire.Reply) error {
 		want = t.hdr.Length
 	}
 	if rep.Cmd != t.hdr.Cmd || rep.Length != want {
-		q.a.putBack(t)
+		q.a.table.putBack(t)
 		return fmt.Errorf("reply %d (%v, %v, %d bytes) does not match request (%v, %d bytes)",
 			rep.ID, rep.Cmd, rep.Status, rep.Length, t.hdr.Cmd, t.hdr.Length)
 	}
 	if want > 0 {
-		if _, err := io.ReadFull(br, t.req.Data); err != nil {
-			q.a.putBack(t)
+		if _, err := io.ReadFull(q.conn, t.req.Data); err != nil {
+			q.a.table.putBack(t)
 			return err
 		}
 		if wire.Checksum(t.req.Data) != rep.Checksum {

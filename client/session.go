@@ -13,13 +13,14 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// Session is one authenticated connection to a server: the encrypted
-// channel, its yamux session, its control stream, and what the server said
-// about itself.
+// Session is one control connection to a server: the encrypted channel,
+// its yamux session, its control stream, and what the server said about
+// itself. Queue connections bind to it (dialQueue).
 type Session struct {
 	mux    *yamux.Session
 	raw    net.Conn
 	info   wire.ServerInfo
+	said   wire.Hello // what this session said in HELLO
 	cipher crypto.Cipher
 	ctl    *yamux.Stream // control stream: PING and PONG after HELLO
 	clock  clockMap
@@ -67,10 +68,9 @@ func (s *Session) kill(err error) {
 // keepalive probes the session every interval on its control stream and
 // kills it when no answer has come for timeout, or the stream fails. A
 // frozen server process answers nothing, so this notices what TCP does
-// not: its kernel keeps acknowledging.
+// not: its kernel keeps acknowledging. PONGs are read by readPongs, which
+// the caller runs beside it.
 func (s *Session) keepalive(interval, timeout time.Duration) {
-	s.lastPong.Store(time.Now().UnixNano())
-	go s.readPongs()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	var seq uint64

@@ -97,7 +97,7 @@ func (e *restartEnv) attach(t *testing.T, replay int64) *Attachment {
 		Config: Config{Server: e.addr, PrivateKey: e.ck, ServerKey: e.sk.Public(), Logger: quietLogger(),
 			DialTimeout: 2 * time.Second},
 		Export:            "disk",
-		Queues:            2,
+		Connections:       2,
 		IOTimeout:         30 * time.Second,
 		KeepaliveInterval: 50 * time.Millisecond,
 		KeepaliveTimeout:  500 * time.Millisecond,

@@ -71,9 +71,9 @@ func cmdAttach(ctx context.Context, args []string) error {
 	cf := addClientFlags(fs)
 	listen := fs.String("nbd-listen", "", "serve the export as an NBD server on `unix:PATH or tcp:HOST:PORT`")
 	device := fs.String("device", "", "attach the export as kernel block device `/dev/nbdN`, or auto for a free one (printed on stdout)")
-	conns := fs.Int("connections", 1, "TCP connections to the server, each with its own encrypted channel (spreads crypto over cores)")
-	queues := fs.Int("queues", 0, "data streams per connection, and with a kernel device also its sockets (hardware queues);\n"+
-		"default 2 with --nbd-listen, the number of CPUs up to 4 with a device")
+	conns := fs.Int("connections", client.DefaultConnections(),
+		"queue connections to the server, each a TCP connection with its own encrypted channel\n(spreads crypto over cores); default one per CPU, up to 4")
+	queues := fs.Int("queues", 0, "with a kernel device: its sockets (hardware queues); default the number of CPUs up to 4")
 	ioTimeout := fs.Duration("io-timeout", 120*time.Second, "fail a request with EIO when it has no reply after this long; 0 waits forever")
 	keepalive := fs.Duration("keepalive", time.Second, "how often each connection to the server is probed")
 	keepaliveTimeout := fs.Duration("keepalive-timeout", 5*time.Second, "declare a connection dead and redial when it has not answered for this long")
@@ -105,9 +105,8 @@ func cmdAttach(ctx context.Context, args []string) error {
 		if kopt, err = newKernelOptions(*device, *queues, *ioTimeout, *deadConn); err != nil {
 			return err
 		}
-		*queues = kopt.queues
-	} else if *queues == 0 {
-		*queues = 2
+	} else if *queues != 0 {
+		return usagef("--queues sets a kernel device's sockets; with --nbd-listen, give --connections")
 	}
 	log := logger()
 	cfg, err := cf.config(pos[0], log)
@@ -130,7 +129,6 @@ func cmdAttach(ctx context.Context, args []string) error {
 		Config:            *cfg,
 		Export:            pos[1],
 		Connections:       *conns,
-		Queues:            *queues,
 		IOTimeout:         *ioTimeout,
 		KeepaliveInterval: *keepalive,
 		KeepaliveTimeout:  *keepaliveTimeout,

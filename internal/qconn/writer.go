@@ -59,6 +59,7 @@ type Writer[T any] struct {
 	fail   func(error) // the first write error, once
 
 	mu     sync.Mutex
+	idle   sync.Cond // signalled when busy is cleared
 	queue  []T
 	busy   bool
 	closed bool
@@ -85,6 +86,7 @@ func NewWriter[T any](conn *crypto.Conn, encode func(*Batch, T), drop func(T), f
 		done:   make(chan struct{}),
 		batch:  Batch{conn: conn},
 	}
+	w.idle.L = &w.mu
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
@@ -102,6 +104,27 @@ func (w *Writer[T]) Send(item T, mode Mode) {
 		return
 	}
 	w.queue = append(w.queue, item)
+	w.start(mode)
+}
+
+// SendAll queues items, which go out together, and, as mode allows,
+// writes what is queued.
+func (w *Writer[T]) SendAll(items []T, mode Mode) {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		for _, it := range items {
+			w.drop(it)
+		}
+		return
+	}
+	w.queue = append(w.queue, items...)
+	w.start(mode)
+}
+
+// start takes the token, if free, and writes as mode allows. The caller
+// holds mu, which start releases.
+func (w *Writer[T]) start(mode Mode) {
 	if w.busy {
 		w.mu.Unlock()
 		return // the token holder takes it
@@ -113,6 +136,19 @@ func (w *Writer[T]) Send(item T, mode Mode) {
 		return
 	}
 	w.run(mode)
+}
+
+// Hold takes the token as a writer would, waiting for it if need be, so
+// that items sent meanwhile wait in the queue; release writes them, as
+// Block does. Tests use it to stand for a writer stuck on the socket.
+func (w *Writer[T]) Hold() (release func()) {
+	w.mu.Lock()
+	for w.busy {
+		w.idle.Wait()
+	}
+	w.busy = true
+	w.mu.Unlock()
+	return func() { w.run(Block) }
 }
 
 // Kick has the flusher write whatever is queued, if no one is writing.
@@ -146,8 +182,16 @@ func (w *Writer[T]) Close() {
 	close(w.done)
 }
 
-// Wait waits for the flusher to exit, after Close.
-func (w *Writer[T]) Wait() { w.wg.Wait() }
+// Wait waits, after Close, until no goroutine is writing and the flusher
+// has exited: from then on nothing touches an item sent to w.
+func (w *Writer[T]) Wait() {
+	w.mu.Lock()
+	for w.busy {
+		w.idle.Wait()
+	}
+	w.mu.Unlock()
+	w.wg.Wait()
+}
 
 // handOff gives the token to the flusher.
 func (w *Writer[T]) handOff() { w.wake <- struct{}{} }
@@ -158,14 +202,14 @@ func (w *Writer[T]) run(mode Mode) {
 	for {
 		w.mu.Lock()
 		if w.closed {
-			w.busy = false
+			w.release()
 			w.mu.Unlock()
 			w.batch.reset()
 			return
 		}
 		items := w.queue
 		if len(items) == 0 {
-			w.busy = false
+			w.release()
 			w.mu.Unlock()
 			return
 		}
@@ -287,9 +331,15 @@ func (w *Writer[T]) failed(err error) {
 	w.batch.reset()
 	w.Close()
 	w.mu.Lock()
-	w.busy = false
+	w.release()
 	w.mu.Unlock()
 	w.fail(err)
+}
+
+// release clears the token. The caller holds mu.
+func (w *Writer[T]) release() {
+	w.busy = false
+	w.idle.Broadcast()
 }
 
 // Batch gathers the frames of one write. Small frames (headers, short

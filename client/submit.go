@@ -1,0 +1,190 @@
+package client
+
+import (
+	"syscall"
+	"time"
+
+	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/internal/qconn"
+	"github.com/dstproject/dst/wire"
+)
+
+// The Attachment as an nbd.Device: requests become transactions, replies
+// complete them.
+
+var cmdToWire = [...]wire.Cmd{
+	nbd.CmdRead:        wire.CmdRead,
+	nbd.CmdWrite:       wire.CmdWrite,
+	nbd.CmdFlush:       wire.CmdFlush,
+	nbd.CmdTrim:        wire.CmdTrim,
+	nbd.CmdWriteZeroes: wire.CmdWriteZeroes,
+}
+
+// Submit starts a transaction for r and, if no one is writing on its
+// queue, sends it from the caller's goroutine. It implements nbd.Device.
+func (a *Attachment) Submit(r *nbd.Request) {
+	if t := a.newTx(r); t != nil {
+		a.start(t, qconn.Block)
+	}
+}
+
+// SubmitBatch starts transactions for requests a client sent together
+// and sends them on one queue, in as few records and writes as the queue
+// allows. It implements nbd.BatchDevice.
+func (a *Attachment) SubmitBatch(rs []*nbd.Request) {
+	var batch []*tx
+	var q *queue
+	for _, r := range rs {
+		t := a.newTx(r)
+		if t == nil {
+			continue
+		}
+		tq, ok := a.table.enter(t, q) // one queue for the whole batch
+		if !ok || tq == nil {
+			continue
+		}
+		if tq != q && len(batch) > 0 {
+			q.w.SendAll(batch, qconn.Block) // a reconnect came between
+			batch = batch[:0]
+		}
+		q = tq
+		batch = append(batch, t)
+	}
+	if q != nil && len(batch) > 0 {
+		q.w.SendAll(batch, qconn.Block)
+	}
+}
+
+// newTx makes the transaction for r, or completes r with an error.
+func (a *Attachment) newTx(r *nbd.Request) *tx {
+	if int(r.Cmd) >= len(cmdToWire) || cmdToWire[r.Cmd] == 0 {
+		r.Complete(syscall.EINVAL)
+		return nil
+	}
+	t := &tx{req: r, tries: 1}
+	t.hdr = wire.Request{
+		Cmd:    cmdToWire[r.Cmd],
+		Length: r.Length,
+		ID:     a.nextID.Add(1),
+		Offset: r.Offset,
+	}
+	if a.cfg.IOTimeout > 0 {
+		t.deadline = time.Now().Add(a.cfg.IOTimeout)
+	}
+	if r.Flags&nbd.FlagFUA != 0 && t.hdr.Cmd != wire.CmdRead && t.hdr.Cmd != wire.CmdFlush {
+		t.hdr.Flags |= wire.FlagFUA
+	}
+	if r.Flags&nbd.FlagNoHole != 0 && t.hdr.Cmd == wire.CmdWriteZeroes {
+		t.hdr.Flags |= wire.FlagNoHole
+	}
+	switch t.hdr.Cmd {
+	case wire.CmdWrite:
+		t.hdr.Checksum = wire.Checksum(r.Data)
+		if a.replay != nil && a.replay.full() {
+			// No room to keep it for replay: make it durable instead.
+			t.hdr.Flags |= wire.FlagFUA
+		}
+	case wire.CmdFlush:
+		if a.replay != nil {
+			t.mark = a.replay.mark()
+		}
+	}
+	return t
+}
+
+// start enters t in the table and sends it on the current generation, or
+// leaves it to wait for the next one. mode says whether the caller may
+// write on the queue's connection itself.
+func (a *Attachment) start(t *tx, mode qconn.Mode) {
+	if q, ok := a.table.enter(t, nil); ok && q != nil {
+		q.send(t, mode)
+	}
+}
+
+// complete finishes t, which its reply took out of the table, with the
+// server's status.
+func (a *Attachment) complete(t *tx, st wire.Status) {
+	switch st {
+	case wire.StatusOK:
+		if a.replay != nil && !t.replay {
+			a.remember(t)
+		}
+		t.finish(nil)
+	case wire.StatusBadChecksum:
+		a.retry(t, "server saw a bad payload checksum")
+	case wire.StatusESTALE:
+		// The server fenced the session before starting t: a newer
+		// session has taken over, and t goes out again on it.
+		a.requeue(t)
+	case wire.StatusETIMEDOUT:
+		a.stats.timeouts.Add(1)
+		a.log.Error("transaction expired before the server could start it; not applied",
+			"id", t.hdr.ID, "cmd", t.hdr.Cmd, "offset", t.hdr.Offset, "length", t.hdr.Length)
+		t.finish(syscall.EIO)
+	default:
+		t.finish(statusError(st))
+	}
+}
+
+// remember records a successful transaction in the replay log: a write
+// not yet durable is kept, a FLUSH drops what it covered.
+func (a *Attachment) remember(t *tx) {
+	switch t.hdr.Cmd {
+	case wire.CmdWrite, wire.CmdTrim, wire.CmdWriteZeroes:
+		if t.hdr.Flags&wire.FlagFUA != 0 {
+			a.replay.durable(t.hdr.Offset, t.hdr.Length)
+		} else if a.replay.add(&t.hdr, t.req.Data, t.req.TakeBuffer()) {
+			a.autoFlush()
+		}
+	case wire.CmdFlush:
+		a.replay.flushed(t.mark)
+	}
+}
+
+// autoFlush sends a FLUSH of the attachment's own to trim the replay log.
+func (a *Attachment) autoFlush() {
+	r := nbd.NewRequest(nbd.CmdFlush, 0, 0, 0, nil, func(_ *nbd.Request, err error) {
+		a.replay.flushDone()
+		if err != nil {
+			a.log.Warn("flush to trim the replay buffer failed", "err", err)
+		}
+	})
+	if t := a.newTx(r); t != nil {
+		// The caller may be a queue's recvLoop, which must not wait on a
+		// socket: the queue's flusher writes it.
+		a.start(t, qconn.Defer)
+	}
+}
+
+// retry sends t again, or fails it once it has used up its tries.
+func (a *Attachment) retry(t *tx, why string) {
+	if t.tries >= maxTries {
+		a.log.Error("transaction failed", "id", t.hdr.ID, "cmd", t.hdr.Cmd, "offset", t.hdr.Offset,
+			"tries", t.tries, "reason", why)
+		t.finish(syscall.EIO)
+		return
+	}
+	t.tries++
+	a.stats.checksumRetries.Add(1)
+	a.log.Warn("resending transaction", "id", t.hdr.ID, "cmd", t.hdr.Cmd, "offset", t.hdr.Offset, "reason", why)
+	a.requeue(t)
+}
+
+// requeue sends again a transaction its reply took out of the table. The
+// caller is a queue's recvLoop, which must go on reading the replies that
+// let the server go on reading: it only queues, and the queue's flusher
+// writes.
+func (a *Attachment) requeue(t *tx) {
+	if q := a.table.reenter(t); q != nil {
+		q.send(t, qconn.Defer)
+	}
+}
+
+// statusError maps a reply status to the errno an NBD client sees.
+func statusError(st wire.Status) error {
+	if st < 0x100 {
+		return syscall.Errno(st)
+	}
+	return syscall.EIO
+}
+

@@ -1,0 +1,206 @@
+package client
+
+import (
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/wire"
+)
+
+// tx is one transaction: a request and its wire header.
+//
+// Ownership: the table is the only owner of a pending transaction, and a
+// transaction leaves it exactly once, by take, expire or drain; whoever
+// took it out finishes it (or puts it back). A writer may still be
+// sealing a transaction's request when it leaves the table (its deadline
+// passed while it waited behind a slow write), so the request's buffers
+// are guarded by state: a writer touches them only after moving the state
+// from txIdle to txSending, and finish never hands the request back to
+// the front end while a writer holds it, but leaves the completion to
+// that writer.
+type tx struct {
+	hdr      wire.Request
+	req      *nbd.Request
+	q        *queue // where it was last sent; nil while waiting for a session
+	deadline time.Time
+	tries    int    // sends after a checksum failure count here
+	mark     uint64 // FLUSH: the replay log sequence it covers
+	replay   bool   // a replayed write, owned by the reconnect
+
+	state atomic.Int32
+	err   error // the result finish left for the writer (txDoneLater)
+}
+
+// Transaction states.
+const (
+	txIdle      int32 = iota // no writer touches the request
+	txSending                // a writer is sealing the request
+	txDoneLater              // finished while txSending: the writer completes it
+	txDone                   // completed: the request is the front end's again
+)
+
+// startSending claims t's request for a writer; false means t has
+// completed and must be skipped.
+func (t *tx) startSending() bool { return t.state.CompareAndSwap(txIdle, txSending) }
+
+// doneSending releases t's request after sealing, completing t if it was
+// finished meanwhile.
+func (t *tx) doneSending() {
+	if !t.state.CompareAndSwap(txSending, txIdle) {
+		t.state.Store(txDone)
+		t.req.Complete(t.err)
+	}
+}
+
+// finish completes t with err (nil for success), or leaves that to the
+// writer that holds its request. Only the goroutine that took t out of
+// the table calls it.
+func (t *tx) finish(err error) {
+	for {
+		switch t.state.Load() {
+		case txIdle:
+			if t.state.CompareAndSwap(txIdle, txDone) {
+				t.req.Complete(err)
+				return
+			}
+		case txSending:
+			t.err = err
+			if t.state.CompareAndSwap(txSending, txDoneLater) {
+				return
+			}
+		default:
+			return
+		}
+	}
+}
+
+// table maps transaction ids to pending transactions, and says where new
+// ones go. One mutex guards both, so that a transaction is either entered
+// before a reconnect takes its snapshot of the table, and resent by it, or
+// after, and sent on the new generation.
+type table struct {
+	mu       sync.Mutex
+	pending  map[uint64]*tx
+	gen      *generation // carries new transactions; nil while reconnecting
+	instance wire.Identity
+	closed   bool
+	failed   error // set once the attachment can never carry requests again
+}
+
+// enter puts t in the table and returns the queue to send it on (near if
+// that is a queue of the current generation, else the next in turn), or
+// nil while there is none (the next generation will send it). It fails t
+// instead once the attachment is closed or failed.
+func (tb *table) enter(t *tx, near *queue) (*queue, bool) {
+	tb.mu.Lock()
+	if err := tb.refusal(); err != nil {
+		tb.mu.Unlock()
+		t.finish(err)
+		return nil, false
+	}
+	tb.pending[t.hdr.ID] = t
+	var q *queue
+	switch {
+	case near != nil && near.g == tb.gen:
+		q = near
+	case tb.gen != nil:
+		q = tb.gen.pick()
+	}
+	t.q = q
+	tb.mu.Unlock()
+	return q, true
+}
+
+// reenter puts a transaction its reply took out back in, to be sent again
+// on the generation it was on if that still lives and is current (or, for
+// a replayed write, replaying); else it waits for the next.
+func (tb *table) reenter(t *tx) *queue {
+	tb.mu.Lock()
+	if err := tb.refusal(); err != nil {
+		tb.mu.Unlock()
+		t.finish(err)
+		return nil
+	}
+	tb.pending[t.hdr.ID] = t
+	var q *queue
+	if t.q != nil {
+		if g := t.q.g; !g.isDead() && (g == tb.gen || t.replay) {
+			q = g.pick()
+		}
+	}
+	t.q = q
+	tb.mu.Unlock()
+	return q
+}
+
+// take removes a transaction from the table. It returns nil if the
+// transaction already left it.
+func (tb *table) take(id uint64) *tx {
+	tb.mu.Lock()
+	t := tb.pending[id]
+	delete(tb.pending, id)
+	tb.mu.Unlock()
+	return t
+}
+
+// putBack returns a transaction its reply took out of the table to wait
+// for the next generation: the reply was unusable and the queue is dying.
+func (tb *table) putBack(t *tx) {
+	tb.mu.Lock()
+	err := tb.refusal()
+	if err == nil {
+		t.q = nil
+		tb.pending[t.hdr.ID] = t
+	}
+	tb.mu.Unlock()
+	if err != nil {
+		t.finish(err)
+	}
+}
+
+// expire takes out the transactions whose deadline is before now.
+func (tb *table) expire(now time.Time) []*tx {
+	var expired []*tx
+	tb.mu.Lock()
+	for id, t := range tb.pending {
+		if !t.deadline.IsZero() && now.After(t.deadline) {
+			delete(tb.pending, id)
+			expired = append(expired, t)
+		}
+	}
+	tb.mu.Unlock()
+	return expired
+}
+
+// drain takes out every transaction.
+func (tb *table) drain() map[uint64]*tx {
+	tb.mu.Lock()
+	p := tb.pending
+	tb.pending = make(map[uint64]*tx)
+	tb.mu.Unlock()
+	return p
+}
+
+// len returns the number of pending transactions.
+func (tb *table) len() int {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	return len(tb.pending)
+}
+
+// refusal is the error a transaction entering the table gets instead:
+// ESHUTDOWN once the attachment is closed, EIO once it has failed for
+// good (fail emptied the table, and nothing would ever send it). Called
+// with mu held.
+func (tb *table) refusal() error {
+	switch {
+	case tb.closed:
+		return syscall.ESHUTDOWN
+	case tb.failed != nil:
+		return syscall.EIO
+	}
+	return nil
+}
