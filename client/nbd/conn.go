@@ -34,10 +34,11 @@ var errStopped = errors.New("nbd: connection stopping")
 
 // conn is the transmission phase of one connection.
 //
-// Locking: mu guards the reply queue, the in-flight accounting and the
-// lifecycle flags. The reader and Complete only append under mu; the writer
-// swaps the queue out under mu and writes with mu released, so a slow socket
-// never holds up a Device completing requests.
+// Locking: mu guards the reply queue, the writer token, the in-flight
+// accounting and the lifecycle flags. Whoever queues a reply and finds the
+// token free takes it and writes (writeQueued): it swaps the queue out under
+// mu and writes with mu released, again until the queue is empty, so a reply
+// queued meanwhile is always written by the token holder.
 type conn struct {
 	nc     net.Conn
 	br     *bufio.Reader
@@ -52,6 +53,7 @@ type conn struct {
 	inflight      int        // admitted and not yet written (or abandoned)
 	inflightBytes int64
 	readerDone    bool // no more requests will be admitted
+	writing       bool // the writer token: someone is writing replies
 	stopping      bool // ctx cancelled: the reader must not wait for budget
 	finished      bool // the writer is gone; Complete just recycles
 	wake          chan struct{}
@@ -63,7 +65,7 @@ type conn struct {
 	// to a BatchDevice.
 	held []*Request
 
-	// Owned by the writer goroutine.
+	// Owned by the holder of the writer token.
 	batch []*Request
 	iov   [][]byte
 	bufs  net.Buffers
@@ -226,7 +228,11 @@ func (r *Request) Complete(err error) {
 	r.conn.enqueue(r)
 }
 
-// enqueue hands a finished request to the writer.
+// enqueue queues a finished request's reply and, if no one is writing,
+// writes it from the caller's goroutine: the device's completion (a queue
+// connection's receive loop) writes the reply itself, with no hand-off to
+// another goroutine. Replies that complete while someone writes go out
+// with that writer's next batch.
 func (c *conn) enqueue(r *Request) {
 	c.mu.Lock()
 	if c.finished {
@@ -235,8 +241,13 @@ func (c *conn) enqueue(r *Request) {
 		return
 	}
 	c.queue = append(c.queue, r)
+	if c.writing {
+		c.mu.Unlock()
+		return
+	}
+	c.writing = true
 	c.mu.Unlock()
-	c.poke()
+	c.writeQueued()
 }
 
 // acquire admits one request costing cost bytes of payload, waiting while

@@ -133,8 +133,11 @@ func (c *conn) logInvalid(r *Request, errno Errno) {
 		"offset", r.Offset, "length", r.Length, "errno", errno)
 }
 
-// writeLoop sends completed replies until the reader is done and nothing is
-// in flight, or until the connection is abandoned.
+// writeLoop writes the replies that completed while someone else was
+// writing, if that writer left any, and ends once the reader is done and
+// nothing is in flight, or the connection is abandoned. Most replies never
+// reach it: the goroutine that completes a request writes its reply
+// itself when no one else is writing (writeQueued).
 func (c *conn) writeLoop() {
 	for {
 		select {
@@ -143,18 +146,37 @@ func (c *conn) writeLoop() {
 			return // finish recycled what was queued
 		}
 		c.mu.Lock()
-		c.batch, c.queue = c.queue, c.batch[:0]
+		take := !c.writing && len(c.queue) > 0
+		if take {
+			c.writing = true
+		}
 		c.mu.Unlock()
-
-		if len(c.batch) > 0 {
-			c.flush(c.batch)
+		if take {
+			c.writeQueued()
 		}
 		c.mu.Lock()
-		done := c.readerDone && c.inflight == 0
+		done := c.readerDone && c.inflight == 0 && !c.writing
 		c.mu.Unlock()
 		if done {
 			return
 		}
+	}
+}
+
+// writeQueued writes queued replies until there are none. The caller holds
+// the writer token (c.writing), which writeQueued gives back.
+func (c *conn) writeQueued() {
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 || c.finished {
+			c.writing = false
+			c.mu.Unlock()
+			c.poke() // writeLoop may be waiting for the end
+			return
+		}
+		c.batch, c.queue = c.queue, c.batch[:0]
+		c.mu.Unlock()
+		c.flush(c.batch)
 	}
 }
 
