@@ -154,12 +154,6 @@ func cmdAttach(ctx context.Context, args []string) error {
 		return err
 	}
 	defer l.Close()
-	if network == "unix" {
-		// The socket is the disk, with no authentication of its own.
-		if err := os.Chmod(address, 0o600); err != nil {
-			return fmt.Errorf("--nbd-listen: %w", err)
-		}
-	}
 	e := a.Export()
 	log.Info("ready", "export", e.Name, "size", e.Size, "flags", e.Flags.String(),
 		"server", cfg.Server, "cipher", a.Cipher().String(), "nbd", *listen)
@@ -193,7 +187,8 @@ func parseListen(s string) (network, address string, err error) {
 }
 
 // listenNBD listens on the NBD socket, replacing a stale unix socket that
-// nobody answers on.
+// nobody answers on. A unix socket gets mode 0600: it is the disk, with no
+// authentication of its own.
 func listenNBD(network, address string) (net.Listener, error) {
 	if network == "unix" {
 		if fi, err := os.Lstat(address); err == nil {
@@ -213,6 +208,10 @@ func listenNBD(network, address string) (net.Listener, error) {
 	}
 	if ul, ok := l.(*net.UnixListener); ok {
 		ul.SetUnlinkOnClose(true)
+		if err := os.Chmod(address, 0o600); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("--nbd-listen: %w", err)
+		}
 	}
 	return l, nil
 }
