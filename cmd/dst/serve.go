@@ -28,6 +28,14 @@ func cmdServe(ctx context.Context, args []string) error {
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
 	}
+	// Catch SIGHUP before anything says the server is up (the log line,
+	// READY): until signal.Notify, a SIGHUP kills the process, and
+	// `systemctl reload` may come the moment READY is sent. A SIGHUP
+	// during start-up waits in hup and reloads once serving. (main has
+	// caught SIGINT and SIGTERM before calling any command.)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	log := logger()
 
 	cfg := &server.Config{}
@@ -108,7 +116,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	notify(log, func() error {
 		return sdnotify.Status(fmt.Sprintf("serving %d exports on %s", len(names), l.Addr()))
 	})
-	go reloadOnHangup(ctx, log, srv, func() (*crypto.AuthorizedKeys, error) {
+	go reloadOnHangup(ctx, log, srv, hup, func() (*crypto.AuthorizedKeys, error) {
 		if *authFile != "" {
 			return crypto.LoadAuthorizedKeys(*authFile)
 		}
@@ -121,14 +129,12 @@ func cmdServe(ctx context.Context, args []string) error {
 	return srv.Serve(ctx, l)
 }
 
-// reloadOnHangup re-reads the authorized keys on SIGHUP, as sshd and
-// WireGuard's syncconf let one do: sessions of keys no longer listed end,
-// new connections are checked against the new list. A file that fails to
-// parse changes nothing.
-func reloadOnHangup(ctx context.Context, log *slog.Logger, srv *server.Server, load func() (*crypto.AuthorizedKeys, error)) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// reloadOnHangup re-reads the authorized keys on each SIGHUP that arrives
+// on hup, as sshd and WireGuard's syncconf let one do: sessions of keys no
+// longer listed end, new connections are checked against the new list. A
+// file that fails to parse changes nothing.
+func reloadOnHangup(ctx context.Context, log *slog.Logger, srv *server.Server, hup <-chan os.Signal,
+	load func() (*crypto.AuthorizedKeys, error)) {
 	for {
 		select {
 		case <-hup:
