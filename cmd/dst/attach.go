@@ -26,6 +26,7 @@ type clientFlags struct {
 	serverKey *string
 	cipher    *string
 	timeout   *time.Duration
+	keyMode   func(*slog.Logger) crypto.KeyModePolicy
 }
 
 func addClientFlags(fs *flag.FlagSet) *clientFlags {
@@ -34,6 +35,7 @@ func addClientFlags(fs *flag.FlagSet) *clientFlags {
 		serverKey: fs.String("server-key", "", "the server's public `KEY` (base64), or @FILE"),
 		cipher:    fs.String("cipher", "auto", "channel cipher: auto, aes-256-gcm, chacha20-poly1305"),
 		timeout:   fs.Duration("connect-timeout", 15*time.Second, "bound on connecting, handshake and autoconfiguration"),
+		keyMode:   keyModeFlag(fs),
 	}
 }
 
@@ -44,7 +46,7 @@ func (f *clientFlags) config(addr string, log *slog.Logger) (*client.Config, err
 	if *f.serverKey == "" {
 		return nil, usagef("no server key: give --server-key KEY or @FILE (the server logs its public key at start)")
 	}
-	k, err := crypto.LoadPrivateKey(*f.key)
+	k, err := crypto.LoadPrivateKey(*f.key, f.keyMode(log))
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 
 	"github.com/dstproject/dst/crypto"
@@ -40,4 +42,17 @@ func cmdPubkey(ctx context.Context, args []string) error {
 	}
 	fmt.Println(k.Public().String())
 	return nil
+}
+
+// keyModeFlag adds --allow-insecure-key-mode to fs and returns a function
+// that gives the policy for private key files once flags are parsed.
+func keyModeFlag(fs *flag.FlagSet) func(log *slog.Logger) crypto.KeyModePolicy {
+	allow := fs.Bool("allow-insecure-key-mode", false,
+		"use a private key file that group or others may access, with a warning, instead of refusing it")
+	return func(log *slog.Logger) crypto.KeyModePolicy {
+		return crypto.KeyModePolicy{AllowInsecure: *allow, Warn: func(e *crypto.KeyModeError) {
+			log.Warn("using a private key file that group or others may access, as allowed; make it private with chmod 600",
+				"file", e.Path, "mode", fmt.Sprintf("%04o", e.Mode.Perm()))
+		}}
+	}
 }

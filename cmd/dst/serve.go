@@ -24,6 +24,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	fs.Var(&exports, "export", "export a file or block device: `NAME=PATH[,ro]` (repeatable)")
 	fs.Var(&ciphers, "cipher", "allow only this `CIPHER` (aes-256-gcm, chacha20-poly1305; repeatable)")
 	workers := fs.Int("workers", 0, "bound on concurrently running I/O requests (default 64)")
+	keyMode := keyModeFlag(fs)
 	logger := logFlag(fs)
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
@@ -37,10 +38,11 @@ func cmdServe(ctx context.Context, args []string) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	log := logger()
+	keyPolicy := keyMode(log)
 
 	cfg := &server.Config{}
 	if *config != "" {
-		c, err := server.LoadConfig(*config)
+		c, err := server.LoadConfig(*config, keyPolicy)
 		if err != nil {
 			return err
 		}
@@ -53,7 +55,7 @@ func cmdServe(ctx context.Context, args []string) error {
 		cfg.Listen = ":7700"
 	}
 	if *keyFile != "" {
-		k, err := crypto.LoadPrivateKey(*keyFile)
+		k, err := crypto.LoadPrivateKey(*keyFile, keyPolicy)
 		if err != nil {
 			return err
 		}
@@ -120,7 +122,7 @@ func cmdServe(ctx context.Context, args []string) error {
 		if *authFile != "" {
 			return crypto.LoadAuthorizedKeys(*authFile)
 		}
-		c, err := server.LoadConfig(*config)
+		c, err := server.LoadConfig(*config, keyPolicy)
 		if err != nil {
 			return nil, err
 		}
