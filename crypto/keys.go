@@ -47,6 +47,14 @@ func (k *PrivateKey) clamp() {
 	k[31] = (k[31] & 127) | 64
 }
 
+// Clamped reports whether k is clamped as RFC 7748 describes: the low three
+// bits clear, the top bit clear and the one below it set. Keys from
+// GeneratePrivateKey and from WireGuard's wg genkey are; a public key looks
+// clamped only by chance (one in 16), so an unclamped key is most likely a
+// public key given where a private one belongs. X25519 clamps the scalar
+// itself, overwriting the bits read here, so their timing tells nothing.
+func (k PrivateKey) Clamped() bool { return k[0]&7 == 0 && k[31]&0xc0 == 0x40 }
+
 // Public returns the public key of k.
 func (k PrivateKey) Public() PublicKey {
 	var p PublicKey

@@ -52,6 +52,45 @@ func TestGeneratePrivateKey(t *testing.T) {
 	}
 }
 
+// TestClamped: generated keys are clamped, each clamping bit matters, and
+// RFC 7748's keys (public ones, and its private ones, which are stored
+// unclamped) are not.
+func TestClamped(t *testing.T) {
+	for range 100 {
+		k, err := GeneratePrivateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !k.Clamped() {
+			t.Fatalf("a generated key is not Clamped: first %#x last %#x", k[0], k[31])
+		}
+	}
+	k := testKey("clamp")
+	for _, bit := range []struct{ i, mask byte }{{0, 1}, {0, 2}, {0, 4}, {31, 0x80}, {31, 0x40}} {
+		o := k
+		o[bit.i] ^= bit.mask
+		if o.Clamped() {
+			t.Errorf("key with byte %d bit %#x flipped is Clamped", bit.i, bit.mask)
+		}
+	}
+	for _, h := range []string{
+		"77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+		"8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a",
+		"5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb",
+		"de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f",
+	} {
+		var o PrivateKey
+		copy(o[:], mustHex(t, h))
+		if o.Clamped() {
+			t.Errorf("%s is Clamped", h)
+		}
+		o.clamp()
+		if !o.Clamped() {
+			t.Errorf("%s clamped is not Clamped", h)
+		}
+	}
+}
+
 func TestKeyText(t *testing.T) {
 	k := testKey("text")
 	pub := k.Public()

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -79,4 +80,61 @@ func wantWarning(t *testing.T, p *proc, file, mode string) {
 		}
 	}
 	t.Errorf("%s logged no warning naming %s and mode %s", p.name, file, mode)
+}
+
+// TestPubkeyRefusesPublicKey: `dst pubkey` given a public key where the
+// private one belongs says so rather than printing a key derived from it.
+// Public keys are told apart by not being clamped, as every key from dst
+// keygen or wg genkey is; the two fixed ones are RFC 7748's, and the
+// generated one is used when it is not clamped-looking (15 times in 16).
+func TestPubkeyRefusesPublicKey(t *testing.T) {
+	requireDst(t)
+	_, pub := keygen(t, t.TempDir(), "k") // keygen checks that pubkey takes the private key
+	inputs := []string{"hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=", "3p7bfXt9wbTTW2HC7OQ1Nz+DQ8hbeGdNrfx+FG+IK08="}
+	if b, err := base64.StdEncoding.DecodeString(pub); err != nil {
+		t.Fatal(err)
+	} else if b[0]&7 != 0 || b[31]&0xc0 != 0x40 {
+		inputs = append(inputs, pub)
+	}
+	for _, in := range inputs {
+		out, err := runIn(strings.NewReader(in+"\n"), dstBin, "pubkey")
+		if err == nil {
+			t.Errorf("dst pubkey accepted the public key %s and printed %s", in, strings.TrimSpace(out))
+			continue
+		}
+		if !strings.Contains(out, "not clamped") || !strings.Contains(out, "public key") {
+			t.Errorf("dst pubkey refused the public key %s without saying it looks like one: %s", in, out)
+		}
+	}
+}
+
+// TestUnclampedKeyWarning: dst serve given a public key as its private key
+// file still starts (other tools make unclamped private keys, and X25519
+// clamps them), but warns that it looks like a public key.
+func TestUnclampedKeyWarning(t *testing.T) {
+	requireDst(t)
+	dir := t.TempDir()
+	key := filepath.Join(dir, "server.pub")
+	if err := os.WriteFile(key, []byte("hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, clientPub := keygen(t, dir, "client")
+	authorized := filepath.Join(dir, "authorized_keys")
+	img := filepath.Join(dir, "disk.img")
+	for _, f := range []struct{ path, body string }{{authorized, clientPub + "\n"}, {img, strings.Repeat("\x00", 1<<20)}} {
+		if err := os.WriteFile(f.path, []byte(f.body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := startProc(t, "dst serve", dstBin, "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--key", key, "--authorized-keys", authorized, "--export", "disk="+img)
+	if err := p.waitFor("listening", startTimeout, func() bool { return strings.Contains(p.out.String(), "listening") }); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(p.out.String(), "\n") {
+		if strings.Contains(line, "level=WARN") && strings.Contains(line, "not clamped") && strings.Contains(line, key) {
+			return
+		}
+	}
+	t.Errorf("dst serve gave no warning naming %s as not clamped", key)
 }

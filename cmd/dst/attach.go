@@ -50,6 +50,7 @@ func (f *clientFlags) config(addr string, log *slog.Logger) (*client.Config, err
 	if err != nil {
 		return nil, err
 	}
+	warnUnclamped(log, k, *f.key)
 	sk, err := crypto.LoadPublicKey(*f.serverKey)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--server-key: %w", err)}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -40,6 +41,10 @@ func cmdPubkey(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("reading a private key on stdin: %w", err)
 	}
+	if !k.Clamped() {
+		return errors.New("this does not look like a private key (it is not clamped); is it a public key? " +
+			"dst keygen and wg genkey make clamped private keys")
+	}
 	fmt.Println(k.Public().String())
 	return nil
 }
@@ -54,5 +59,16 @@ func keyModeFlag(fs *flag.FlagSet) func(log *slog.Logger) crypto.KeyModePolicy {
 			log.Warn("using a private key file that group or others may access, as allowed; make it private with chmod 600",
 				"file", e.Path, "mode", fmt.Sprintf("%04o", e.Mode.Perm()))
 		}}
+	}
+}
+
+// warnUnclamped logs a private key that is not clamped. It still works
+// (X25519 clamps it), and other tools may make such keys, but it may be a
+// public key given where the private one belongs: then anyone who has that
+// public key can pose as this host.
+func warnUnclamped(log *slog.Logger, k crypto.PrivateKey, source string) {
+	if !k.Clamped() {
+		log.Warn("the private key does not look like one (it is not clamped): if it is a public key, "+
+			"anyone who has that key can pose as this host; make a private key with dst keygen", "key", source)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -97,6 +98,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	case len(cfg.Exports) == 0:
 		return usagef("nothing to export: give --export NAME=PATH[,ro]")
 	}
+	warnUnclamped(log, cfg.PrivateKey, cmp.Or(*keyFile, "key of "+*config))
 
 	srv, err := server.New(cfg)
 	if err != nil {
