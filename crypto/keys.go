@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 
@@ -45,6 +46,14 @@ func (k *PrivateKey) clamp() {
 	k[0] &= 248
 	k[31] = (k[31] & 127) | 64
 }
+
+// Clamped reports whether k is clamped as RFC 7748 describes: the low three
+// bits clear, the top bit clear and the one below it set. Keys from
+// GeneratePrivateKey and from WireGuard's wg genkey are; a public key looks
+// clamped only by chance (one in 16), so an unclamped key is most likely a
+// public key given where a private one belongs. X25519 clamps the scalar
+// itself, overwriting the bits read here, so their timing tells nothing.
+func (k PrivateKey) Clamped() bool { return k[0]&7 == 0 && k[31]&0xc0 == 0x40 }
 
 // Public returns the public key of k.
 func (k PrivateKey) Public() PublicKey {
@@ -146,9 +155,55 @@ func decodeKey(s, kind string) ([KeySize]byte, error) {
 	return k, nil
 }
 
+// KeyModePolicy says what LoadPrivateKey does with a key file that group
+// or others may access. The zero value refuses it, as ssh does.
+type KeyModePolicy struct {
+	// AllowInsecure loads such a file anyway.
+	AllowInsecure bool
+	// Warn, if set, is told about each such file that AllowInsecure loads.
+	Warn func(*KeyModeError)
+}
+
+// KeyModeError is a private key file whose permissions let group or others
+// read it, or replace the key in it.
+type KeyModeError struct {
+	Path string
+	Mode fs.FileMode // permission bits
+}
+
+func (e *KeyModeError) Error() string {
+	return fmt.Sprintf("crypto: permissions %04o for private key file %s are too open: group or others may read or replace it; "+
+		"make it private with: chmod 600 %s", e.Mode.Perm(), e.Path, e.Path)
+}
+
+// check applies p to the opened key file. Only regular files and named
+// pipes are checked: their permission bits say who else can read the key
+// from them. An anonymous pipe (--key /dev/stdin fed by a pipe, or bash's
+// <(...)) has mode 0600 anyway; a terminal's bits say who may write to it,
+// not who can read the key.
+func (p KeyModePolicy) check(path string, fi fs.FileInfo) error {
+	m := fi.Mode()
+	if t := m.Type(); t != 0 && t != fs.ModeNamedPipe {
+		return nil
+	}
+	if m.Perm()&0o077 == 0 {
+		return nil
+	}
+	e := &KeyModeError{Path: path, Mode: m.Perm()}
+	if !p.AllowInsecure {
+		return e
+	}
+	if p.Warn != nil {
+		p.Warn(e)
+	}
+	return nil
+}
+
 // LoadPrivateKey reads a private key file: one line holding the base64 key.
-func LoadPrivateKey(path string) (PrivateKey, error) {
-	line, err := readKeyFile(path)
+// A file that group or others may access is refused with a *KeyModeError
+// unless policy allows it.
+func LoadPrivateKey(path string, policy KeyModePolicy) (PrivateKey, error) {
+	line, err := readKeyFile(path, func(fi fs.FileInfo) error { return policy.check(path, fi) })
 	if err != nil {
 		return PrivateKey{}, err
 	}
@@ -191,7 +246,7 @@ func LoadPublicKey(arg string) (PublicKey, error) {
 	if !isFile {
 		return ParsePublicKey(arg)
 	}
-	line, err := readKeyFile(path)
+	line, err := readKeyFile(path, nil)
 	if err != nil {
 		return PublicKey{}, err
 	}
@@ -202,13 +257,23 @@ func LoadPublicKey(arg string) (PublicKey, error) {
 	return PublicKey(b), nil
 }
 
-// readKeyFile returns the single non-empty line of a key file.
-func readKeyFile(path string) (string, error) {
+// readKeyFile returns the single non-empty line of a key file. check, if
+// set, sees the opened file before anything is read from it.
+func readKeyFile(path string, check func(fs.FileInfo) error) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("crypto: reading key file: %w", err)
 	}
 	defer f.Close()
+	if check != nil {
+		fi, err := f.Stat()
+		if err != nil {
+			return "", fmt.Errorf("crypto: reading key file: %w", err)
+		}
+		if err := check(fi); err != nil {
+			return "", err
+		}
+	}
 	b, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
 	if err != nil {
 		return "", fmt.Errorf("crypto: reading key file %s: %w", path, err)

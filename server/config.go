@@ -89,12 +89,13 @@ func checkVolatile(e ExportConfig) error {
 
 // configFile is the TOML layout of a configuration file.
 type configFile struct {
-	Listen         string       `toml:"listen"`
-	Key            string       `toml:"key"`
-	AuthorizedKeys string       `toml:"authorized_keys"`
-	Ciphers        []string     `toml:"ciphers"`
-	Workers        int          `toml:"workers"`
-	Export         []exportFile `toml:"export"`
+	Listen               string       `toml:"listen"`
+	Key                  string       `toml:"key"`
+	AuthorizedKeys       string       `toml:"authorized_keys"`
+	Ciphers              []string     `toml:"ciphers"`
+	Workers              int          `toml:"workers"`
+	AllowInsecureKeyMode bool         `toml:"allow_insecure_key_mode"`
+	Export               []exportFile `toml:"export"`
 }
 
 type exportFile struct {
@@ -111,6 +112,7 @@ type exportFile struct {
 //	authorized_keys = "authorized_keys"
 //	ciphers = ["chacha20-poly1305"]     # optional; default all
 //	workers = 64                        # optional
+//	allow_insecure_key_mode = false     # optional; see crypto.KeyModePolicy
 //
 //	[[export]]
 //	name = "disk"
@@ -120,8 +122,9 @@ type exportFile struct {
 //
 // Relative paths are relative to the file's directory. Unknown keys are an
 // error, so a misspelt option is not silently ignored. The key files are
-// loaded; the exports are opened by New.
-func LoadConfig(path string) (*Config, error) {
+// loaded, the private key under keyMode (which allow_insecure_key_mode =
+// true relaxes); the exports are opened by New.
+func LoadConfig(path string, keyMode crypto.KeyModePolicy) (*Config, error) {
 	var f configFile
 	md, err := toml.DecodeFile(path, &f)
 	if err != nil {
@@ -145,7 +148,10 @@ func LoadConfig(path string) (*Config, error) {
 	if f.Workers < 0 {
 		return nil, fmt.Errorf("server: config %s: workers = %d: want a positive number", path, f.Workers)
 	}
-	if err := loadKeys(c, rel(f.Key), rel(f.AuthorizedKeys)); err != nil {
+	if f.AllowInsecureKeyMode {
+		keyMode.AllowInsecure = true
+	}
+	if err := loadKeys(c, rel(f.Key), rel(f.AuthorizedKeys), keyMode); err != nil {
 		return nil, fmt.Errorf("server: config %s: %w", path, err)
 	}
 	for _, s := range f.Ciphers {
@@ -171,14 +177,14 @@ func LoadConfig(path string) (*Config, error) {
 	return c, nil
 }
 
-func loadKeys(c *Config, key, authorized string) error {
+func loadKeys(c *Config, key, authorized string, keyMode crypto.KeyModePolicy) error {
 	if key == "" {
 		return errors.New("no private key: set key = \"PATH\"")
 	}
 	if authorized == "" {
 		return errors.New("no authorized keys: set authorized_keys = \"PATH\"")
 	}
-	k, err := crypto.LoadPrivateKey(key)
+	k, err := crypto.LoadPrivateKey(key, keyMode)
 	if err != nil {
 		return err
 	}

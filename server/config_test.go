@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,7 +85,7 @@ name = "scratch"
 path = "/tmp/scratch.img"
 volatile = true
 `), 0o600)
-	c, err := server.LoadConfig(path)
+	c, err := server.LoadConfig(path, crypto.KeyModePolicy{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +131,7 @@ func TestLoadConfigErrors(t *testing.T) {
 	} {
 		path := filepath.Join(dir, "dst.toml")
 		os.WriteFile(path, []byte(tt.body), 0o600)
-		_, err := server.LoadConfig(path)
+		_, err := server.LoadConfig(path, crypto.KeyModePolicy{})
 		if err == nil || !strings.Contains(err.Error(), tt.err) {
 			t.Errorf("%s: error %v, want %q", tt.name, err, tt.err)
 		}
@@ -165,5 +166,48 @@ func TestNewValidates(t *testing.T) {
 	}
 	if err := srv.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLoadConfigKeyMode: a key file that group or others may access is
+// refused unless the caller's policy or allow_insecure_key_mode = true
+// allows it; then the caller's Warn hears of it.
+func TestLoadConfigKeyMode(t *testing.T) {
+	dir := t.TempDir()
+	sk, _ := writeKeys(t, dir)
+	keyPath := filepath.Join(dir, "server.key")
+	if err := os.Chmod(keyPath, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	body := "key = \"server.key\"\nauthorized_keys = \"authorized_keys\"\n"
+	export := "[[export]]\nname = \"d\"\npath = \"/x\"\n"
+	for _, tt := range []struct {
+		name   string
+		body   string
+		allow  bool // the caller's policy
+		refuse bool
+	}{
+		{"refused", body + export, false, true},
+		{"allowed by the caller", body + export, true, false},
+		{"allowed by the file", body + "allow_insecure_key_mode = true\n" + export, false, false},
+		{"the file cannot forbid it", body + "allow_insecure_key_mode = false\n" + export, true, false},
+	} {
+		path := filepath.Join(dir, "dst.toml")
+		os.WriteFile(path, []byte(tt.body), 0o600)
+		var warned []string
+		c, err := server.LoadConfig(path, crypto.KeyModePolicy{AllowInsecure: tt.allow,
+			Warn: func(e *crypto.KeyModeError) { warned = append(warned, e.Path) }})
+		var me *crypto.KeyModeError
+		switch {
+		case tt.refuse && !errors.As(err, &me):
+			t.Errorf("%s: error %v, want a *crypto.KeyModeError", tt.name, err)
+		case tt.refuse && !strings.Contains(err.Error(), keyPath):
+			t.Errorf("%s: error %v does not name %s", tt.name, err, keyPath)
+		case tt.refuse:
+		case err != nil || !c.PrivateKey.Equal(sk):
+			t.Errorf("%s: LoadConfig = %v; want the key", tt.name, err)
+		case len(warned) != 1 || warned[0] != keyPath:
+			t.Errorf("%s: warned about %v, want %s", tt.name, warned, keyPath)
+		}
 	}
 }

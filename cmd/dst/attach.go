@@ -8,13 +8,16 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dstproject/dst/client"
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/internal/sdnotify"
+	"golang.org/x/sys/unix"
 )
 
 // clientFlags are the flags every command that dials a server shares.
@@ -23,6 +26,7 @@ type clientFlags struct {
 	serverKey *string
 	cipher    *string
 	timeout   *time.Duration
+	keyMode   func(*slog.Logger) crypto.KeyModePolicy
 }
 
 func addClientFlags(fs *flag.FlagSet) *clientFlags {
@@ -31,6 +35,7 @@ func addClientFlags(fs *flag.FlagSet) *clientFlags {
 		serverKey: fs.String("server-key", "", "the server's public `KEY` (base64), or @FILE"),
 		cipher:    fs.String("cipher", "auto", "channel cipher: auto, aes-256-gcm, chacha20-poly1305"),
 		timeout:   fs.Duration("connect-timeout", 15*time.Second, "bound on connecting, handshake and autoconfiguration"),
+		keyMode:   keyModeFlag(fs),
 	}
 }
 
@@ -41,10 +46,11 @@ func (f *clientFlags) config(addr string, log *slog.Logger) (*client.Config, err
 	if *f.serverKey == "" {
 		return nil, usagef("no server key: give --server-key KEY or @FILE (the server logs its public key at start)")
 	}
-	k, err := crypto.LoadPrivateKey(*f.key)
+	k, err := crypto.LoadPrivateKey(*f.key, f.keyMode(log))
 	if err != nil {
 		return nil, err
 	}
+	warnUnclamped(log, k, *f.key)
 	sk, err := crypto.LoadPublicKey(*f.serverKey)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--server-key: %w", err)}
@@ -152,12 +158,6 @@ func cmdAttach(ctx context.Context, args []string) error {
 		return err
 	}
 	defer l.Close()
-	if network == "unix" {
-		// The socket is the disk, with no authentication of its own.
-		if err := os.Chmod(address, 0o600); err != nil {
-			return fmt.Errorf("--nbd-listen: %w", err)
-		}
-	}
 	e := a.Export()
 	log.Info("ready", "export", e.Name, "size", e.Size, "flags", e.Flags.String(),
 		"server", cfg.Server, "cipher", a.Cipher().String(), "nbd", *listen)
@@ -193,26 +193,79 @@ func parseListen(s string) (network, address string, err error) {
 // listenNBD listens on the NBD socket, replacing a stale unix socket that
 // nobody answers on.
 func listenNBD(network, address string) (net.Listener, error) {
-	if network == "unix" {
-		if fi, err := os.Lstat(address); err == nil {
-			if fi.Mode()&os.ModeSocket == 0 {
-				return nil, fmt.Errorf("--nbd-listen: %s exists and is not a socket", address)
-			}
-			if c, err := net.Dial("unix", address); err == nil {
-				c.Close()
-				return nil, fmt.Errorf("--nbd-listen: %s is in use by another process", address)
-			}
-			os.Remove(address)
+	if network == "tcp" {
+		l, err := net.Listen(network, address)
+		if err != nil {
+			return nil, fmt.Errorf("--nbd-listen: %w", err)
 		}
+		return l, nil
 	}
-	l, err := net.Listen(network, address)
+	if fi, err := os.Lstat(address); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("--nbd-listen: %s exists and is not a socket", address)
+		}
+		if c, err := net.Dial("unix", address); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("--nbd-listen: %s is in use by another process", address)
+		}
+		os.Remove(address)
+	}
+	l, err := listenPrivateUnix(address)
 	if err != nil {
 		return nil, fmt.Errorf("--nbd-listen: %w", err)
 	}
-	if ul, ok := l.(*net.UnixListener); ok {
-		ul.SetUnlinkOnClose(true)
-	}
 	return l, nil
+}
+
+// listenPrivateUnix listens on a unix socket at path that only this user
+// can connect to, from the moment path exists: the socket is the disk, with
+// no authentication of its own. bind(2) creates the socket under the
+// umask, and a chmod afterwards leaves a moment in which another user can
+// connect and keep the connection. So the socket is bound in a new
+// directory of mode 0700 next to path, where nobody else can reach it,
+// given mode 0600 there, and only then linked to path. link(2), unlike
+// rename(2), fails if something appeared at path meanwhile, as bind would.
+func listenPrivateUnix(path string) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".dst-nbd-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	if len(tmp) > len(unix.RawSockaddrUnix{}.Path) {
+		return nil, fmt.Errorf("socket path %s is too long: it is first bound as %s, and a unix socket path has at most %d bytes",
+			path, tmp, len(unix.RawSockaddrUnix{}.Path))
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	l.SetUnlinkOnClose(false) // the socket lives at path, not tmp
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if err := os.Link(tmp, path); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return &unixListener{UnixListener: l, path: path}, nil
+}
+
+// unixListener is a unix socket listener whose socket was moved to path;
+// Close removes it there.
+type unixListener struct {
+	*net.UnixListener
+	path   string
+	unlink sync.Once
+}
+
+func (l *unixListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
+
+func (l *unixListener) Close() error {
+	err := l.UnixListener.Close()
+	l.unlink.Do(func() { os.Remove(l.path) })
+	return err
 }
 
 // explain turns common attach failures into what the user should do.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -24,15 +25,25 @@ func cmdServe(ctx context.Context, args []string) error {
 	fs.Var(&exports, "export", "export a file or block device: `NAME=PATH[,ro]` (repeatable)")
 	fs.Var(&ciphers, "cipher", "allow only this `CIPHER` (aes-256-gcm, chacha20-poly1305; repeatable)")
 	workers := fs.Int("workers", 0, "bound on concurrently running I/O requests (default 64)")
+	keyMode := keyModeFlag(fs)
 	logger := logFlag(fs)
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
 	}
+	// Catch SIGHUP before anything says the server is up (the log line,
+	// READY): until signal.Notify, a SIGHUP kills the process, and
+	// `systemctl reload` may come the moment READY is sent. A SIGHUP
+	// during start-up waits in hup and reloads once serving. (main has
+	// caught SIGINT and SIGTERM before calling any command.)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	log := logger()
+	keyPolicy := keyMode(log)
 
 	cfg := &server.Config{}
 	if *config != "" {
-		c, err := server.LoadConfig(*config)
+		c, err := server.LoadConfig(*config, keyPolicy)
 		if err != nil {
 			return err
 		}
@@ -45,7 +56,7 @@ func cmdServe(ctx context.Context, args []string) error {
 		cfg.Listen = ":7700"
 	}
 	if *keyFile != "" {
-		k, err := crypto.LoadPrivateKey(*keyFile)
+		k, err := crypto.LoadPrivateKey(*keyFile, keyPolicy)
 		if err != nil {
 			return err
 		}
@@ -87,6 +98,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	case len(cfg.Exports) == 0:
 		return usagef("nothing to export: give --export NAME=PATH[,ro]")
 	}
+	warnUnclamped(log, cfg.PrivateKey, cmp.Or(*keyFile, "key of "+*config))
 
 	srv, err := server.New(cfg)
 	if err != nil {
@@ -108,11 +120,11 @@ func cmdServe(ctx context.Context, args []string) error {
 	notify(log, func() error {
 		return sdnotify.Status(fmt.Sprintf("serving %d exports on %s", len(names), l.Addr()))
 	})
-	go reloadOnHangup(ctx, log, srv, func() (*crypto.AuthorizedKeys, error) {
+	go reloadOnHangup(ctx, log, srv, hup, func() (*crypto.AuthorizedKeys, error) {
 		if *authFile != "" {
 			return crypto.LoadAuthorizedKeys(*authFile)
 		}
-		c, err := server.LoadConfig(*config)
+		c, err := server.LoadConfig(*config, keyPolicy)
 		if err != nil {
 			return nil, err
 		}
@@ -121,14 +133,12 @@ func cmdServe(ctx context.Context, args []string) error {
 	return srv.Serve(ctx, l)
 }
 
-// reloadOnHangup re-reads the authorized keys on SIGHUP, as sshd and
-// WireGuard's syncconf let one do: sessions of keys no longer listed end,
-// new connections are checked against the new list. A file that fails to
-// parse changes nothing.
-func reloadOnHangup(ctx context.Context, log *slog.Logger, srv *server.Server, load func() (*crypto.AuthorizedKeys, error)) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// reloadOnHangup re-reads the authorized keys on each SIGHUP that arrives
+// on hup, as sshd and WireGuard's syncconf let one do: sessions of keys no
+// longer listed end, new connections are checked against the new list. A
+// file that fails to parse changes nothing.
+func reloadOnHangup(ctx context.Context, log *slog.Logger, srv *server.Server, hup <-chan os.Signal,
+	load func() (*crypto.AuthorizedKeys, error)) {
 	for {
 		select {
 		case <-hup:
