@@ -1,18 +1,101 @@
 #!/usr/bin/env python3
 """benchstat: the python half of scripts/bench.
 
+  watch READY OUT DENSE_AFTER LABEL=PID...
+      Sample CPU time and context switches of the processes until SIGTERM,
+      then write "cpu_ticks<TAB>ctxsw<TAB>label" deltas to OUT.
   fio FILE
       Print "iops total_ios" of a fio --output-format=json run (reads plus writes).
+  perf FILE
+      Print "cpu_us ctxsw" from a `perf stat -x,` output file.
   report TSV [--json FILE] [--title TEXT] [--meta KEY=VALUE]...
       Print the markdown tables of the figures in TSV (round, target, key, value)
       and write them all as JSON.
 """
 
 import json
+import os
+import signal
 import statistics
 import sys
+import time
 
-# --- fio ---------------------------------------------------------------------
+# --- watch -------------------------------------------------------------------
+
+
+class Stop(Exception):
+    pass
+
+
+def cpu_ticks(pid):
+    """utime+stime of the whole process, exited threads included, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    # The command name may hold spaces and parentheses; the fields after it do not.
+    fields = s[s.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def thread_switches(pid):
+    """{tid: voluntary+nonvoluntary context switches} of the threads alive now."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        n = 0
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        n += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited between listdir and open
+        out[tid] = n
+    return out
+
+
+def watch(ready, out, dense_after, specs):
+    """Context switches are only counted per thread, and a thread's count goes when the
+    thread does: nbdkit ends a connection's worker threads when the client disconnects.
+    So the threads are sampled through the run and each thread's last count is kept;
+    a thread's switches between its last sample and its exit are lost. Sampling is
+    every 200 ms until DENSE_AFTER seconds, then every 10 ms, so that the last sample
+    before the workers exit falls within 10 ms of the end of the run. Threads that
+    appear after the first sample count from zero. dst (Go) keeps its threads."""
+    procs = []
+    for spec in specs:
+        label, pid = spec.rsplit("=", 1)
+        procs.append((label, int(pid)))
+
+    def on_term(signum, frame):
+        raise Stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    cpu0 = {pid: cpu_ticks(pid) for _, pid in procs}
+    base = {pid: thread_switches(pid) for _, pid in procs}
+    last = {pid: dict(base[pid]) for _, pid in procs}
+    with open(ready, "w") as f:
+        f.write("ready\n")
+    start = time.monotonic()
+
+    def sample():
+        for _, pid in procs:
+            now = thread_switches(pid)  # not merged until complete, in case Stop lands inside
+            last[pid].update(now)
+
+    try:
+        while True:
+            time.sleep(0.2 if time.monotonic() - start < dense_after else 0.01)
+            sample()
+    except Stop:
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sample()
+    with open(out, "w") as f:
+        for label, pid in procs:
+            csw = sum(n - base[pid].get(tid, 0) for tid, n in last[pid].items())
+            f.write(f"{cpu_ticks(pid) - cpu0[pid]}\t{csw}\t{label}\n")
+
+
+# --- fio and perf ------------------------------------------------------------
 
 
 def fio(path):
@@ -26,6 +109,22 @@ def fio(path):
     print(f"{iops:.0f} {ios}")
 
 
+def perf(path):
+    cpu_us = csw = None
+    with open(path) as f:
+        for line in f:
+            p = line.strip().split(",")
+            if len(p) < 3 or not p[0] or p[0].startswith("<"):
+                continue
+            if p[2].startswith("cpu-clock"):
+                cpu_us = float(p[0]) * 1000 if p[1] == "msec" else float(p[0]) / 1000
+            elif p[2].startswith("context-switches"):
+                csw = float(p[0])
+    if cpu_us is None or csw is None:
+        sys.exit(f"benchstat: no cpu-clock and context-switches in {path}")
+    print(f"{cpu_us:.0f} {csw:.0f}")
+
+
 # --- report ------------------------------------------------------------------
 
 TARGETS = ["dst", "nbdkit-relay", "nbdkit-tls", "nbdkit-tcp"]
@@ -37,6 +136,16 @@ METRICS = [
     ("randwrite_qd1_iops", "randwrite QD1 IOPS", "{:.0f}"),
     ("randwrite_qd32_iops", "randwrite QD32 IOPS", "{:.0f}"),
 ]
+PROCESSES = ["dst attach", "dst serve", "nbdkit-relay relay", "nbdkit-relay server",
+             "nbdkit-tls server", "nbdkit-tcp server"]
+COSTS = [
+    ("randread_qd1.cpu_us_per_req", "randread QD1 µs CPU/req", "{:.1f}"),
+    ("randread_qd1.ctxsw_per_req", "randread QD1 switches/req", "{:.2f}"),
+    ("randwrite_qd1.cpu_us_per_req", "randwrite QD1 µs CPU/req", "{:.1f}"),
+    ("randwrite_qd1.ctxsw_per_req", "randwrite QD1 switches/req", "{:.2f}"),
+]
+PERF_COSTS = [(k.replace(".", ".perf_"), n, f) for k, n, f in COSTS]
+
 
 def value(s):
     try:
@@ -126,6 +235,21 @@ def report(args):
               [[name] + [cell(t, k, fmt) for t in TARGETS] + [ratio(k, o) for o in TARGETS[1:]]
                for k, name, fmt in METRICS])
 
+    for costs, what in ((COSTS, "/proc/PID/stat and /proc/PID/task/*/status"),
+                        (PERF_COSTS, "perf stat -e context-switches,cpu-clock -p PID")):
+        procs = [p for p in PROCESSES + sorted(set(per) - set(PROCESSES))
+                 if any(k in per.get(p, {}) for k, _, _ in costs)]
+        if not procs:
+            continue
+        print(f"Cost per request during the QD1 runs, per process ({what}), per round:")
+        print()
+        table(["process"] + [n for _, n, _ in costs],
+              [[p] + [cell(p, k, fmt, True) for k, _, fmt in costs] for p in procs])
+        print(f"Cost per request during the QD1 runs ({what}), medians:")
+        print()
+        table(["process"] + [n for _, n, _ in costs],
+              [[p] + [cell(p, k, fmt) for k, _, fmt in costs] for p in procs])
+
     floor = extra.get("floor")
     if floor:
         print("Round trips of a 4 KiB token through processes that do no work (scripts/hopfloor.c):")
@@ -152,8 +276,12 @@ def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     cmd, args = sys.argv[1], sys.argv[2:]
-    if cmd == "fio":
+    if cmd == "watch":
+        watch(args[0], args[1], float(args[2]), args[3:])
+    elif cmd == "fio":
         fio(args[0])
+    elif cmd == "perf":
+        perf(args[0])
     elif cmd == "report":
         report(args)
     else:
