@@ -15,6 +15,7 @@
 
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -166,6 +167,17 @@ def table(header, rows):
     print()
 
 
+def size_mib(s):
+    """MiB in a dst size such as 256MiB, 1GiB or 0; None if it is not one."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B?)", s.strip(), re.I)
+    if not m:
+        return None
+    unit = m.group(2).upper().rstrip("B")
+    scale = {"": 1, "K": 1e3, "KI": 1024, "M": 1e6, "MI": 1 << 20,
+             "G": 1e9, "GI": 1 << 30, "T": 1e12, "TI": 1 << 40}.get(unit)
+    return None if scale is None else float(m.group(1)) * scale / (1 << 20)
+
+
 def nest(flat):
     """{"a.b": v} -> {"a": {"b": v}}."""
     out = {}
@@ -194,7 +206,7 @@ def report(args):
             sys.exit(f"benchstat: unknown report flag {flag}")
 
     per = {}  # per[target][key][round] = value
-    extra = {}  # round-0 sections: floor
+    extra = {}  # round-0 sections: memory, floor
     with open(tsv) as f:
         for line in f:
             r, target, key, v = line.rstrip("\n").split("\t")
@@ -249,6 +261,22 @@ def report(args):
         print()
         table(["process"] + [n for _, n, _ in costs],
               [[p] + [cell(p, k, fmt) for k, _, fmt in costs] for p in procs])
+
+    mem = extra.get("memory")
+    if mem:
+        print(f"Memory: dst attach --connections {mem['connections']:.0f}, fio {mem['workload']}"
+              f" for {mem['runtime_s']:.0f} s, --replay-buffer {mem['replay_buffer']}:")
+        print()
+        table(["process", "peak RSS (VmHWM) MiB"],
+              [["dst attach", f"{mem['attach_peak_rss_MiB']:.1f}"],
+               ["dst serve", f"{mem['serve_peak_rss_MiB']:.1f}"]])
+        rb = size_mib(str(mem["replay_buffer"]))
+        if rb is not None:
+            bound = 256 + rb
+            verdict = "under" if mem["attach_peak_rss_MiB"] < bound else "OVER"
+            print(f"dst attach peak RSS {mem['attach_peak_rss_MiB']:.1f} MiB is {verdict} 256 MiB + the"
+                  f" replay buffer ({rb:.0f} MiB) = {bound:.0f} MiB.")
+            print()
 
     floor = extra.get("floor")
     if floor:
