@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""benchstat: the python half of scripts/bench.
+
+  watch READY OUT DENSE_AFTER LABEL=PID...
+      Sample CPU time and context switches of the processes until SIGTERM,
+      then write "cpu_ticks<TAB>ctxsw<TAB>label" deltas to OUT.
+  fio FILE
+      Print "iops total_ios" of a fio --output-format=json run (reads plus writes).
+  perf FILE
+      Print "cpu_us ctxsw" from a `perf stat -x,` output file.
+  report TSV [--json FILE] [--title TEXT] [--meta KEY=VALUE]...
+      Print the markdown tables of the figures in TSV (round, target, key, value)
+      and write them all as JSON.
+"""
+
+import json
+import os
+import re
+import signal
+import statistics
+import sys
+import time
+
+# --- watch -------------------------------------------------------------------
+
+
+class Stop(Exception):
+    pass
+
+
+def cpu_ticks(pid):
+    """utime+stime of the whole process, exited threads included, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    # The command name may hold spaces and parentheses; the fields after it do not.
+    fields = s[s.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def thread_switches(pid):
+    """{tid: voluntary+nonvoluntary context switches} of the threads alive now."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        n = 0
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        n += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited between listdir and open
+        out[tid] = n
+    return out
+
+
+def watch(ready, out, dense_after, specs):
+    """Context switches are only counted per thread, and a thread's count goes when the
+    thread does: nbdkit ends a connection's worker threads when the client disconnects.
+    So the threads are sampled through the run and each thread's last count is kept;
+    a thread's switches between its last sample and its exit are lost. Sampling is
+    every 200 ms until DENSE_AFTER seconds, then every 10 ms, so that the last sample
+    before the workers exit falls within 10 ms of the end of the run. Threads that
+    appear after the first sample count from zero. dst (Go) keeps its threads."""
+    procs = []
+    for spec in specs:
+        label, pid = spec.rsplit("=", 1)
+        procs.append((label, int(pid)))
+
+    def on_term(signum, frame):
+        raise Stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    cpu0 = {pid: cpu_ticks(pid) for _, pid in procs}
+    base = {pid: thread_switches(pid) for _, pid in procs}
+    last = {pid: dict(base[pid]) for _, pid in procs}
+    with open(ready, "w") as f:
+        f.write("ready\n")
+    start = time.monotonic()
+
+    def sample():
+        for _, pid in procs:
+            now = thread_switches(pid)  # not merged until complete, in case Stop lands inside
+            last[pid].update(now)
+
+    try:
+        while True:
+            time.sleep(0.2 if time.monotonic() - start < dense_after else 0.01)
+            sample()
+    except Stop:
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sample()
+    with open(out, "w") as f:
+        for label, pid in procs:
+            csw = sum(n - base[pid].get(tid, 0) for tid, n in last[pid].items())
+            f.write(f"{cpu_ticks(pid) - cpu0[pid]}\t{csw}\t{label}\n")
+
+
+# --- fio and perf ------------------------------------------------------------
+
+
+def fio(path):
+    with open(path) as f:
+        s = f.read()
+    j = json.loads(s[s.index("{"):])["jobs"][0]  # fio prints "fio: connected to NBD server" first
+    if j["error"]:
+        sys.exit(f"benchstat: fio error {j['error']} in {path}")
+    iops = j["read"]["iops"] + j["write"]["iops"]
+    ios = j["read"]["total_ios"] + j["write"]["total_ios"]
+    print(f"{iops:.0f} {ios}")
+
+
+def perf(path):
+    cpu_us = csw = None
+    with open(path) as f:
+        for line in f:
+            p = line.strip().split(",")
+            if len(p) < 3 or not p[0] or p[0].startswith("<"):
+                continue
+            if p[2].startswith("cpu-clock"):
+                cpu_us = float(p[0]) * 1000 if p[1] == "msec" else float(p[0]) / 1000
+            elif p[2].startswith("context-switches"):
+                csw = float(p[0])
+    if cpu_us is None or csw is None:
+        sys.exit(f"benchstat: no cpu-clock and context-switches in {path}")
+    print(f"{cpu_us:.0f} {csw:.0f}")
+
+
+# --- report ------------------------------------------------------------------
+
+TARGETS = ["dst", "nbdkit-relay", "nbdkit-tls", "nbdkit-tcp"]
+METRICS = [
+    ("seq_read_MBps", "seq read MB/s", "{:.1f}"),
+    ("seq_write_MBps", "seq write MB/s", "{:.1f}"),
+    ("randread_qd1_iops", "randread QD1 IOPS", "{:.0f}"),
+    ("randread_qd32_iops", "randread QD32 IOPS", "{:.0f}"),
+    ("randwrite_qd1_iops", "randwrite QD1 IOPS", "{:.0f}"),
+    ("randwrite_qd32_iops", "randwrite QD32 IOPS", "{:.0f}"),
+]
+PROCESSES = ["dst attach", "dst serve", "nbdkit-relay relay", "nbdkit-relay server",
+             "nbdkit-tls server", "nbdkit-tcp server"]
+COSTS = [
+    ("randread_qd1.cpu_us_per_req", "randread QD1 µs CPU/req", "{:.1f}"),
+    ("randread_qd1.ctxsw_per_req", "randread QD1 switches/req", "{:.2f}"),
+    ("randwrite_qd1.cpu_us_per_req", "randwrite QD1 µs CPU/req", "{:.1f}"),
+    ("randwrite_qd1.ctxsw_per_req", "randwrite QD1 switches/req", "{:.2f}"),
+]
+PERF_COSTS = [(k.replace(".", ".perf_"), n, f) for k, n, f in COSTS]
+
+
+def value(s):
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        return float(s)
+    except ValueError:
+        return s
+
+
+def table(header, rows):
+    print("| " + " | ".join(header) + " |")
+    print("|---|" + "---:|" * (len(header) - 1))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print()
+
+
+def size_mib(s):
+    """MiB in a dst size such as 256MiB, 1GiB or 0; None if it is not one."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B?)", s.strip(), re.I)
+    if not m:
+        return None
+    unit = m.group(2).upper().rstrip("B")
+    scale = {"": 1, "K": 1e3, "KI": 1024, "M": 1e6, "MI": 1 << 20,
+             "G": 1e9, "GI": 1 << 30, "T": 1e12, "TI": 1 << 40}.get(unit)
+    return None if scale is None else float(m.group(1)) * scale / (1 << 20)
+
+
+def nest(flat):
+    """{"a.b": v} -> {"a": {"b": v}}."""
+    out = {}
+    for k, v in flat.items():
+        d = out
+        *path, leaf = k.split(".")
+        for p in path:
+            d = d.setdefault(p, {})
+        d[leaf] = v
+    return out
+
+
+def report(args):
+    tsv, out_json, title, meta = args[0], None, "", {}
+    rest = args[1:]
+    while rest:
+        flag, v, rest = rest[0], rest[1], rest[2:]
+        if flag == "--json":
+            out_json = v
+        elif flag == "--title":
+            title = v
+        elif flag == "--meta":
+            k, _, mv = v.partition("=")
+            meta[k] = value(mv)
+        else:
+            sys.exit(f"benchstat: unknown report flag {flag}")
+
+    per = {}  # per[target][key][round] = value
+    extra = {}  # round-0 sections: memory, floor
+    with open(tsv) as f:
+        for line in f:
+            r, target, key, v = line.rstrip("\n").split("\t")
+            if int(r) == 0:
+                extra.setdefault(target, {})[key] = value(v)
+            else:
+                per.setdefault(target, {}).setdefault(key, {})[int(r)] = value(v)
+    rounds = sorted({r for t in per.values() for k in t.values() for r in k})
+    med = {t: {k: statistics.median(v.values()) for k, v in keys.items()} for t, keys in per.items()}
+
+    def cell(t, k, fmt, by_round=False):
+        if by_round:
+            vs = per.get(t, {}).get(k, {})
+            return " / ".join(fmt.format(vs[r]) if r in vs else "-" for r in rounds) if vs else "-"
+        v = med.get(t, {}).get(k)
+        return "-" if v is None else fmt.format(v)
+
+    def ratio(k, other):
+        a, b = med.get("dst", {}).get(k), med.get(other, {}).get(k)
+        return "-" if a is None or not b else f"{a / b:.2f}"
+
+    ratios = {f"dst/{o}": {k: round(med["dst"][k] / med[o][k], 4) for k, _, _ in METRICS
+                           if med.get("dst", {}).get(k) and med.get(o, {}).get(k)}
+              for o in TARGETS[1:]}
+    ratios = {k: v for k, v in ratios.items() if v}
+
+    if title:
+        print(title)
+        print()
+    if rounds and any(t in per for t in TARGETS):
+        print(f"Per round ({' / '.join(str(r) for r in rounds)}):")
+        print()
+        table(["metric"] + TARGETS,
+              [[name] + [cell(t, k, fmt, True) for t in TARGETS] for k, name, fmt in METRICS])
+        print(f"Medians over {len(rounds)} round(s):")
+        print()
+        table(["metric"] + TARGETS + [f"dst/{o}" for o in TARGETS[1:]],
+              [[name] + [cell(t, k, fmt) for t in TARGETS] + [ratio(k, o) for o in TARGETS[1:]]
+               for k, name, fmt in METRICS])
+
+    for costs, what in ((COSTS, "/proc/PID/stat and /proc/PID/task/*/status"),
+                        (PERF_COSTS, "perf stat -e context-switches,cpu-clock -p PID")):
+        procs = [p for p in PROCESSES + sorted(set(per) - set(PROCESSES))
+                 if any(k in per.get(p, {}) for k, _, _ in costs)]
+        if not procs:
+            continue
+        print(f"Cost per request during the QD1 runs, per process ({what}), per round:")
+        print()
+        table(["process"] + [n for _, n, _ in costs],
+              [[p] + [cell(p, k, fmt, True) for k, _, fmt in costs] for p in procs])
+        print(f"Cost per request during the QD1 runs ({what}), medians:")
+        print()
+        table(["process"] + [n for _, n, _ in costs],
+              [[p] + [cell(p, k, fmt) for k, _, fmt in costs] for p in procs])
+
+    mem = extra.get("memory")
+    if mem:
+        print(f"Memory: dst attach --connections {mem['connections']:.0f}, fio {mem['workload']}"
+              f" for {mem['runtime_s']:.0f} s, --replay-buffer {mem['replay_buffer']}:")
+        print()
+        table(["process", "peak RSS (VmHWM) MiB"],
+              [["dst attach", f"{mem['attach_peak_rss_MiB']:.1f}"],
+               ["dst serve", f"{mem['serve_peak_rss_MiB']:.1f}"]])
+        rb = size_mib(str(mem["replay_buffer"]))
+        if rb is not None:
+            bound = 256 + rb
+            verdict = "under" if mem["attach_peak_rss_MiB"] < bound else "OVER"
+            print(f"dst attach peak RSS {mem['attach_peak_rss_MiB']:.1f} MiB is {verdict} 256 MiB + the"
+                  f" replay buffer ({rb:.0f} MiB) = {bound:.0f} MiB.")
+            print()
+
+    floor = extra.get("floor")
+    if floor:
+        print("Round trips of a 4 KiB token through processes that do no work (scripts/hopfloor.c):")
+        print()
+        table(["processes", "round trips/s, any CPU", "round trips/s, all on CPU 0"],
+              [[n, f"{floor[f'{n}_processes.any_cpu']:.0f}", f"{floor[f'{n}_processes.cpu0']:.0f}"]
+               for n in ("2", "3")])
+
+    if out_json:
+        doc = {
+            "config": meta,
+            "rounds": {str(r): {t: nest({k: v[r] for k, v in keys.items() if r in v})
+                                for t, keys in per.items()} for r in rounds},
+            "median": {t: nest(keys) for t, keys in med.items()},
+            "ratios": ratios,
+        }
+        doc.update({sec: nest(v) for sec, v in extra.items()})
+        with open(out_json, "w") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "watch":
+        watch(args[0], args[1], float(args[2]), args[3:])
+    elif cmd == "fio":
+        fio(args[0])
+    elif cmd == "perf":
+        perf(args[0])
+    elif cmd == "report":
+        report(args)
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
