@@ -370,12 +370,15 @@ func readFrame(c net.Conn, minLen, maxLen int) ([]byte, error) {
 	return msg, nil
 }
 
-// serverHungUp explains the one thing a client learns from a refusal: the
-// server closed the connection without answering.
+// serverHungUp explains a connection the server closed before msg2. The
+// server tells an unauthenticated peer nothing, so the client cannot know
+// whether its key was refused, the server's key is not the pinned one, or
+// the server was shedding load; only the server's log says which.
 func serverHungUp(c net.Conn, cipher Cipher, err error) error {
-	return fmt.Errorf("crypto: server %s closed the connection during the handshake: "+
-		"the server refused our key, or its key is not the one pinned with --server-key "+
-		"(or it does not accept protocol %s with cipher %s): %w: %w",
+	return fmt.Errorf("crypto: server %s: connection closed before the handshake completed: "+
+		"the server may be overloaded or not reachable, or may not accept this client's key; check its log "+
+		"(it also closes the connection if its key is not the one pinned with --server-key, "+
+		"or if it does not accept protocol %s with cipher %s): %w: %w",
 		c.RemoteAddr(), ProtocolName, cipher, ErrHandshake, err)
 }
 

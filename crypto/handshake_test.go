@@ -198,8 +198,36 @@ func TestUnauthorizedClient(t *testing.T) {
 			if !errors.Is(cl.err, ErrHandshake) || !errors.Is(cl.err, io.EOF) {
 				t.Errorf("client error %v, want ErrHandshake wrapping io.EOF", cl.err)
 			}
+			// The client cannot tell a refused key from a server shedding
+			// load, so the message must not blame the key alone.
+			if !strings.Contains(cl.err.Error(), hungUpMessage) {
+				t.Errorf("client error %q, want it to say %q", cl.err, hungUpMessage)
+			}
 			if rc.nread != 0 {
 				t.Errorf("server sent %d bytes to an unauthorized client", rc.nread)
+			}
+		})
+	}
+}
+
+const hungUpMessage = "connection closed before the handshake completed: the server may be overloaded " +
+	"or not reachable, or may not accept this client's key; check its log"
+
+// TestServerHungUp: a server that accepts and closes without a word, as
+// one shedding load does, gets the same careful message.
+func TestServerHungUp(t *testing.T) {
+	for _, ct := range connTypes {
+		t.Run(ct.name, func(t *testing.T) {
+			checkLeaks(t)
+			p := newTestPeers(CipherChaChaPoly)
+			cc, sc := ct.pair(t)
+			go func() {
+				sc.Read(make([]byte, 1))
+				sc.Close()
+			}()
+			_, err := Client(testCtx(t), cc, p.ccfg)
+			if !errors.Is(err, ErrHandshake) || !strings.Contains(err.Error(), hungUpMessage) {
+				t.Errorf("client error %v, want ErrHandshake saying %q", err, hungUpMessage)
 			}
 		})
 	}
