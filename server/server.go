@@ -39,9 +39,8 @@ type Server struct {
 	// sessions maps each live session to its client's key, so that
 	// SetAuthorized can end the sessions of keys it no longer lists.
 	sessions map[*yamux.Session]crypto.PublicKey // under mu
-	// handshakes holds a token per connection in its handshake, so
-	// half-open connections cannot pile up.
-	handshakes chan struct{}
+	// admission bounds the connections in their handshake (admission.go).
+	admission *admission
 
 	fenceMu sync.Mutex
 	attach  map[attachKey]*attachment // see fence.go
@@ -101,7 +100,7 @@ func New(cfg *Config) (*Server, error) {
 	s.authorized.Store(c.Authorized)
 	s.sessions = make(map[*yamux.Session]crypto.PublicKey)
 	s.attach = make(map[attachKey]*attachment)
-	s.handshakes = make(chan struct{}, maxHandshakes)
+	s.admission = newAdmission(s.log, maxHandshakes, maxHandshakesPerSource)
 	s.jobs = make(chan *op)
 	s.stopped = make(chan struct{})
 	s.ctx, s.cancel = context.WithCancel(context.Background())
