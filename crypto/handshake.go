@@ -63,6 +63,18 @@ type ServerConfig struct {
 	Replay     *ReplayFilter // required; share one per server
 	Random     io.Reader     // nil means crypto/rand
 	RekeyAfter uint64        // must equal the client's; 0 means DefaultRekeyAfter
+
+	// FirstMessageTimeout, if positive, bounds the wait for the preamble
+	// and the first message, counted from the call to Server; ctx still
+	// bounds the whole handshake. A client sends both in one write of 118
+	// bytes, so they arrive together: a short bound here frees a
+	// connection that says nothing (or drips bytes) long before ctx would.
+	FirstMessageTimeout time.Duration
+	// OnFirstMessage, if set, is called once the preamble and the first
+	// message have arrived, before the message is decrypted or checked.
+	// Admission control uses it to tell a client that is talking from a
+	// connection that is only held open.
+	OnFirstMessage func()
 }
 
 // Client runs the initiator side of the handshake over c and returns the
@@ -93,7 +105,7 @@ func Server(ctx context.Context, c net.Conn, cfg *ServerConfig) (*Conn, error) {
 	err := cfg.check()
 	if err == nil {
 		err = withContext(ctx, c, func() (err error) {
-			conn, err = serverHandshake(c, cfg)
+			conn, err = serverHandshake(ctx, c, cfg)
 			return err
 		})
 	}
@@ -182,7 +194,10 @@ func withContext(ctx context.Context, c net.Conn, fn func() error) error {
 		<-fired // make sure the past deadline is set before clearing it
 	}
 	ctxErr := ctx.Err()
-	if ctxErr == nil && hasDeadline && errors.Is(err, os.ErrDeadlineExceeded) {
+	// The socket deadline may fire just before ctx's timer; a shorter
+	// deadline set inside fn (the server's first-message timeout) is not
+	// ctx's doing.
+	if ctxErr == nil && hasDeadline && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(deadline) {
 		ctxErr = context.DeadlineExceeded
 	}
 	if err != nil && ctxErr != nil {
@@ -255,10 +270,14 @@ func clientHandshake(c net.Conn, cfg *ClientConfig) (*Conn, error) {
 	return newConn(c, cfg.ServerKey, cipher, send, recv, cfg.RekeyAfter)
 }
 
-func serverHandshake(c net.Conn, cfg *ServerConfig) (*Conn, error) {
+func serverHandshake(ctx context.Context, c net.Conn, cfg *ServerConfig) (*Conn, error) {
+	firstBy, err := cfg.setFirstDeadline(ctx, c)
+	if err != nil {
+		return nil, err
+	}
 	var pre [preambleLen]byte
 	if _, err := io.ReadFull(c, pre[:]); err != nil {
-		return nil, fmt.Errorf("crypto: reading preamble from %s: %w: %w", c.RemoteAddr(), ErrHandshake, err)
+		return nil, cfg.firstReadError(ctx, c, "reading preamble", firstBy, err)
 	}
 	cipher, err := cfg.checkPreamble(pre)
 	if err != nil {
@@ -266,10 +285,21 @@ func serverHandshake(c net.Conn, cfg *ServerConfig) (*Conn, error) {
 	}
 	msg, err := readFrame(c, msg1MinLen, maxHandshakeLen)
 	if err != nil {
-		if !errors.Is(err, ErrHandshake) {
-			err = fmt.Errorf("%w: %w", ErrHandshake, err)
+		return nil, cfg.firstReadError(ctx, c, "reading first handshake message", firstBy, err)
+	}
+	if !firstBy.IsZero() {
+		// Back to ctx's deadline. A cancellation that set its past
+		// deadline before this line would be undone by it, so look again.
+		ctxDeadline, _ := ctx.Deadline()
+		if err := c.SetReadDeadline(ctxDeadline); err != nil {
+			return nil, fmt.Errorf("crypto: restoring handshake deadline: %w", err)
 		}
-		return nil, fmt.Errorf("crypto: reading first handshake message from %s: %w", c.RemoteAddr(), err)
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("crypto: handshake with %s: %w: %w", c.RemoteAddr(), ErrHandshake, err)
+		}
+	}
+	if cfg.OnFirstMessage != nil {
+		cfg.OnFirstMessage()
 	}
 	hs, err := noise.NewHandshakeState(noise.Config{
 		CipherSuite:   cipher.suite(),
@@ -312,6 +342,35 @@ func serverHandshake(c net.Conn, cfg *ServerConfig) (*Conn, error) {
 		return nil, fmt.Errorf("crypto: sending handshake response to %s: %w", c.RemoteAddr(), err)
 	}
 	return newConn(c, peer, cipher, send, recv, cfg.RekeyAfter)
+}
+
+// setFirstDeadline applies FirstMessageTimeout to c's reads when it ends
+// before ctx's deadline, and returns when it ends (zero if not applied).
+func (cfg *ServerConfig) setFirstDeadline(ctx context.Context, c net.Conn) (time.Time, error) {
+	if cfg.FirstMessageTimeout <= 0 {
+		return time.Time{}, nil
+	}
+	firstBy := time.Now().Add(cfg.FirstMessageTimeout)
+	if d, ok := ctx.Deadline(); ok && !firstBy.Before(d) {
+		return time.Time{}, nil
+	}
+	if err := c.SetReadDeadline(firstBy); err != nil {
+		return time.Time{}, fmt.Errorf("crypto: setting first-message deadline: %w", err)
+	}
+	return firstBy, nil
+}
+
+// firstReadError describes a failed read of the preamble or the first
+// message, naming the first-message timeout when that is what ended it.
+func (cfg *ServerConfig) firstReadError(ctx context.Context, c net.Conn, what string, firstBy time.Time, err error) error {
+	if !errors.Is(err, ErrHandshake) {
+		err = fmt.Errorf("%w: %w", ErrHandshake, err)
+	}
+	if !firstBy.IsZero() && ctx.Err() == nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("crypto: %s from %s: not complete within the first-message timeout (%v): %w",
+			what, c.RemoteAddr(), cfg.FirstMessageTimeout, err)
+	}
+	return fmt.Errorf("crypto: %s from %s: %w", what, c.RemoteAddr(), err)
 }
 
 func makePreamble(c Cipher) [preambleLen]byte {
@@ -370,12 +429,15 @@ func readFrame(c net.Conn, minLen, maxLen int) ([]byte, error) {
 	return msg, nil
 }
 
-// serverHungUp explains the one thing a client learns from a refusal: the
-// server closed the connection without answering.
+// serverHungUp explains a connection the server closed before msg2. The
+// server tells an unauthenticated peer nothing, so the client cannot know
+// whether its key was refused, the server's key is not the pinned one, or
+// the server was shedding load; only the server's log says which.
 func serverHungUp(c net.Conn, cipher Cipher, err error) error {
-	return fmt.Errorf("crypto: server %s closed the connection during the handshake: "+
-		"the server refused our key, or its key is not the one pinned with --server-key "+
-		"(or it does not accept protocol %s with cipher %s): %w: %w",
+	return fmt.Errorf("crypto: server %s: connection closed before the handshake completed: "+
+		"the server may be overloaded or not reachable, or may not accept this client's key; check its log "+
+		"(it also closes the connection if its key is not the one pinned with --server-key, "+
+		"or if it does not accept protocol %s with cipher %s): %w: %w",
 		c.RemoteAddr(), ProtocolName, cipher, ErrHandshake, err)
 }
 

@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -198,8 +200,36 @@ func TestUnauthorizedClient(t *testing.T) {
 			if !errors.Is(cl.err, ErrHandshake) || !errors.Is(cl.err, io.EOF) {
 				t.Errorf("client error %v, want ErrHandshake wrapping io.EOF", cl.err)
 			}
+			// The client cannot tell a refused key from a server shedding
+			// load, so the message must not blame the key alone.
+			if !strings.Contains(cl.err.Error(), hungUpMessage) {
+				t.Errorf("client error %q, want it to say %q", cl.err, hungUpMessage)
+			}
 			if rc.nread != 0 {
 				t.Errorf("server sent %d bytes to an unauthorized client", rc.nread)
+			}
+		})
+	}
+}
+
+const hungUpMessage = "connection closed before the handshake completed: the server may be overloaded " +
+	"or not reachable, or may not accept this client's key; check its log"
+
+// TestServerHungUp: a server that accepts and closes without a word, as
+// one shedding load does, gets the same careful message.
+func TestServerHungUp(t *testing.T) {
+	for _, ct := range connTypes {
+		t.Run(ct.name, func(t *testing.T) {
+			checkLeaks(t)
+			p := newTestPeers(CipherChaChaPoly)
+			cc, sc := ct.pair(t)
+			go func() {
+				sc.Read(make([]byte, 1))
+				sc.Close()
+			}()
+			_, err := Client(testCtx(t), cc, p.ccfg)
+			if !errors.Is(err, ErrHandshake) || !strings.Contains(err.Error(), hungUpMessage) {
+				t.Errorf("client error %v, want ErrHandshake saying %q", err, hungUpMessage)
 			}
 		})
 	}
@@ -418,6 +448,84 @@ func TestHandshakeContext(t *testing.T) {
 		}
 		if _, err := cc.Write([]byte{1}); !errors.Is(err, io.ErrClosedPipe) {
 			t.Errorf("conn not closed after failed handshake: %v", err)
+		}
+	})
+}
+
+// TestFirstMessageTimeout: a client that sends part of its first message
+// and stalls is dropped at FirstMessageTimeout, well before ctx's deadline,
+// with an error that says so; a client that sends it in time completes,
+// and ctx's deadline is back in force (then cleared) afterwards.
+func TestFirstMessageTimeout(t *testing.T) {
+	p := newTestPeers(CipherChaChaPoly)
+	msg1 := captureMsg1(t, p.ccfg)
+	for _, n := range []int{0, 5, preambleLen + 1, 50} {
+		t.Run(fmt.Sprintf("stalled after %d bytes", n), func(t *testing.T) {
+			checkLeaks(t)
+			cfg := *p.scfg
+			cfg.FirstMessageTimeout = 100 * time.Millisecond
+			called := false
+			cfg.OnFirstMessage = func() { called = true }
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			start := time.Now()
+			err, reply := rawServer(t, ctx, &cfg, msg1[:n], false)
+			d := time.Since(start)
+			if !errors.Is(err, ErrHandshake) || !errors.Is(err, os.ErrDeadlineExceeded) ||
+				errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "first-message timeout") {
+				t.Errorf("err %v, want ErrHandshake naming the first-message timeout", err)
+			}
+			if d < 100*time.Millisecond || d > 2*time.Second {
+				t.Errorf("server gave up after %v, want ~100ms", d)
+			}
+			if called || len(reply) != 0 {
+				t.Errorf("OnFirstMessage called: %v; reply %q", called, reply)
+			}
+		})
+	}
+	for _, ct := range connTypes {
+		t.Run("in time/"+ct.name, func(t *testing.T) {
+			checkLeaks(t)
+			q := newTestPeers(CipherAESGCM)
+			q.scfg.FirstMessageTimeout = 50 * time.Millisecond
+			calls := 0
+			q.scfg.OnFirstMessage = func() { calls++ }
+			cc, sc := ct.pair(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			cl, sv := handshake(ctx, cc, sc, q.ccfg, q.scfg)
+			if cl.err != nil || sv.err != nil {
+				t.Fatalf("handshake: %v / %v", cl.err, sv.err)
+			}
+			defer cl.conn.Close()
+			defer sv.conn.Close()
+			if calls != 1 {
+				t.Errorf("OnFirstMessage called %d times, want 1", calls)
+			}
+			time.Sleep(100 * time.Millisecond) // past the first-message deadline
+			exchange(t, cl.conn, sv.conn, []byte("still alive"))
+		})
+	}
+	t.Run("ctx shorter", func(t *testing.T) {
+		checkLeaks(t)
+		cfg := *p.scfg
+		cfg.FirstMessageTimeout = 10 * time.Second
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		err, _ := rawServer(t, ctx, &cfg, msg1[:50], false)
+		if !errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "first-message") {
+			t.Errorf("err %v, want ctx's DeadlineExceeded", err)
+		}
+	})
+	t.Run("canceled", func(t *testing.T) {
+		checkLeaks(t)
+		cfg := *p.scfg
+		cfg.FirstMessageTimeout = 5 * time.Second
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(50*time.Millisecond, cancel)
+		err, _ := rawServer(t, ctx, &cfg, msg1[:50], false)
+		if !errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "first-message") {
+			t.Errorf("err %v, want context.Canceled", err)
 		}
 	})
 }

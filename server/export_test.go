@@ -2,3 +2,14 @@ package server
 
 // ServerClock exposes serverClock to the external tests.
 var ServerClock = serverClock
+
+// Admission limits and counters, for the external tests.
+const (
+	MaxHandshakes          = maxHandshakes
+	MaxHandshakesPerSource = maxHandshakesPerSource
+	LogEvery               = logEvery
+)
+
+func (s *Server) AdmissionCounts() (inProgress int, evicted, refused uint64) {
+	return s.admission.counts()
+}

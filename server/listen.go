@@ -12,15 +12,6 @@ import (
 	"github.com/dstproject/dst/wire"
 )
 
-const (
-	// handshakeTimeout bounds a connection's handshake.
-	handshakeTimeout = 10 * time.Second
-	// maxHandshakes bounds handshakes in progress. Connections beyond it
-	// are closed at once: with the timeout above, silent connections
-	// cannot hold more than this many goroutines and descriptors.
-	maxHandshakes = 64
-)
-
 // Serve accepts connections on l until ctx is cancelled or Close is
 // called, then closes l and every session it started and returns nil.
 // Errors of one connection are logged and never end Serve.
@@ -43,7 +34,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	stopListen := context.AfterFunc(ctx, func() { l.Close() })
 	defer stopListen()
 
-	// Connections end with ctx; Serve waits for them before returning.
+	// Connections end with ctx; Serve waits for them before returning,
+	// then logs what its admission control had held back.
+	defer s.admission.flushLogs()
 	var conns sync.WaitGroup
 	defer conns.Wait()
 
@@ -67,16 +60,13 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			return fmt.Errorf("server: accepting on %v: %w", l.Addr(), err)
 		}
 		backoff = 0
-		select {
-		case s.handshakes <- struct{}{}:
-		default:
-			s.log.Warn("refusing connection: too many handshakes in progress",
-				"remote", c.RemoteAddr(), "max", maxHandshakes)
+		t := s.admission.admit(c) // admission.go
+		if t == nil {
 			c.Close()
 			continue
 		}
 		if !s.enter() {
-			<-s.handshakes
+			t.done()
 			c.Close()
 			return nil
 		}
@@ -84,7 +74,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		go func() {
 			defer conns.Done()
 			defer s.active.Done()
-			s.serveConn(ctx, c)
+			s.serveConn(ctx, c, t)
 		}()
 	}
 }
@@ -97,20 +87,11 @@ func isTemporary(err error) bool {
 }
 
 // serveConn authenticates a connection and serves its session.
-func (s *Server) serveConn(ctx context.Context, c net.Conn) {
+func (s *Server) serveConn(ctx context.Context, c net.Conn, t *ticket) {
 	remote := c.RemoteAddr().String()
-	conn, err := s.handshake(ctx, c)
-	<-s.handshakes
-	switch {
-	case err == nil:
-	case ctx.Err() != nil:
-		s.log.Debug("handshake aborted by shutdown", "remote", remote, "err", err)
-		return
-	case errors.Is(err, crypto.ErrUnauthorized):
-		s.log.Warn("refused client key", "remote", remote, "err", err)
-		return
-	default:
-		s.log.Warn("handshake failed", "remote", remote, "err", err)
+	conn, err := s.handshake(ctx, c, t)
+	if evicted := t.done(); err != nil {
+		s.admission.handshakeFailed(ctx, remote, err, evicted)
 		return
 	}
 	if err := s.ServeConn(ctx, conn); err != nil && !errors.Is(err, ErrServerClosed) {
@@ -181,13 +162,15 @@ func (s *Server) ServeConn(ctx context.Context, conn *crypto.Conn) error {
 	return nil
 }
 
-func (s *Server) handshake(ctx context.Context, c net.Conn) (*crypto.Conn, error) {
+func (s *Server) handshake(ctx context.Context, c net.Conn, t *ticket) (*crypto.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	return crypto.Server(ctx, c, &crypto.ServerConfig{
-		PrivateKey: s.cfg.PrivateKey,
-		Authorize:  func(k crypto.PublicKey) error { return s.authorized.Load().Authorize(k) },
-		Ciphers:    s.cfg.Ciphers,
-		Replay:     s.replay,
+		PrivateKey:          s.cfg.PrivateKey,
+		Authorize:           func(k crypto.PublicKey) error { return s.authorized.Load().Authorize(k) },
+		Ciphers:             s.cfg.Ciphers,
+		Replay:              s.replay,
+		FirstMessageTimeout: handshakeFirstTimeout,
+		OnFirstMessage:      t.arrived,
 	})
 }

@@ -40,9 +40,8 @@ type Server struct {
 	// the token its queue connections present. Both under mu.
 	sessions map[*session]struct{}
 	tokens   map[wire.Identity]*session
-	// handshakes holds a token per connection in its handshake, so
-	// half-open connections cannot pile up.
-	handshakes chan struct{}
+	// admission bounds the connections in their handshake (admission.go).
+	admission *admission
 
 	fenceMu sync.Mutex
 	attach  map[attachKey]*attachment // see fence.go
@@ -103,7 +102,7 @@ func New(cfg *Config) (*Server, error) {
 	s.sessions = make(map[*session]struct{})
 	s.tokens = make(map[wire.Identity]*session)
 	s.attach = make(map[attachKey]*attachment)
-	s.handshakes = make(chan struct{}, maxHandshakes)
+	s.admission = newAdmission(s.log, maxHandshakes, maxHandshakesPerSource)
 	s.jobs = make(chan *op)
 	s.stopped = make(chan struct{})
 	s.ctx, s.cancel = context.WithCancel(context.Background())

@@ -272,9 +272,10 @@ func (l *unixListener) Close() error {
 func explain(err error, cfg *client.Config) error {
 	switch {
 	case errors.Is(err, crypto.ErrHandshake):
-		return fmt.Errorf("cannot authenticate with %s: the server ended the handshake.\n"+
-			"  Either it does not authorize this client's key %s: add that line to its authorized keys file,\n"+
-			"  or its key is not %s: check --server-key against the key the server logs at start.\n"+
+		return fmt.Errorf("cannot complete the handshake with %s.\n"+
+			"  The server may be overloaded or not reachable, or may not accept this client's key; its log says which.\n"+
+			"  If it does not authorize this client's key %s: add that line to its authorized keys file;\n"+
+			"  if its key is not %s: check --server-key against the key the server logs at start.\n"+
 			"  detail: %w", cfg.Server, cfg.PrivateKey.Public(), cfg.ServerKey, err)
 	}
 	return err
