@@ -265,9 +265,9 @@ func captureMsg1(t *testing.T, cfg *ClientConfig) []byte {
 	return buf
 }
 
-// rawServer feeds raw bytes to Server over TCP and returns its error and
-// what it sent back. closeAfter half-closes the client side after data.
-func rawServer(t *testing.T, ctx context.Context, cfg *ServerConfig, data []byte, closeAfter bool) (err error, reply []byte) {
+// rawServer feeds raw bytes to Server over TCP and returns what it sent
+// back and its error. closeAfter half-closes the client side after data.
+func rawServer(t *testing.T, ctx context.Context, cfg *ServerConfig, data []byte, closeAfter bool) (reply []byte, err error) {
 	cc, sc := tcpPair(t)
 	defer cc.Close()
 	done := make(chan error, 1)
@@ -285,7 +285,7 @@ func rawServer(t *testing.T, ctx context.Context, cfg *ServerConfig, data []byte
 		cc.(*net.TCPConn).CloseWrite()
 	}
 	reply, _ = io.ReadAll(cc)
-	return <-done, reply
+	return reply, <-done
 }
 
 func TestReplayedFirstMessage(t *testing.T) {
@@ -300,7 +300,7 @@ func TestReplayedFirstMessage(t *testing.T) {
 	cl.conn.Close()
 	msg1 := rc.write(0)
 
-	err, reply := rawServer(t, testCtx(t), p.scfg, msg1, false)
+	reply, err := rawServer(t, testCtx(t), p.scfg, msg1, false)
 	if !errors.Is(err, ErrReplay) {
 		t.Errorf("replayed msg1: server error %v, want ErrReplay", err)
 	}
@@ -311,7 +311,7 @@ func TestReplayedFirstMessage(t *testing.T) {
 	// refusal above is the filter's doing.
 	fresh := *p.scfg
 	fresh.Replay = NewReplayFilter()
-	if err, reply := rawServer(t, testCtx(t), &fresh, msg1, false); err != nil || len(reply) != frameHeaderLen+msg2Len {
+	if reply, err := rawServer(t, testCtx(t), &fresh, msg1, false); err != nil || len(reply) != frameHeaderLen+msg2Len {
 		t.Errorf("fresh filter: err %v, reply %d bytes", err, len(reply))
 	}
 }
@@ -359,7 +359,7 @@ func TestTamperedPreamble(t *testing.T) {
 
 func TestNotADstClient(t *testing.T) {
 	p := newTestPeers(CipherChaChaPoly)
-	err, reply := rawServer(t, testCtx(t), p.scfg, []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), true)
+	reply, err := rawServer(t, testCtx(t), p.scfg, []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), true)
 	if !errors.Is(err, ErrHandshake) || !strings.Contains(err.Error(), "magic") || len(reply) != 0 {
 		t.Errorf("HTTP request: err %v, reply %q", err, reply)
 	}
@@ -371,7 +371,7 @@ func TestTruncatedHandshake(t *testing.T) {
 	for _, n := range []int{0, 3, preambleLen, preambleLen + 1, preambleLen + 2, 60, len(msg1) - 1} {
 		checkLeaks(t)
 		start := time.Now()
-		err, _ := rawServer(t, testCtx(t), p.scfg, msg1[:n], true)
+		_, err := rawServer(t, testCtx(t), p.scfg, msg1[:n], true)
 		if !errors.Is(err, ErrHandshake) {
 			t.Errorf("%d bytes then EOF: server error %v, want ErrHandshake", n, err)
 		}
@@ -390,7 +390,7 @@ func TestHandshakeContext(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
 		start := time.Now()
-		err, _ := rawServer(t, ctx, p.scfg, msg1[:50], false)
+		_, err := rawServer(t, ctx, p.scfg, msg1[:50], false)
 		if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
 			t.Errorf("err %v after %v, want DeadlineExceeded after ~100ms", err, time.Since(start))
 		}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"io"
 	"net"
 	"os"
@@ -250,11 +249,4 @@ func memPair(t testing.TB, c Cipher, rekeyAfter uint64) (a, b *Conn, wire *memCo
 		t.Fatal(err)
 	}
 	return a, b, wire
-}
-
-func mustErrIs(t testing.TB, err, target error) {
-	t.Helper()
-	if !errors.Is(err, target) {
-		t.Fatalf("error %v, want one wrapping %v", err, target)
-	}
 }

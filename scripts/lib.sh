@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# lib.sh: helpers shared by scripts/test, scripts/demo and scripts/bench.
-# Source it; it defines functions only (plus the cleanup trap once lib_init is called).
+# lib.sh: helpers shared by scripts/test, scripts/demo, scripts/bench and scripts/vulncheck.
+# Source it; it defines functions and a few constants (plus the cleanup trap
+# once lib_init is called).
 
 # Repository root, whatever the caller's working directory.
 DST_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -110,6 +111,34 @@ install_tools() {
 	log "installing ${pkgs[*]}"
 	DEBIAN_FRONTEND=noninteractive apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+}
+
+# --- Go tools ----------------------------------------------------------------
+# The Go programs the checks run, pinned. staticcheck's module is tagged in
+# semver: v0.8.2 is its release 2026.2.2.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+STATICCHECK_PKG=honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# shellcheck disable=SC2034 # used by the scripts that source this file
+GOVULNCHECK_PKG=golang.org/x/vuln/cmd/govulncheck@v1.9.0
+
+# go_tool PKG@VERSION: print the path of PKG's command, installing it with
+# go install (through the Go module proxy) into GOBIN, or GOPATH/bin, unless
+# the binary there is that version built by the Go on PATH.
+go_tool() {
+	local pkg=${1%@*} ver=${1##*@} dir bin info
+	dir=$(go env GOBIN)
+	[ -n "$dir" ] || dir=$(go env GOPATH | cut -d: -f1)/bin
+	bin=$dir/${pkg##*/}
+	if info=$(go version -m "$bin" 2>/dev/null) &&
+		[ "$(head -n1 <<<"$info")" = "$bin: $(go env GOVERSION)" ] &&
+		grep -q "^[[:space:]]path[[:space:]]$pkg\$" <<<"$info" &&
+		grep -q "^[[:space:]]mod[[:space:]][^[:space:]]*[[:space:]]${ver}[[:space:]]" <<<"$info"; then
+		echo "$bin"
+		return 0
+	fi
+	log "installing $1 into $dir"
+	(cd / && GOBIN=$dir go install "$1") >&2 || return 1
+	echo "$bin"
 }
 
 # build_dst OUT: build the dst binary.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -331,5 +330,3 @@ func compareFiles(a, b string, n int64) error {
 	}
 	return nil
 }
-
-var errNoSocket = errors.New("tests: socket never appeared")

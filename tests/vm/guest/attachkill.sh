@@ -5,6 +5,7 @@
 # Requests in flight when the sockets died are resent only when the kernel's
 # request timeout fires (io-timeout + 30s), so a short io-timeout keeps the
 # stall short.
+# shellcheck shell=sh source=SCRIPTDIR/vmlib.sh
 . /opt/vmlib.sh
 attach a disk /dev/nbd0 --io-timeout 5s
 mkfs.ext4 -q -F /dev/nbd0
@@ -13,7 +14,7 @@ mount /dev/nbd0 /mnt/a
 writefiles /mnt/a/data 8 4 &
 W=$!
 sleep 2
-kill -9 $ATTACH_PID
+kill -9 "$ATTACH_PID"
 sleep 1
 dst list
 dst list | grep -q '^/dev/nbd0 .* dead ' || fail "dst list does not show nbd0 dead"

@@ -1,5 +1,6 @@
 # Flushes reach the server: every fsync on ext4 ends in an NBD FLUSH, which
 # the host server serves with fdatasync; the driver counts those.
+# shellcheck shell=sh source=SCRIPTDIR/vmlib.sh
 . /opt/vmlib.sh
 attach a disk /dev/nbd0
 mkfs.ext4 -q -F /dev/nbd0

@@ -6,8 +6,10 @@
 # the resync copies it in full, and the two legs are byte-identical.
 # Host side: servers a and b, each exporting "disk" (64 MiB); the driver
 # copies scripts/dst-mirror to /opt.
+# shellcheck shell=sh source=SCRIPTDIR/vmlib.sh
 . /opt/vmlib.sh
-M="sh /opt/dst-mirror"
+# mirror ARGS...: the dst-mirror under test, copied to /opt by the driver.
+mirror() { sh /opt/dst-mirror "$@"; }
 IOT=10s
 modprobe dm-mirror
 
@@ -24,13 +26,13 @@ other_io_errors() {
 
 # The legs fail a request after IOT without an answer, so a dead server
 # costs the mirror one stall of IOT, not the default two minutes.
-attach a disk /dev/nbd0 --io-timeout $IOT
-attach b disk /dev/nbd1 --io-timeout $IOT
+attach a disk /dev/nbd0 --io-timeout "$IOT"
+attach b disk /dev/nbd1 --io-timeout "$IOT"
 
 # Fresh sparse exports read as zeros on both legs: no initial copy needed.
-t $M create mir --nosync /dev/nbd0 /dev/nbd1
-$M status mir
-$M status mir | head -1 | grep -q ', in sync$' || fail "new mirror not in sync"
+t mirror create mir --nosync /dev/nbd0 /dev/nbd1
+mirror status mir
+mirror status mir | head -1 | grep -q ', in sync$' || fail "new mirror not in sync"
 mkfs.ext4 -q -F /dev/mapper/mir
 mkdir -p /mnt/m
 mount -t ext4 /dev/mapper/mir /mnt/m
@@ -43,23 +45,23 @@ vmctl kill-server b
 # nbd0. It still sends writes to the dead leg, so every flush costs IOT
 # until the leg is dropped.
 t writefiles /mnt/m/degraded 2 2 || fail "writes failed with one leg dead"
-$M status mir
+mirror status mir
 dmsetup status mir
-$M status mir | head -1 | grep -q DEGRADED || fail "mirror not degraded with server b dead"
-$M status mir | grep -q 'leg 1 .*DEAD' || fail "leg 1 (nbd1) not marked dead"
+mirror status mir | head -1 | grep -q DEGRADED || fail "mirror not degraded with server b dead"
+mirror status mir | grep -q 'leg 1 .*DEAD' || fail "leg 1 (nbd1) not marked dead"
 verifyfiles /mnt/m/before
 verifyfiles /mnt/m/degraded
 
 echo "=== repair with b still dead: the dead leg is dropped"
-t $M repair mir
-$M status mir | head -1 | grep -q 'DEGRADED to one leg' || fail "repair did not drop the dead leg"
+t mirror repair mir
+mirror status mir | head -1 | grep -q 'DEGRADED to one leg' || fail "repair did not drop the dead leg"
 t writefiles /mnt/m/single 2 2
 
 echo "=== bringing server b back"
 vmctl start-server b
 # dst attach redials by itself; wait until the leg reads again.
 ok=0
-for i in $(seq 60); do
+for _i in $(seq 60); do
 	if [ "$(dd if=/dev/nbd1 bs=4096 count=1 iflag=direct 2>/dev/null | wc -c)" -eq 4096 ]; then
 		ok=1
 		break
@@ -70,11 +72,11 @@ done
 kill -0 "$ATTACH_PID" || fail "dst attach for nbd1 died"
 
 # nbd1 returns as a new leg, copied in full from nbd0.
-t $M repair mir /dev/nbd1
+t mirror repair mir /dev/nbd1
 # Writes during the resync must land on both legs too.
 writefiles /mnt/m/during 2 2
-t $M wait mir 300
-$M status mir
+t mirror wait mir 300
+mirror status mir
 dmsetup status mir
 
 umount /mnt/m
@@ -86,9 +88,9 @@ t cmp /dev/nbd0 /dev/nbd1 || fail "legs differ after the resync"
 echo "LEGS IDENTICAL after repair and resync"
 
 mount -t ext4 /dev/mapper/mir /mnt/m
-for d in before degraded single during; do verifyfiles /mnt/m/$d; done
+for d in before degraded single during; do verifyfiles "/mnt/m/$d"; done
 umount /mnt/m
-t $M remove mir
+t mirror remove mir
 other_io_errors
 dst detach /dev/nbd0
 dst detach /dev/nbd1

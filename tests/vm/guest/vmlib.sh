@@ -2,7 +2,9 @@
 # The Go driver (vm_test.go) writes /opt/vm.env with, per host server NAME,
 # DST_SERVER_NAME=10.0.2.2:PORT and DST_SERVER_KEY_NAME=<public key>, plus
 # DST_KEY (the client key) and DST_VMCTL (the driver's control address).
+# shellcheck shell=sh
 
+# shellcheck source=/dev/null # /opt/vm.env is written by the driver at run time
 [ -f /opt/vm.env ] && . /opt/vm.env
 VMLIB_START=$(cut -d' ' -f1 /proc/uptime)
 # busybox modprobe does not resolve the kernel's fs-ext4 request; nbd is
@@ -37,9 +39,9 @@ fail() { echo "FAIL: $*"; exit 1; }
 # Its log goes to /tmp/attach.log (appended, so restarts keep history).
 attach() {
 	_srv=$1 _exp=$2 _dev=$3; shift 3
-	eval _addr=\$DST_SERVER_$_srv
-	eval _key=\$DST_SERVER_KEY_$_srv
+	eval "_addr=\$DST_SERVER_$_srv _key=\$DST_SERVER_KEY_$_srv"
 	[ -n "$_addr" ] || fail "attach: no host server $_srv in /opt/vm.env"
+	# shellcheck disable=SC2154 # _key is assigned by the eval above
 	dst attach --key "$DST_KEY" --server-key "$_key" "$@" "$_addr" "$_exp" "$_dev" >>/tmp/attach.log 2>&1 &
 	ATTACH_PID=$!
 	wait_attached "$_dev" "$ATTACH_PID"
@@ -50,7 +52,7 @@ attach() {
 wait_attached() {
 	_n=${1#/dev/}
 	for _i in $(seq 600); do
-		if [ "$(cat /sys/block/$_n/size 2>/dev/null || echo 0)" != 0 ] &&
+		if [ "$(cat "/sys/block/$_n/size" 2>/dev/null || echo 0)" != 0 ] &&
 			dst list 2>/dev/null | grep -q "^$1 .* connected *$2\$"; then
 			return 0
 		fi
