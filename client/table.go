@@ -184,13 +184,6 @@ func (tb *table) drain() map[uint64]*tx {
 	return p
 }
 
-// len returns the number of pending transactions.
-func (tb *table) len() int {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	return len(tb.pending)
-}
-
 // refusal is the error a transaction entering the table gets instead:
 // ESHUTDOWN once the attachment is closed, EIO once it has failed for
 // good (fail emptied the table, and nothing would ever send it). Called

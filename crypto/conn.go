@@ -41,8 +41,6 @@ const (
 	// MaxRecordPayload is the largest plaintext carried by one record.
 	MaxRecordPayload = maxCiphertext - tagLen
 
-	maxRecordLen = recordHeaderLen + maxCiphertext
-
 	// readBufferSize holds two full records, so one read syscall can fetch
 	// a record and the start of the next.
 	readBufferSize = 128 << 10

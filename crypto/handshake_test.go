@@ -469,7 +469,7 @@ func TestFirstMessageTimeout(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			start := time.Now()
-			err, reply := rawServer(t, ctx, &cfg, msg1[:n], false)
+			reply, err := rawServer(t, ctx, &cfg, msg1[:n], false)
 			d := time.Since(start)
 			if !errors.Is(err, ErrHandshake) || !errors.Is(err, os.ErrDeadlineExceeded) ||
 				errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "first-message timeout") {
@@ -512,7 +512,7 @@ func TestFirstMessageTimeout(t *testing.T) {
 		cfg.FirstMessageTimeout = 10 * time.Second
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
-		err, _ := rawServer(t, ctx, &cfg, msg1[:50], false)
+		_, err := rawServer(t, ctx, &cfg, msg1[:50], false)
 		if !errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "first-message") {
 			t.Errorf("err %v, want ctx's DeadlineExceeded", err)
 		}
@@ -523,7 +523,7 @@ func TestFirstMessageTimeout(t *testing.T) {
 		cfg.FirstMessageTimeout = 5 * time.Second
 		ctx, cancel := context.WithCancel(context.Background())
 		time.AfterFunc(50*time.Millisecond, cancel)
-		err, _ := rawServer(t, ctx, &cfg, msg1[:50], false)
+		_, err := rawServer(t, ctx, &cfg, msg1[:50], false)
 		if !errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "first-message") {
 			t.Errorf("err %v, want context.Canceled", err)
 		}
