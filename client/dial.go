@@ -11,6 +11,7 @@ import (
 
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/internal/mux"
+	"github.com/dstproject/dst/internal/rawio"
 	"github.com/dstproject/dst/wire"
 )
 
@@ -69,6 +70,7 @@ func channel(ctx context.Context, cfg *Config) (*crypto.Conn, net.Conn, error) {
 	if tc, ok := raw.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
+	raw = rawio.Wrap(raw)
 	conn, err := crypto.Client(ctx, raw, &crypto.ClientConfig{
 		PrivateKey: cfg.PrivateKey,
 		ServerKey:  cfg.ServerKey,

@@ -51,6 +51,9 @@ func (s *Session) abort() {
 }
 
 func abort(c net.Conn) {
+	if w, ok := c.(interface{ Unwrap() net.Conn }); ok {
+		c = w.Unwrap()
+	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetLinger(0)
 	}

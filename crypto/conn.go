@@ -328,6 +328,13 @@ func (c *Conn) TryWriteRecords(b []byte) (int, error) {
 	if err := c.failure(); err != nil {
 		return 0, err
 	}
+	if tw, ok := c.conn.(interface{ TryWrite([]byte) (int, error) }); ok {
+		n, err := tw.TryWrite(b)
+		if err != nil {
+			return n, c.fail(fmt.Errorf("crypto: write to %s: %w", c.peer, err))
+		}
+		return n, nil
+	}
 	sc, ok := c.conn.(syscall.Conn)
 	if !ok {
 		return len(b), c.writeSealed(b)

@@ -210,7 +210,11 @@ func (a *admission) silentFrom(src netip.Addr) *ticket {
 // handshake consumes whatever arrives while it waits, so a connection that
 // drips bytes shows none here.
 func (t *ticket) unread() bool {
-	sc, ok := t.c.(syscall.Conn)
+	c := t.c
+	if w, ok := c.(interface{ Unwrap() net.Conn }); ok {
+		c = w.Unwrap()
+	}
+	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return false
 	}

@@ -43,6 +43,9 @@ type File struct {
 	// requests go straight to the fallback.
 	noDsyncWrite atomic.Bool // pwritev2(RWF_DSYNC)
 	noZeroRange  atomic.Bool // fallocate ZERO_RANGE or BLKZEROOUT
+	readNoWait   atomic.Bool // preadv2(RWF_NOWAIT)
+	inMemory     bool        // tmpfs or ramfs: reads and writes never wait for a disk
+	writeNoWait  atomic.Bool // pwritev2(RWF_NOWAIT)
 }
 
 // OpenFile opens a regular file or block device as a Backend. The size is
@@ -81,6 +84,7 @@ func OpenFile(path string, readOnly bool, log *slog.Logger) (*File, error) {
 		}
 	}
 	b := &File{path: path, f: f, fd: int(f.Fd()), readOnly: readOnly}
+	b.inMemory = !blockDev && inMemory(b.fd)
 	if err := b.probe(log); err != nil {
 		f.Close()
 		return nil, err
@@ -192,7 +196,7 @@ func ioctlPtr(fd int, req uint, arg unsafe.Pointer) error {
 // ReadAt reads len(p) bytes at off. Like io.ReaderAt, a short read comes
 // with an error: io.EOF at the end of the file.
 func (b *File) ReadAt(p []byte, off int64) (int, error) {
-	n := 0
+	n := b.nowait(unix.SYS_PREADV2, &b.readNoWait, p, off)
 	for n < len(p) {
 		k, err := unix.Pread(b.fd, p[n:], off+int64(n))
 		switch {
@@ -213,7 +217,7 @@ func (b *File) WriteAt(p []byte, off int64) (int, error) {
 	if b.readOnly {
 		return 0, fmt.Errorf("server: writing %s at %d: read-only export: %w", b.path, off, unix.EPERM)
 	}
-	n := 0
+	n := b.nowait(unix.SYS_PWRITEV2, &b.writeNoWait, p, off)
 	for n < len(p) {
 		k, err := unix.Pwrite(b.fd, p[n:], off+int64(n))
 		switch {
@@ -378,4 +382,46 @@ func (b *File) Close() error {
 		return fmt.Errorf("server: closing %s: %w", b.path, err)
 	}
 	return nil
+}
+
+// nowait tries a read or write (sysno SYS_PREADV2 or SYS_PWRITEV2) of p at
+// off with RWF_NOWAIT, as a raw system call, and returns how many bytes it
+// moved; the caller does the rest the usual way. With RWF_NOWAIT the
+// kernel refuses (EAGAIN) rather than wait for the disk, so the call is
+// quick and need not tell the Go runtime it might block: a page-cache hit
+// then costs no scheduler bookkeeping, which would wake the runtime's
+// monitor thread on every request of an otherwise idle server (see
+// internal/rawio). A file system that does not support it (EOPNOTSUPP) is
+// not asked again.
+func (b *File) nowait(sysno uintptr, unsupported *atomic.Bool, p []byte, off int64) int {
+	if len(p) == 0 || unsupported.Load() && !b.inMemory {
+		return 0
+	}
+	iov := unix.Iovec{Base: &p[0]}
+	iov.SetLen(len(p))
+	var flags uintptr = unix.RWF_NOWAIT
+	if b.inMemory {
+		// Memory is all there is to wait for; tmpfs does not take the
+		// flag (EOPNOTSUPP), and needs none.
+		flags = 0
+	}
+	r, _, e := unix.RawSyscall6(sysno, uintptr(b.fd), uintptr(unsafe.Pointer(&iov)), 1,
+		uintptr(off), 0, flags)
+	switch e {
+	case 0:
+		return int(r)
+	case unix.EOPNOTSUPP, unix.EINVAL, unix.ENOSYS:
+		unsupported.Store(true)
+	}
+	return 0
+}
+
+// inMemory reports whether fd is a file of a file system held in memory
+// (tmpfs, ramfs), whose reads and writes never wait for a disk.
+func inMemory(fd int) bool {
+	var fs unix.Statfs_t
+	if unix.Fstatfs(fd, &fs) != nil {
+		return false
+	}
+	return fs.Type == unix.TMPFS_MAGIC || fs.Type == unix.RAMFS_MAGIC
 }

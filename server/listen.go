@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/rawio"
 	"github.com/dstproject/dst/wire"
 )
 
@@ -60,6 +61,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			return fmt.Errorf("server: accepting on %v: %w", l.Addr(), err)
 		}
 		backoff = 0
+		c = rawio.Wrap(c)
 		t := s.admission.admit(c) // admission.go
 		if t == nil {
 			c.Close()

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dstproject/dst/internal/rawio"
 )
 
 // Per-connection admission limits. The reader stops reading requests while a
@@ -85,6 +87,7 @@ func ServeTransmission(ctx context.Context, c net.Conn, e *Export, log *slog.Log
 	if log == nil {
 		log = slog.Default()
 	}
+	c = rawio.Wrap(c)
 	return serveTransmission(ctx, c, bufio.NewReaderSize(c, 64<<10), e, log)
 }
 
@@ -98,7 +101,7 @@ func serveTransmission(ctx context.Context, nc net.Conn, br *bufio.Reader, e *Ex
 	}
 	c.cond.L = &c.mu
 	switch nc.(type) {
-	case *net.TCPConn, *net.UnixConn:
+	case *rawio.Conn:
 	default:
 		// Without writev a header and its data would be separate Writes
 		// (separate frames on a yamux stream); coalesce them instead.

@@ -1,6 +1,8 @@
 package nbd
 
 import (
+	"github.com/dstproject/dst/internal/rawio"
+
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -220,7 +222,11 @@ func (c *conn) send(batch []*Request) error {
 		err = c.bw.Flush()
 	} else {
 		c.bufs = iov
-		_, err = c.bufs.WriteTo(c.nc)
+		if rc, ok := c.nc.(*rawio.Conn); ok {
+			_, err = rc.Writev(c.bufs)
+		} else {
+			_, err = c.bufs.WriteTo(c.nc)
+		}
 	}
 	clear(iov) // do not keep recycled buffers reachable
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dstproject/dst/internal/rawio"
 )
 
 // ErrProtocol is wrapped by errors that end a connection because the peer
@@ -208,6 +210,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 // result is nil when the client left cleanly (NBD_OPT_ABORT or NBD_CMD_DISC).
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	defer c.Close()
+	c = rawio.Wrap(c)
 	if err := s.validate(); err != nil {
 		return err
 	}
