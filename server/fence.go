@@ -130,6 +130,13 @@ func (se *session) isFenced() bool {
 	return se.fenced
 }
 
+// isEnded reports whether se has been fenced or has ended.
+func (se *session) isEnded() bool {
+	se.gate.RLock()
+	defer se.gate.RUnlock()
+	return se.fenced || se.ended
+}
+
 // begin is called before a request touches the backend; if it returns OK,
 // the caller must call end when the backend call returns. A fenced session
 // starts nothing, and neither does a request whose client has given up on
@@ -139,6 +146,10 @@ func (se *session) begin(r *wire.Request) wire.Status {
 	if se.fenced {
 		se.gate.RUnlock()
 		return wire.StatusESTALE
+	}
+	if se.ended {
+		se.gate.RUnlock()
+		return wire.StatusESHUTDOWN
 	}
 	if r.Expires != 0 && serverClock() >= r.Expires {
 		se.gate.RUnlock()
@@ -153,7 +164,8 @@ func (se *session) end() { se.gate.RUnlock() }
 // request in progress on the backend and exclusively by fence.
 type sessionGate struct {
 	gate      sync.RWMutex
-	fenced    bool // under gate
+	fenced    bool // under gate: a newer session, or a revocation, fenced it
+	ended     bool // under gate: it has ended, and starts nothing more
 	attach    *attachment
 	attachKey attachKey
 }

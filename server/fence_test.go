@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/server"
 	"github.com/dstproject/dst/server/servertest"
 	"github.com/dstproject/dst/wire"
@@ -194,5 +195,84 @@ func TestServerClock(t *testing.T) {
 			t.Fatalf("clock went back: %d after %d", c, prev)
 		}
 		prev = c
+	}
+}
+
+// gatedBackend holds every WRITE until released, and records which
+// offsets reached it.
+type gatedBackend struct {
+	*servertest.MemBackend
+	entered chan int64
+	release chan struct{}
+}
+
+func (b *gatedBackend) WriteAt(p []byte, off int64) (int, error) {
+	b.entered <- off
+	<-b.release
+	return b.MemBackend.WriteAt(p, off)
+}
+
+// TestRevocationFencesQueuedWrites: a key removed by a reload (SIGHUP)
+// gets nothing more applied, not even the writes the server had already
+// read and queued for its workers; the writes already on the backend
+// finish, and SetAuthorized returns only after them.
+func TestRevocationFencesQueuedWrites(t *testing.T) {
+	const workers, writes = 4, 8
+	b := &gatedBackend{MemBackend: servertest.NewMemBackend(1 << 20), entered: make(chan int64, writes),
+		release: make(chan struct{})}
+	e := &env{t: t, mem: map[string]*servertest.MemBackend{"disk": b.MemBackend}}
+	leakCheck(t)
+	e.start(&server.Config{Logger: testLogger(t), Workers: workers,
+		Exports: []server.ExportConfig{{Name: "disk", Path: "mem:disk", Backend: b}}})
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(b.release)
+		}
+	})
+	c := e.openRaw(e.cli, "disk")
+	go c.readLoop()
+	// One write of eight requests: the reader hands them to the workers,
+	// four of which take one each and stay on the backend; the rest wait.
+	batch := make([]byte, 0, writes*(wire.RequestSize+512))
+	for i := range writes {
+		p := bytes.Repeat([]byte{byte('a' + i)}, 512)
+		r := wire.Request{Cmd: wire.CmdWrite, ID: uint64(i + 1), Offset: uint64(i) * 4096, Length: 512,
+			Checksum: wire.Checksum(p)}
+		hdr := make([]byte, wire.RequestSize)
+		r.Encode(hdr)
+		batch = append(append(batch, hdr...), p...)
+	}
+	go c.st.Write(batch)
+	started := map[int64]bool{}
+	for range workers {
+		started[<-b.entered] = true
+	}
+	revoked := make(chan struct{})
+	go func() {
+		e.srv.SetAuthorized(&crypto.AuthorizedKeys{})
+		close(revoked)
+	}()
+	select {
+	case <-revoked:
+		t.Fatal("SetAuthorized returned while the key's writes were on the backend")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(b.release)
+	released = true
+	select {
+	case <-revoked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("SetAuthorized did not return")
+	}
+	time.Sleep(100 * time.Millisecond) // anything that would still start, starts now
+	for i := range writes {
+		off := int64(i) * 4096
+		got := make([]byte, 512)
+		b.MemBackend.ReadAt(got, off)
+		applied := got[0] != 0
+		if applied != started[off] {
+			t.Errorf("write at %d: applied %v, but on the backend before the revocation %v", off, applied, started[off])
+		}
 	}
 }

@@ -297,8 +297,8 @@ func (s *Server) closeExports() error {
 
 // SetAuthorized replaces the authorized client keys, as on a reload of the
 // authorized keys file: new connections are checked against a, and the
-// sessions of clients whose key a no longer lists are ended at once, with
-// their queue connections.
+// sessions of clients whose key a no longer lists are fenced and ended at
+// once, with their queue connections.
 func (s *Server) SetAuthorized(a *crypto.AuthorizedKeys) {
 	s.authorized.Store(a)
 	s.mu.Lock()
@@ -310,9 +310,16 @@ func (s *Server) SetAuthorized(a *crypto.AuthorizedKeys) {
 		}
 	}
 	s.mu.Unlock()
+	// Fenced, not just closed: a revoked key's requests already read
+	// (queued for a worker, or buffered on a queue connection) must never
+	// be applied after the reload. Fencing waits for the requests those
+	// sessions have on the backend, so SetAuthorized returns only when
+	// nothing of a revoked key can be applied any more.
+	var wg sync.WaitGroup
 	for _, se := range revoked {
-		se.close()
+		wg.Go(se.fence)
 	}
+	wg.Wait()
 }
 
 // track registers a live control session until the returned function is

@@ -50,7 +50,6 @@ type session struct {
 	token  wire.Identity // SERVER_INFO's session token, set once HELLO is answered
 	hello  wire.Hello
 	queues map[*queueConn]struct{}
-	ended  bool // no more queues may bind
 	qwg    sync.WaitGroup
 }
 
@@ -117,6 +116,11 @@ func (s *Server) serveControl(ctx context.Context, conn *crypto.Conn, peer strin
 // and waits until their readers and writers are done.
 func (se *session) shutdown() {
 	se.srv.forget(se)
+	// Nothing the session queued starts from now on: its client is gone.
+	// Requests already on the backend finish first.
+	se.gate.Lock()
+	se.ended = true
+	se.gate.Unlock()
 	se.mu.Lock()
 	se.ended = true
 	for q := range se.queues {
@@ -230,7 +234,7 @@ func versionMessage(v uint16) string {
 func (se *session) bind(q *queueConn) bool {
 	se.mu.Lock()
 	defer se.mu.Unlock()
-	if se.ended || len(se.queues) >= maxQueues {
+	if se.isEnded() || len(se.queues) >= maxQueues {
 		return false
 	}
 	se.queues[q] = struct{}{}
