@@ -458,8 +458,10 @@ func TestAdmissionLogRateLimited(t *testing.T) {
 		}
 		lines, events = log.sum("handshake failed")
 		t.Logf("%d lines about %d failed handshakes", lines, events)
-		if lines > periods || events < 200 {
-			t.Errorf("%d lines about %d failed handshakes, want at most %d about 200 or more", lines, events, periods)
+		// How many handshakes fail depends on how fast a loaded machine
+		// (CI runs packages in parallel, under -race) turns them over.
+		if lines > periods || events < 50 {
+			t.Errorf("%d lines about %d failed handshakes, want at most %d about 50 or more", lines, events, periods)
 		}
 		if warns > 2*periods {
 			t.Errorf("%d WARN lines:\n%s", warns, strings.Join(log.lines, "\n"))

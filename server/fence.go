@@ -123,13 +123,6 @@ func (se *session) fence() {
 	se.close()
 }
 
-// isFenced reports whether a newer session has fenced se.
-func (se *session) isFenced() bool {
-	se.gate.RLock()
-	defer se.gate.RUnlock()
-	return se.fenced
-}
-
 // isEnded reports whether se has been fenced or has ended.
 func (se *session) isEnded() bool {
 	se.gate.RLock()

@@ -91,17 +91,15 @@ func (s *Server) serveQueue(conn *crypto.Conn, body []byte, log *slog.Logger) {
 		log:    se.log.With("export", q.Export),
 		budget: newLimiter(maxInflight, maxInflightBytes),
 	}
+	qc.w = qconn.NewWriter(conn, qc.encodeReply, qc.done, qc.writeFailed)
 	if !se.bind(qc) {
 		log.Warn("refusing queue: its session has ended or has too many queues")
 		refuse(conn, log, wire.StatusESTALE, "the session has ended")
+		qc.close()
+		qc.w.Wait()
 		return
 	}
 	defer se.unbind(qc)
-	if se.isFenced() {
-		refuse(conn, log, wire.StatusESTALE, "a newer session of this attachment exists")
-		return
-	}
-	qc.w = qconn.NewWriter(conn, qc.encodeReply, qc.done, qc.writeFailed)
 	msg := wire.AppendMessage(nil, wire.MsgOpened, wire.AppendOpened(nil, &wire.Opened{Export: e.info}))
 	if _, err := conn.Write(msg); err != nil {
 		log.Debug("writing OPENED", "err", err)
@@ -142,9 +140,7 @@ func (q *queueConn) serve() {
 // and a blocked flusher return.
 func (q *queueConn) close() {
 	q.closeOnce.Do(func() {
-		if q.w != nil {
-			q.w.Close()
-		}
+		q.w.Close()
 		q.conn.Close()
 	})
 }

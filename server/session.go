@@ -122,7 +122,6 @@ func (se *session) shutdown() {
 	se.ended = true
 	se.gate.Unlock()
 	se.mu.Lock()
-	se.ended = true
 	for q := range se.queues {
 		q.close()
 	}
