@@ -187,4 +187,3 @@ func statusError(st wire.Status) error {
 	}
 	return syscall.EIO
 }
-

@@ -126,8 +126,8 @@ func TestConstMsgType(t *testing.T) {
 		{MsgServerInfo, 2, "SERVER_INFO"},
 		{MsgOpened, 4, "OPENED"},
 		{MsgError, 5, "ERROR"},
-		{MsgPing, 6, "PING"}, // version 2
-		{MsgPong, 7, "PONG"}, // version 2
+		{MsgPing, 6, "PING"},       // version 2
+		{MsgPong, 7, "PONG"},       // version 2
 		{MsgControl, 8, "CONTROL"}, // version 3
 		{MsgQueue, 9, "QUEUE"},
 	}
