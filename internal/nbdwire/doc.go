@@ -24,14 +24,16 @@
 //	C: "IHAVEOPT" (8) option (4) length (4)                     OptHeader
 //	   data (length)                                            e.g. InfoRequest
 //	S: 0x3e889045565a9 (8) option (4) reply type (4) length (4) OptReplyHeader
-//	   data (length)                                            e.g. InfoExport
+//	   data (length)                                            e.g. ExportInfo
 //
-// The client sends options until one ends the handshake. NBD_OPT_GO is
-// answered with NBD_REP_INFO replies, whose data is an info type (2) and
-// its body, then NBD_REP_ACK; NBD_OPT_EXPORT_NAME is answered with the
-// export's size (8) and transmission flags (2), then 124 zero bytes unless
-// both sides set NO_ZEROES (ExportNameReply). Transmission, with simple
-// replies:
+// The client sends options until one ends the handshake. NBD_OPT_LIST is
+// answered with an NBD_REP_SERVER per export (ExportEntry), then
+// NBD_REP_ACK. NBD_OPT_INFO and NBD_OPT_GO are answered with NBD_REP_INFO
+// replies, whose data is an info type (2) and its body (ExportInfo,
+// BlockSizeInfo, or text), then NBD_REP_ACK. NBD_OPT_EXPORT_NAME is
+// answered with the export's size (8) and transmission flags (2), then 124
+// zero bytes unless both sides set NO_ZEROES (ExportNameReply).
+// Transmission, with simple replies:
 //
 //	C: 0x25609513 (4) flags (2) type (2) cookie (8) offset (8) length (4)  Request
 //	   [payload (length), NBD_CMD_WRITE only]

@@ -87,6 +87,14 @@ func FuzzDecodeExportNameReply(f *testing.F) {
 	fuzzDecoder(f, ExportNameReplySize, false, DecodeExportNameReply, func(r ExportNameReply) []byte { return r.Append(nil, false) })
 }
 
+func FuzzDecodeExportEntry(f *testing.F) {
+	addVariants(f, ExportEntry{Name: "ro", Description: "read only"}.Append(nil))
+	addVariants(f, ExportEntry{Name: "disk0"}.Append(nil))
+	f.Add(unhex(f, "00000009 726f"))      // name longer than the data
+	f.Add(unhex(f, "ffffffff 726f 726f")) // name length near 2^32
+	fuzzDecoder(f, exportEntryMinSize, true, DecodeExportEntry, func(e ExportEntry) []byte { return e.Append(nil) })
+}
+
 func FuzzDecodeInfoRequest(f *testing.F) {
 	addVariants(f, InfoRequest{Name: "mem", Infos: []InfoType{InfoBlockSize, InfoName}}.Append(nil))
 	addVariants(f, InfoRequest{}.Append(nil))

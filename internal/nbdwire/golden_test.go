@@ -56,6 +56,9 @@ func optReplyHeader(h OptReplyHeader) form {
 func exportNameReply(r ExportNameReply, zeroes bool) form {
 	return form{"ExportNameReply", r, func(b []byte) []byte { return r.Append(b, zeroes) }, decoder(DecodeExportNameReply)}
 }
+func exportEntry(e ExportEntry) form {
+	return form{"ExportEntry", e, e.Append, decoder(DecodeExportEntry)}
+}
 func infoRequest(r InfoRequest) form {
 	return form{"InfoRequest", r, r.Append, decoder(DecodeInfoRequest)}
 }
@@ -97,6 +100,10 @@ func TestGolden(t *testing.T) {
 		{exportNameReply(ExportNameReply{Size: 8192, Flags: TransHasFlags | TransReadOnly}, true), `
 			0000000000002000 | 0003 # 8 KiB, HAS_FLAGS|READ_ONLY
 			` + strings.Repeat("00", 124) + `# reserved`},
+		{exportEntry(ExportEntry{Name: "ro", Description: "read only"}), `
+			00000002 | 726f    # name "ro"
+			72656164206f6e6c79 # description "read only"`},
+		{exportEntry(ExportEntry{}), `00000000`},
 		{infoRequest(InfoRequest{Name: "mem", Infos: []InfoType{InfoBlockSize, InfoName}}), `
 			00000003 | 6d656d # name "mem"
 			0002              # two info requests
@@ -159,6 +166,8 @@ func TestRoundTrip(t *testing.T) {
 		optHeader(OptHeader{Option: math.MaxUint32, Length: math.MaxUint32}),
 		optReplyHeader(OptReplyHeader{Option: math.MaxUint32, Type: math.MaxUint32, Length: math.MaxUint32}),
 		exportNameReply(ExportNameReply{Size: math.MaxUint64, Flags: math.MaxUint16}, true),
+		exportEntry(ExportEntry{Name: strings.Repeat("n", MaxString), Description: strings.Repeat("d", MaxString)}),
+		exportEntry(ExportEntry{Description: "\x00\x00\x00\x09"}),
 		infoRequest(InfoRequest{Name: strings.Repeat("n", MaxString), Infos: infos}),
 		infoRequest(InfoRequest{Name: "\x00\xff", Infos: []InfoType{math.MaxUint16}}),
 		exportInfo(ExportInfo{}),
@@ -201,6 +210,9 @@ func TestDecodeErrors(t *testing.T) {
 		{"option reply is an option header", decoder(DecodeOptReplyHeader), valid(optHeader(OptHeader{})), ErrShort},
 		{"option reply magic", decoder(DecodeOptReplyHeader), append(valid(optHeader(OptHeader{})), 0, 0, 0, 0), ErrMalformed},
 		{"export name reply short", decoder(DecodeExportNameReply), make([]byte, 9), ErrShort},
+		{"export entry short", decoder(DecodeExportEntry), []byte{0, 0, 0}, ErrShort},
+		{"export entry name too long", decoder(DecodeExportEntry), unhex(t, "00000003 726f"), ErrMalformed},
+		{"export entry name wraps", decoder(DecodeExportEntry), unhex(t, "ffffffff 726f"), ErrMalformed},
 		{"info request short", decoder(DecodeInfoRequest), []byte{0, 0, 0, 0, 0}, ErrShort},
 		{"info request name too long", decoder(DecodeInfoRequest), unhex(t, "00000009 6d 0000"), ErrMalformed},
 		{"info request name into count", decoder(DecodeInfoRequest), unhex(t, "00000002 6d6d 00"), ErrMalformed},

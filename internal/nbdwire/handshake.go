@@ -27,6 +27,7 @@ const (
 	InfoExportSize      = 2 + 8 + 2     // info type, size, transmission flags
 	InfoBlockSizeSize   = 2 + 4 + 4 + 4 // info type, minimum, preferred, maximum
 	infoRequestMinSize  = 4 + 2         // name length, info count
+	exportEntryMinSize  = 4             // name length
 
 	// MaxString is the longest string (export name, description, error
 	// message) the protocol allows.
@@ -304,6 +305,35 @@ func DecodeExportNameReply(b []byte) (ExportNameReply, error) {
 		Size:  binary.BigEndian.Uint64(b[enSize:]),
 		Flags: TransFlags(binary.BigEndian.Uint16(b[enFlags:])),
 	}, nil
+}
+
+// ExportEntry is the data of an NBD_REP_SERVER reply to NBD_OPT_LIST:
+//
+//	0 name length u32
+//	4 name
+//	  description (the rest; may be empty)
+type ExportEntry struct {
+	Name, Description string
+}
+
+// Append appends the encoding of e to b.
+func (e ExportEntry) Append(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(e.Name)))
+	b = append(b, e.Name...)
+	return append(b, e.Description...)
+}
+
+// DecodeExportEntry parses the whole of b, a reply's data, as an
+// ExportEntry.
+func DecodeExportEntry(b []byte) (ExportEntry, error) {
+	if len(b) < exportEntryMinSize {
+		return ExportEntry{}, short("export list entry", exportEntryMinSize, len(b))
+	}
+	n := binary.BigEndian.Uint32(b)
+	if uint64(n) > uint64(len(b)-exportEntryMinSize) {
+		return ExportEntry{}, malformed("export list entry name of %d bytes in %d bytes of data", n, len(b))
+	}
+	return ExportEntry{Name: string(b[4 : 4+n]), Description: string(b[4+n:])}, nil
 }
 
 // InfoRequest is the data of NBD_OPT_INFO and NBD_OPT_GO:
