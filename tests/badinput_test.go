@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 // TestRefusedAttach: attaches that must fail do so with a clear message and
@@ -199,19 +201,19 @@ func TestReadOnlyExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer n.close()
-	if n.flags&nbdFlagReadOnly == 0 {
-		t.Errorf("tests: transmission flags %#x lack NBD_FLAG_READ_ONLY", n.flags)
+	if n.flags&nbdwire.TransReadOnly == 0 {
+		t.Errorf("tests: transmission flags %v lack NBD_FLAG_READ_ONLY", n.flags)
 	}
-	errno, _, err := n.do(nbdCmdWrite, 0, 4096, make([]byte, 4096))
+	errno, _, err := n.do(nbdwire.CmdWrite, 0, 4096, make([]byte, 4096))
 	if err != nil {
 		t.Fatalf("tests: write to read-only export: %v", err)
 	}
-	if errno != nbdEPERM {
-		t.Errorf("tests: write to read-only export: error %d, want EPERM (%d)", errno, nbdEPERM)
+	if errno != nbdwire.EPERM {
+		t.Errorf("tests: write to read-only export: error %v, want EPERM", errno)
 	}
-	errno, data, err := n.do(nbdCmdRead, 0, 4096, nil)
+	errno, data, err := n.do(nbdwire.CmdRead, 0, 4096, nil)
 	if err != nil || errno != 0 || !bytes.Equal(data, make([]byte, 4096)) {
-		t.Errorf("tests: read after refused write: errno %d err %v", errno, err)
+		t.Errorf("tests: read after refused write: errno %v err %v", errno, err)
 	}
 	fileIsZero(t, s.lookup(t, "ro").Path)
 }
@@ -240,36 +242,36 @@ func TestOutOfRange(t *testing.T) {
 		t.Errorf("tests: raw client sees size %d, want %d", n.size, size)
 	}
 	for _, r := range []struct {
-		cmd    uint16
+		cmd    nbdwire.Command
 		off    uint64
 		length uint32
 	}{
-		{nbdCmdRead, size, 4096},
-		{nbdCmdRead, size - 4096, 8192},
-		{nbdCmdRead, ^uint64(0) - 4095, 8192}, // offset+length wraps around
-		{nbdCmdWrite, size, 4096},
-		{nbdCmdWrite, size - 512, 1024},
-		{nbdCmdWrite, ^uint64(0) - 511, 1024},
+		{nbdwire.CmdRead, size, 4096},
+		{nbdwire.CmdRead, size - 4096, 8192},
+		{nbdwire.CmdRead, ^uint64(0) - 4095, 8192}, // offset+length wraps around
+		{nbdwire.CmdWrite, size, 4096},
+		{nbdwire.CmdWrite, size - 512, 1024},
+		{nbdwire.CmdWrite, ^uint64(0) - 511, 1024},
 	} {
 		var payload []byte
-		if r.cmd == nbdCmdWrite {
+		if r.cmd == nbdwire.CmdWrite {
 			payload = bytes.Repeat([]byte{0xee}, int(r.length))
 		}
 		errno, _, err := n.do(r.cmd, r.off, r.length, payload)
 		if err != nil {
-			t.Fatalf("tests: cmd %d at %#x+%d: %v", r.cmd, r.off, r.length, err)
+			t.Fatalf("tests: %v at %#x+%d: %v", r.cmd, r.off, r.length, err)
 		}
-		if errno != nbdEINVAL && errno != nbdENOSPC {
-			t.Errorf("tests: cmd %d at %#x+%d: error %d, want EINVAL or ENOSPC", r.cmd, r.off, r.length, errno)
+		if errno != nbdwire.EINVAL && errno != nbdwire.ENOSPC {
+			t.Errorf("tests: %v at %#x+%d: error %v, want EINVAL or ENOSPC", r.cmd, r.off, r.length, errno)
 		}
 	}
 	// The same connection still serves in-range requests.
-	errno, data, err := n.do(nbdCmdRead, 0, 65536, nil)
+	errno, data, err := n.do(nbdwire.CmdRead, 0, 65536, nil)
 	if err != nil || errno != 0 || !bytes.Equal(data, bytes.Repeat([]byte{0x6b}, 65536)) {
-		t.Errorf("tests: in-range read after refused requests: errno %d err %v", errno, err)
+		t.Errorf("tests: in-range read after refused requests: errno %v err %v", errno, err)
 	}
-	if errno, _, err := n.do(nbdCmdFlush, 0, 0, nil); err != nil || errno != 0 {
-		t.Errorf("tests: flush: errno %d err %v", errno, err)
+	if errno, _, err := n.do(nbdwire.CmdFlush, 0, 0, nil); err != nil || errno != 0 {
+		t.Errorf("tests: flush: errno %v err %v", errno, err)
 	}
 	qemuIO(t, a.uri(), "read -P 0x6b 0 64k", "read -P 0 8188k 4k")
 	s.alive(t)

@@ -3,7 +3,6 @@ package nbd_test
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -17,42 +16,16 @@ import (
 
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/client/nbd/nbdtest"
-)
-
-// Wire constants, written out independently of the package under test so a
-// wrong constant there cannot make both sides agree.
-const (
-	magicNBD       = 0x4e42444d41474943
-	magicOpt       = 0x49484156454F5054
-	magicOptReply  = 0x3e889045565a9
-	magicRequest   = 0x25609513
-	magicReply     = 0x67446698
-	optExportName  = 1
-	optAbort       = 2
-	optList        = 3
-	optStartTLS    = 5
-	optInfo        = 6
-	optGo          = 7
-	optStructured  = 8
-	repAck         = 1
-	repServer      = 2
-	repInfo        = 3
-	repErrUnsup    = 1<<31 | 1
-	repErrInvalid  = 1<<31 | 3
-	repErrUnknown  = 1<<31 | 6
-	repErrTooBig   = 1<<31 | 9
-	infoExport     = 0
-	infoName       = 1
-	infoDesc       = 2
-	infoBlockSize  = 3
-	cFixedNewstyle = 1
-	cNoZeroes      = 2
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 var quietLog = slog.New(slog.DiscardHandler)
 
 // tclient is a small NBD client for tests: raw handshake helpers, then
-// concurrent requests matched to replies by cookie.
+// concurrent requests matched to replies by cookie. It encodes with
+// nbdwire, as the server does, so a wrong value there would fool both:
+// nbdwire's golden and pinned tests, and the real clients of
+// realclient_test.go, are what catch that.
 type tclient struct {
 	t  testing.TB
 	nc net.Conn
@@ -84,51 +57,49 @@ func newTClient(t testing.TB, nc net.Conn) *tclient {
 }
 
 // hello reads the server greeting and answers with client flags.
-func (c *tclient) hello(clientFlags uint32) uint16 {
+func (c *tclient) hello(clientFlags nbdwire.ClientFlags) nbdwire.HandshakeFlags {
 	c.t.Helper()
-	var b [18]byte
+	var b [nbdwire.ServerHelloSize]byte
 	c.mustRead(b[:])
-	if binary.BigEndian.Uint64(b[0:]) != magicNBD || binary.BigEndian.Uint64(b[8:]) != magicOpt {
-		c.t.Fatalf("bad greeting %x", b)
+	h, err := nbdwire.DecodeServerHello(b[:])
+	if err != nil {
+		c.t.Fatal(err)
 	}
-	c.mustWrite(binary.BigEndian.AppendUint32(nil, clientFlags))
-	return binary.BigEndian.Uint16(b[16:])
+	c.mustWrite(clientFlags.Append(nil))
+	return h.Flags
 }
 
-func (c *tclient) sendOption(opt uint32, data []byte) {
+func (c *tclient) sendOption(opt nbdwire.Option, data []byte) {
 	c.t.Helper()
-	b := binary.BigEndian.AppendUint64(nil, magicOpt)
-	b = binary.BigEndian.AppendUint32(b, opt)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-	c.mustWrite(append(b, data...))
+	c.mustWrite(optBytes(opt, data))
+}
+
+func optBytes(opt nbdwire.Option, data []byte) []byte {
+	b := nbdwire.OptHeader{Option: opt, Length: uint32(len(data))}.Append(nil)
+	return append(b, data...)
 }
 
 type optReply struct {
-	opt, typ uint32
-	data     []byte
+	opt  nbdwire.Option
+	typ  nbdwire.ReplyType
+	data []byte
 }
 
 func (c *tclient) readOptReply() optReply {
 	c.t.Helper()
-	var h [20]byte
-	c.mustRead(h[:])
-	if m := binary.BigEndian.Uint64(h[0:]); m != magicOptReply {
-		c.t.Fatalf("bad option reply magic %#x", m)
+	var b [nbdwire.OptReplyHeaderSize]byte
+	c.mustRead(b[:])
+	h, err := nbdwire.DecodeOptReplyHeader(b[:])
+	if err != nil {
+		c.t.Fatal(err)
 	}
-	r := optReply{opt: binary.BigEndian.Uint32(h[8:]), typ: binary.BigEndian.Uint32(h[12:])}
-	r.data = make([]byte, binary.BigEndian.Uint32(h[16:]))
+	r := optReply{opt: h.Option, typ: h.Type, data: make([]byte, h.Length)}
 	c.mustRead(r.data)
 	return r
 }
 
-func infoPayload(name string, infos ...uint16) []byte {
-	b := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
-	b = append(b, name...)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(infos)))
-	for _, i := range infos {
-		b = binary.BigEndian.AppendUint16(b, i)
-	}
-	return b
+func infoPayload(name string, infos ...nbdwire.InfoType) []byte {
+	return nbdwire.InfoRequest{Name: name, Infos: infos}.Append(nil)
 }
 
 // exportInfo is what NBD_OPT_INFO/GO told us.
@@ -142,37 +113,39 @@ type exportInfo struct {
 
 // infoGo sends INFO or GO and collects replies up to the final one, which it
 // returns (ACK on success).
-func (c *tclient) infoGo(opt uint32, name string, infos ...uint16) (exportInfo, optReply) {
+func (c *tclient) infoGo(opt nbdwire.Option, name string, infos ...nbdwire.InfoType) (exportInfo, optReply) {
 	c.t.Helper()
 	c.sendOption(opt, infoPayload(name, infos...))
 	var ei exportInfo
 	for {
 		r := c.readOptReply()
 		if r.opt != opt {
-			c.t.Fatalf("reply for option %d, want %d", r.opt, opt)
+			c.t.Fatalf("reply for option %v, want %v", r.opt, opt)
 		}
-		if r.typ != repInfo {
+		if r.typ != nbdwire.RepInfo {
 			return ei, r
 		}
-		if len(r.data) < 2 {
-			c.t.Fatalf("short NBD_REP_INFO %x", r.data)
+		t, err := nbdwire.DecodeInfoType(r.data)
+		if err != nil {
+			c.t.Fatal(err)
 		}
-		d := r.data[2:]
-		switch binary.BigEndian.Uint16(r.data) {
-		case infoExport:
-			if len(d) != 10 {
-				c.t.Fatalf("INFO_EXPORT length %d", len(d))
+		switch t {
+		case nbdwire.InfoExport:
+			x, err := nbdwire.DecodeExportInfo(r.data)
+			if err != nil {
+				c.t.Fatal(err)
 			}
-			ei.size, ei.flags = binary.BigEndian.Uint64(d), binary.BigEndian.Uint16(d[8:])
-		case infoName:
-			ei.name, ei.haveName = string(d), true
-		case infoDesc:
-			ei.desc, ei.haveDesc = string(d), true
-		case infoBlockSize:
-			if len(d) != 12 {
-				c.t.Fatalf("INFO_BLOCK_SIZE length %d", len(d))
+			ei.size, ei.flags = x.Size, uint16(x.Flags)
+		case nbdwire.InfoName:
+			ei.name, ei.haveName = string(r.data[nbdwire.InfoTypeSize:]), true
+		case nbdwire.InfoDescription:
+			ei.desc, ei.haveDesc = string(r.data[nbdwire.InfoTypeSize:]), true
+		case nbdwire.InfoBlockSize:
+			x, err := nbdwire.DecodeBlockSizeInfo(r.data)
+			if err != nil {
+				c.t.Fatal(err)
 			}
-			ei.minB, ei.prefB, ei.maxB = binary.BigEndian.Uint32(d), binary.BigEndian.Uint32(d[4:]), binary.BigEndian.Uint32(d[8:])
+			ei.minB, ei.prefB, ei.maxB = x.Min, x.Preferred, x.Max
 		}
 	}
 }
@@ -180,10 +153,10 @@ func (c *tclient) infoGo(opt uint32, name string, infos ...uint16) (exportInfo, 
 // goTransmission negotiates export name with GO and starts the reply reader.
 func (c *tclient) goTransmission(name string) exportInfo {
 	c.t.Helper()
-	c.hello(cFixedNewstyle | cNoZeroes)
-	ei, r := c.infoGo(optGo, name, infoBlockSize)
-	if r.typ != repAck {
-		c.t.Fatalf("GO %q: reply %#x %q", name, r.typ, r.data)
+	c.hello(nbdwire.ClientFixedNewstyle | nbdwire.ClientNoZeroes)
+	ei, r := c.infoGo(nbdwire.OptGo, name, nbdwire.InfoBlockSize)
+	if r.typ != nbdwire.RepAck {
+		c.t.Fatalf("GO %q: reply %v %q", name, r.typ, r.data)
 	}
 	go c.readLoop()
 	return ei
@@ -219,13 +192,7 @@ func (c *tclient) start(cl *call, cmd nbd.Command, flags nbd.CmdFlags, off uint6
 
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	b := c.wbuf[:0]
-	b = binary.BigEndian.AppendUint32(b, magicRequest)
-	b = binary.BigEndian.AppendUint16(b, uint16(flags))
-	b = binary.BigEndian.AppendUint16(b, uint16(cmd))
-	b = binary.BigEndian.AppendUint64(b, cl.cookie)
-	b = binary.BigEndian.AppendUint64(b, off)
-	b = binary.BigEndian.AppendUint32(b, length)
+	b := nbdwire.Request{Flags: flags, Cmd: cmd, Cookie: cl.cookie, Offset: off, Length: length}.Append(c.wbuf[:0])
 	c.wbuf = b
 	if len(payload) > 0 {
 		bufs := net.Buffers{b, payload}
@@ -280,16 +247,16 @@ func (c *tclient) readLoop() {
 }
 
 func (c *tclient) readReplies() error {
-	var h [16]byte
+	var h [nbdwire.SimpleReplySize]byte
 	for {
 		if _, err := io.ReadFull(c.br, h[:]); err != nil {
 			return err
 		}
-		if m := binary.BigEndian.Uint32(h[0:]); m != magicReply {
-			return fmt.Errorf("bad reply magic %#x", m)
+		rep, err := nbdwire.DecodeSimpleReply(h[:])
+		if err != nil {
+			return err
 		}
-		errno := nbd.Errno(binary.BigEndian.Uint32(h[4:]))
-		cookie := binary.BigEndian.Uint64(h[8:])
+		errno, cookie := rep.Errno, rep.Cookie
 		c.mu.Lock()
 		cl := c.calls[cookie]
 		delete(c.calls, cookie)

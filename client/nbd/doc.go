@@ -6,8 +6,11 @@
 // The package owns the wire protocol only: fixed-newstyle option haggling
 // (handshake.go), the transmission phase with many requests in flight per
 // connection (conn.go), request validation (validate.go), the errno mapping
-// (errno.go) and the accept loop (server.go). It knows nothing about where the
-// blocks live; that is the Device's business.
+// (errno.go) and the accept loop (server.go). The protocol's values and byte
+// layouts are declared in internal/nbdwire, which the test clients share;
+// Command, CmdFlags, Errno and their constants here are aliases of nbdwire's.
+// The package knows nothing about where the blocks live; that is the
+// Device's business.
 //
 // # Wire summary
 //

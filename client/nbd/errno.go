@@ -2,46 +2,25 @@ package nbd
 
 import (
 	"errors"
-	"strconv"
 	"syscall"
+
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
-// Errno is the error field of a transmission reply. The values are fixed by
-// the protocol, not by the host's errno numbering (they happen to match
-// Linux). An Errno is an error, so a Device may pass one to Complete.
-type Errno uint32
+// Errno is the error field of a transmission reply. An Errno is an error,
+// so a Device may pass one to Complete.
+type Errno = nbdwire.Errno
 
 const (
-	EPERM     Errno = 1
-	EIO       Errno = 5
-	ENOMEM    Errno = 12
-	EINVAL    Errno = 22
-	ENOSPC    Errno = 28
-	EOVERFLOW Errno = 75
-	ENOTSUP   Errno = 95
-	ESHUTDOWN Errno = 108
+	EPERM     = nbdwire.EPERM
+	EIO       = nbdwire.EIO
+	ENOMEM    = nbdwire.ENOMEM
+	EINVAL    = nbdwire.EINVAL
+	ENOSPC    = nbdwire.ENOSPC
+	EOVERFLOW = nbdwire.EOVERFLOW
+	ENOTSUP   = nbdwire.ENOTSUP
+	ESHUTDOWN = nbdwire.ESHUTDOWN
 )
-
-var errnoNames = map[Errno]string{
-	0:         "OK",
-	EPERM:     "EPERM",
-	EIO:       "EIO",
-	ENOMEM:    "ENOMEM",
-	EINVAL:    "EINVAL",
-	ENOSPC:    "ENOSPC",
-	EOVERFLOW: "EOVERFLOW",
-	ENOTSUP:   "ENOTSUP",
-	ESHUTDOWN: "ESHUTDOWN",
-}
-
-func (e Errno) String() string {
-	if s, ok := errnoNames[e]; ok {
-		return s
-	}
-	return "ERRNO_" + strconv.FormatUint(uint64(e), 10)
-}
-
-func (e Errno) Error() string { return "nbd: " + e.String() }
 
 // errnoOf maps a Device error to the errno a client sees. Only the values the
 // protocol defines may go on the wire; everything unknown becomes EIO, which
@@ -52,7 +31,7 @@ func errnoOf(err error) Errno {
 	}
 	var ne Errno
 	if errors.As(err, &ne) {
-		if _, ok := errnoNames[ne]; ok && ne != 0 {
+		if ne.Valid() {
 			return ne
 		}
 		return EIO

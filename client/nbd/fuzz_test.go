@@ -1,7 +1,6 @@
 package nbd_test
 
 import (
-	"encoding/binary"
 	"io"
 	"net"
 	"runtime"
@@ -10,30 +9,19 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
-func optBytes(opt uint32, data []byte) []byte {
-	b := binary.BigEndian.AppendUint64(nil, magicOpt)
-	b = binary.BigEndian.AppendUint32(b, opt)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-	return append(b, data...)
-}
-
 func reqBytes(cmd nbd.Command, flags nbd.CmdFlags, cookie, off uint64, length uint32, payload []byte) []byte {
-	b := binary.BigEndian.AppendUint32(nil, magicRequest)
-	b = binary.BigEndian.AppendUint16(b, uint16(flags))
-	b = binary.BigEndian.AppendUint16(b, uint16(cmd))
-	b = binary.BigEndian.AppendUint64(b, cookie)
-	b = binary.BigEndian.AppendUint64(b, off)
-	b = binary.BigEndian.AppendUint32(b, length)
+	b := nbdwire.Request{Flags: flags, Cmd: cmd, Cookie: cookie, Offset: off, Length: length}.Append(nil)
 	return append(b, payload...)
 }
 
 // FuzzServeConn feeds arbitrary client streams to a server: it must neither
 // panic nor hang, whatever the bytes.
 func FuzzServeConn(f *testing.F) {
-	flags := []byte{0, 0, 0, cFixedNewstyle | cNoZeroes}
-	goMem := optBytes(optGo, infoPayload("", infoBlockSize))
+	flags := (nbdwire.ClientFixedNewstyle | nbdwire.ClientNoZeroes).Append(nil)
+	goMem := optBytes(nbdwire.OptGo, infoPayload("", nbdwire.InfoBlockSize))
 	valid := append(append([]byte{}, flags...), goMem...)
 	valid = append(valid, reqBytes(nbd.CmdWrite, nbd.FlagFUA, 1, 0, 512, make([]byte, 512))...)
 	valid = append(valid, reqBytes(nbd.CmdRead, 0, 2, 0, 4096, nil)...)
@@ -42,9 +30,9 @@ func FuzzServeConn(f *testing.F) {
 	valid = append(valid, reqBytes(nbd.CmdDisc, 0, 5, 0, 0, nil)...)
 	f.Add(valid)
 	f.Add(valid[:len(valid)/2])
-	f.Add(append(append([]byte{}, flags...), optBytes(optList, nil)...))
-	f.Add(append(append([]byte{}, flags...), optBytes(optInfo, make([]byte, 70000))...))
-	f.Add(append(append([]byte{}, flags...), optBytes(optExportName, []byte("mem"))...))
+	f.Add(append(append([]byte{}, flags...), optBytes(nbdwire.OptList, nil)...))
+	f.Add(append(append([]byte{}, flags...), optBytes(nbdwire.OptInfo, make([]byte, 70000))...))
+	f.Add(append(append([]byte{}, flags...), optBytes(nbdwire.OptExportName, []byte("mem"))...))
 	f.Add(append(append(append([]byte{}, flags...), goMem...), reqBytes(nbd.CmdWrite, 0, 1, 1<<64-1, 1<<31, nil)...))
 	f.Add(append(append(append([]byte{}, flags...), goMem...), reqBytes(nbd.CmdRead, 0, 1, 1<<20, 1<<20, nil)...))
 

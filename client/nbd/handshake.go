@@ -3,12 +3,13 @@ package nbd
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 const (
@@ -59,22 +60,22 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, log *slog.Logger) (*
 }
 
 func (h *handshake) run() (*Export, error) {
-	var hello [serverHelloLen]byte
-	binary.BigEndian.PutUint64(hello[0:], magicNBD)
-	binary.BigEndian.PutUint64(hello[8:], magicOpt)
-	binary.BigEndian.PutUint16(hello[16:], hsFixedNewstyle|hsNoZeroes)
-	if _, err := h.c.Write(hello[:]); err != nil {
+	hello := nbdwire.ServerHello{Flags: nbdwire.HandshakeFixedNewstyle | nbdwire.HandshakeNoZeroes}
+	if _, err := h.c.Write(hello.Append(nil)); err != nil {
 		return nil, fmt.Errorf("nbd: write server hello: %w", err)
 	}
-	var cf [4]byte
+	var cf [nbdwire.ClientFlagsSize]byte
 	if _, err := io.ReadFull(h.br, cf[:]); err != nil {
 		return nil, fmt.Errorf("nbd: read client flags: %w", err)
 	}
-	flags := binary.BigEndian.Uint32(cf[:])
-	if flags&^clientKnownFlags != 0 {
-		return nil, fmt.Errorf("%w: unknown client flags %#x", ErrProtocol, flags)
+	flags, err := nbdwire.DecodeClientFlags(cf[:])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
-	h.noZeroes = flags&clientNoZeroes != 0
+	if flags&^nbdwire.KnownClientFlags != 0 {
+		return nil, fmt.Errorf("%w: unknown client flags %#x", ErrProtocol, uint32(flags))
+	}
+	h.noZeroes = flags&nbdwire.ClientNoZeroes != 0
 
 	for {
 		e, done, err := h.option()
@@ -87,15 +88,15 @@ func (h *handshake) run() (*Export, error) {
 // option reads and answers one option. done reports the end of haggling:
 // with an export for transmission, or with a nil export after an abort.
 func (h *handshake) option() (e *Export, done bool, err error) {
-	var hdr [optHeaderLen]byte
+	var hdr [nbdwire.OptHeaderSize]byte
 	if _, err := io.ReadFull(h.br, hdr[:]); err != nil {
 		return nil, false, fmt.Errorf("nbd: read option header: %w", err)
 	}
-	if m := binary.BigEndian.Uint64(hdr[0:]); m != magicOpt {
-		return nil, false, fmt.Errorf("%w: bad option magic %#x", ErrProtocol, m)
+	oh, err := nbdwire.DecodeOptHeader(hdr[:])
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
-	opt := option(binary.BigEndian.Uint32(hdr[8:]))
-	n := binary.BigEndian.Uint32(hdr[12:])
+	opt, n := oh.Option, oh.Length
 	if n > maxOptionLen {
 		return nil, false, h.tooBig(opt, n)
 	}
@@ -109,42 +110,38 @@ func (h *handshake) option() (e *Export, done bool, err error) {
 	h.log.Debug("nbd: option", "opt", opt, "len", n)
 
 	switch opt {
-	case optExportName:
+	case nbdwire.OptExportName:
 		e, err := h.exportName(string(p))
 		return e, err == nil, err
-	case optAbort:
+	case nbdwire.OptAbort:
 		// Clients may hang up without reading the ACK; that is not an error.
-		_ = h.reply(opt, repAck, nil)
+		_ = h.reply(opt, nbdwire.RepAck, nil)
 		return nil, true, nil
-	case optList:
+	case nbdwire.OptList:
 		return nil, false, h.list(p)
-	case optInfo, optGo:
+	case nbdwire.OptInfo, nbdwire.OptGo:
 		return h.infoGo(opt, p)
 	default: // STARTTLS, STRUCTURED_REPLY, meta contexts, anything new
-		return nil, false, h.reply(opt, repErrUnsup, fmt.Appendf(nil, "option %v is not supported", opt))
+		return nil, false, h.reply(opt, nbdwire.RepErrUnsup, fmt.Appendf(nil, "option %v is not supported", opt))
 	}
 }
 
 // tooBig skips an oversized option and refuses it, or gives up on the
 // client when even skipping is unreasonable or no error reply is possible.
-func (h *handshake) tooBig(opt option, n uint32) error {
-	if opt == optExportName || n > maxOptionDiscard {
+func (h *handshake) tooBig(opt nbdwire.Option, n uint32) error {
+	if opt == nbdwire.OptExportName || n > maxOptionDiscard {
 		return fmt.Errorf("%w: option %v payload of %d bytes", ErrProtocol, opt, n)
 	}
 	if _, err := io.CopyN(io.Discard, h.br, int64(n)); err != nil {
 		return fmt.Errorf("nbd: skip option %v payload: %w", opt, err)
 	}
 	h.log.Warn("nbd: oversized option refused", "opt", opt, "len", n)
-	return h.reply(opt, repErrTooBig, fmt.Appendf(nil, "option payload of %d bytes is too large", n))
+	return h.reply(opt, nbdwire.RepErrTooBig, fmt.Appendf(nil, "option payload of %d bytes is too large", n))
 }
 
 // reply sends one option reply with a single Write.
-func (h *handshake) reply(opt option, typ replyType, data []byte) error {
-	b := h.out[:0]
-	b = binary.BigEndian.AppendUint64(b, magicOptReply)
-	b = binary.BigEndian.AppendUint32(b, uint32(opt))
-	b = binary.BigEndian.AppendUint32(b, uint32(typ))
-	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+func (h *handshake) reply(opt nbdwire.Option, typ nbdwire.ReplyType, data []byte) error {
+	b := nbdwire.OptReplyHeader{Option: opt, Type: typ, Length: uint32(len(data))}.Append(h.out[:0])
 	b = append(b, data...)
 	h.out = b
 	if _, err := h.c.Write(b); err != nil {
@@ -169,13 +166,8 @@ func (h *handshake) exportName(name string) (*Export, error) {
 		// NBD_OPT_EXPORT_NAME has no error reply; hanging up is the answer.
 		return nil, fmt.Errorf("nbd: client asked for unknown export %q", name)
 	}
-	b := make([]byte, 10, 10+exportNameZeros)
-	binary.BigEndian.PutUint64(b[0:], e.Size)
-	binary.BigEndian.PutUint16(b[8:], e.TransmissionFlags())
-	if !h.noZeroes {
-		b = b[:10+exportNameZeros]
-	}
-	if _, err := h.c.Write(b); err != nil {
+	r := nbdwire.ExportNameReply{Size: e.Size, Flags: e.transFlags()}
+	if _, err := h.c.Write(r.Append(nil, !h.noZeroes)); err != nil {
 		return nil, fmt.Errorf("nbd: write export name reply: %w", err)
 	}
 	return e, nil
@@ -183,85 +175,67 @@ func (h *handshake) exportName(name string) (*Export, error) {
 
 func (h *handshake) list(p []byte) error {
 	if len(p) != 0 {
-		return h.reply(optList, repErrInvalid, []byte("NBD_OPT_LIST takes no data"))
+		return h.reply(nbdwire.OptList, nbdwire.RepErrInvalid, []byte("NBD_OPT_LIST takes no data"))
 	}
+	var d []byte
 	for _, e := range h.s.Exports {
-		// Name length, name, then a description libnbd shows to users.
-		d := binary.BigEndian.AppendUint32(nil, uint32(len(e.Name)))
-		d = append(d, e.Name...)
-		d = append(d, e.Description...)
-		if err := h.reply(optList, repServer, d); err != nil {
+		// libnbd shows the description to users.
+		d = nbdwire.ExportEntry{Name: e.Name, Description: e.Description}.Append(d[:0])
+		if err := h.reply(nbdwire.OptList, nbdwire.RepServer, d); err != nil {
 			return err
 		}
 	}
-	return h.reply(optList, repAck, nil)
+	return h.reply(nbdwire.OptList, nbdwire.RepAck, nil)
 }
 
-// infoGo answers NBD_OPT_INFO and NBD_OPT_GO, whose payload is
-// name length (4), name, number of info requests (2), info ids (2 each).
-func (h *handshake) infoGo(opt option, p []byte) (*Export, bool, error) {
-	if len(p) < 6 {
-		return nil, false, h.reply(opt, repErrInvalid, []byte("payload shorter than 6 bytes"))
+// infoGo answers NBD_OPT_INFO and NBD_OPT_GO.
+func (h *handshake) infoGo(opt nbdwire.Option, p []byte) (*Export, bool, error) {
+	req, err := nbdwire.DecodeInfoRequest(p)
+	if err != nil {
+		return nil, false, h.reply(opt, nbdwire.RepErrInvalid, []byte(err.Error()))
 	}
-	nameLen := binary.BigEndian.Uint32(p)
-	if uint64(nameLen) > uint64(len(p)-6) {
-		return nil, false, h.reply(opt, repErrInvalid, []byte("name length exceeds payload"))
-	}
-	name := string(p[4 : 4+nameLen])
-	rest := p[4+nameLen:]
-	nInfo := int(binary.BigEndian.Uint16(rest))
-	if len(rest) != 2+2*nInfo {
-		return nil, false, h.reply(opt, repErrInvalid, []byte("info request count does not match payload"))
-	}
-	e := h.lookup(name)
+	e := h.lookup(req.Name)
 	if e == nil {
-		h.log.Info("nbd: unknown export requested", "opt", opt, "name", name)
-		return nil, false, h.reply(opt, repErrUnknown, fmt.Appendf(nil, "export %q not found", name))
+		h.log.Info("nbd: unknown export requested", "opt", opt, "name", req.Name)
+		return nil, false, h.reply(opt, nbdwire.RepErrUnknown, fmt.Appendf(nil, "export %q not found", req.Name))
 	}
 	var wantName, wantDesc bool
-	for i := range nInfo {
-		switch infoType(binary.BigEndian.Uint16(rest[2+2*i:])) {
-		case infoName:
+	for _, t := range req.Infos {
+		switch t {
+		case nbdwire.InfoName:
 			wantName = true
-		case infoDescription:
+		case nbdwire.InfoDescription:
 			wantDesc = true
 		}
 	}
 	if err := h.sendInfo(opt, e, wantName, wantDesc); err != nil {
 		return nil, false, err
 	}
-	if err := h.reply(opt, repAck, nil); err != nil {
+	if err := h.reply(opt, nbdwire.RepAck, nil); err != nil {
 		return nil, false, err
 	}
-	return e, opt == optGo, nil
+	return e, opt == nbdwire.OptGo, nil
 }
 
 // sendInfo sends NBD_INFO_EXPORT and NBD_INFO_BLOCK_SIZE always (qemu relies
 // on the latter even without asking), NAME and DESCRIPTION on request.
-func (h *handshake) sendInfo(opt option, e *Export, wantName, wantDesc bool) error {
-	d := binary.BigEndian.AppendUint16(nil, uint16(infoExport))
-	d = binary.BigEndian.AppendUint64(d, e.Size)
-	d = binary.BigEndian.AppendUint16(d, e.TransmissionFlags())
-	if err := h.reply(opt, repInfo, d); err != nil {
+func (h *handshake) sendInfo(opt nbdwire.Option, e *Export, wantName, wantDesc bool) error {
+	d := nbdwire.ExportInfo{Size: e.Size, Flags: e.transFlags()}.Append(nil)
+	if err := h.reply(opt, nbdwire.RepInfo, d); err != nil {
 		return err
 	}
 	lo, pref, hi := e.blockSizes()
-	d = binary.BigEndian.AppendUint16(d[:0], uint16(infoBlockSize))
-	d = binary.BigEndian.AppendUint32(d, lo)
-	d = binary.BigEndian.AppendUint32(d, pref)
-	d = binary.BigEndian.AppendUint32(d, hi)
-	if err := h.reply(opt, repInfo, d); err != nil {
+	d = nbdwire.BlockSizeInfo{Min: lo, Preferred: pref, Max: hi}.Append(d[:0])
+	if err := h.reply(opt, nbdwire.RepInfo, d); err != nil {
 		return err
 	}
 	if wantName {
-		d = binary.BigEndian.AppendUint16(d[:0], uint16(infoName))
-		if err := h.reply(opt, repInfo, append(d, e.Name...)); err != nil {
+		if err := h.reply(opt, nbdwire.RepInfo, nbdwire.AppendInfoText(d[:0], nbdwire.InfoName, e.Name)); err != nil {
 			return err
 		}
 	}
 	if wantDesc {
-		d = binary.BigEndian.AppendUint16(d[:0], uint16(infoDescription))
-		if err := h.reply(opt, repInfo, append(d, e.Description...)); err != nil {
+		if err := h.reply(opt, nbdwire.RepInfo, nbdwire.AppendInfoText(d[:0], nbdwire.InfoDescription, e.Description)); err != nil {
 			return err
 		}
 	}

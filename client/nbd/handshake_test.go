@@ -2,7 +2,6 @@ package nbd_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"io"
 	"strings"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/client/nbd/nbdtest"
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 func twoExports() *nbd.Server {
@@ -28,11 +28,11 @@ func TestHandshakeOptions(t *testing.T) {
 		run  func(t *testing.T, c *tclient)
 	}{
 		{"greeting flags", func(t *testing.T, c *tclient) {
-			if f := c.hello(cFixedNewstyle); f != 3 {
-				t.Errorf("handshake flags %#x, want FIXED_NEWSTYLE|NO_ZEROES", f)
+			if f := c.hello(nbdwire.ClientFixedNewstyle); f != 3 {
+				t.Errorf("handshake flags %v, want FIXED_NEWSTYLE|NO_ZEROES", f)
 			}
-			c.sendOption(optAbort, nil)
-			if r := c.readOptReply(); r.typ != repAck || r.opt != optAbort {
+			c.sendOption(nbdwire.OptAbort, nil)
+			if r := c.readOptReply(); r.typ != nbdwire.RepAck || r.opt != nbdwire.OptAbort {
 				t.Errorf("ABORT reply %+v", r)
 			}
 			if _, err := c.br.ReadByte(); err != io.EOF {
@@ -40,42 +40,45 @@ func TestHandshakeOptions(t *testing.T) {
 			}
 		}},
 		{"list", func(t *testing.T, c *tclient) {
-			c.hello(cFixedNewstyle)
-			c.sendOption(optList, nil)
+			c.hello(nbdwire.ClientFixedNewstyle)
+			c.sendOption(nbdwire.OptList, nil)
 			var got []string
 			for {
 				r := c.readOptReply()
-				if r.typ == repAck {
+				if r.typ == nbdwire.RepAck {
 					break
 				}
-				if r.typ != repServer || len(r.data) < 4 {
+				if r.typ != nbdwire.RepServer {
 					t.Fatalf("LIST reply %+v", r)
 				}
-				n := binary.BigEndian.Uint32(r.data)
-				got = append(got, string(r.data[4:4+n])+"/"+string(r.data[4+n:]))
+				e, err := nbdwire.DecodeExportEntry(r.data)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, e.Name+"/"+e.Description)
 			}
 			if s := strings.Join(got, ","); s != "mem/test disk,ro/read only" {
 				t.Errorf("LIST = %q", s)
 			}
 		}},
 		{"list with data", func(t *testing.T, c *tclient) {
-			c.hello(cFixedNewstyle)
-			c.sendOption(optList, []byte{1})
-			if r := c.readOptReply(); r.typ != repErrInvalid {
-				t.Errorf("reply %#x, want ERR_INVALID", r.typ)
+			c.hello(nbdwire.ClientFixedNewstyle)
+			c.sendOption(nbdwire.OptList, []byte{1})
+			if r := c.readOptReply(); r.typ != nbdwire.RepErrInvalid {
+				t.Errorf("reply %v, want ERR_INVALID", r.typ)
 			}
 		}},
 		{"info all items", func(t *testing.T, c *tclient) {
-			c.hello(cFixedNewstyle)
-			ei, r := c.infoGo(optInfo, "ro", infoName, infoDesc, infoBlockSize)
+			c.hello(nbdwire.ClientFixedNewstyle)
+			ei, r := c.infoGo(nbdwire.OptInfo, "ro", nbdwire.InfoName, nbdwire.InfoDescription, nbdwire.InfoBlockSize)
 			want := wantRO
 			want.name, want.desc, want.haveName, want.haveDesc = "ro", "read only", true, true
-			if r.typ != repAck || ei != want {
-				t.Errorf("INFO ro = %+v %#x, want %+v", ei, r.typ, want)
+			if r.typ != nbdwire.RepAck || ei != want {
+				t.Errorf("INFO ro = %+v %v, want %+v", ei, r.typ, want)
 			}
 			// Still in haggling: a second option works.
-			if ei, r := c.infoGo(optInfo, ""); r.typ != repAck || ei != wantMem {
-				t.Errorf("INFO default = %+v %#x, want %+v (block size sent unasked)", ei, r.typ, wantMem)
+			if ei, r := c.infoGo(nbdwire.OptInfo, ""); r.typ != nbdwire.RepAck || ei != wantMem {
+				t.Errorf("INFO default = %+v %v, want %+v (block size sent unasked)", ei, r.typ, wantMem)
 			}
 		}},
 		{"go default export", func(t *testing.T, c *tclient) {
@@ -96,28 +99,28 @@ func TestHandshakeOptions(t *testing.T) {
 			}
 		}},
 		{"unknown export then go", func(t *testing.T, c *tclient) {
-			c.hello(cFixedNewstyle)
-			for _, opt := range []uint32{optInfo, optGo} {
-				_, r := c.infoGo(opt, "nope", infoBlockSize)
-				if r.typ != repErrUnknown || !strings.Contains(string(r.data), "nope") {
-					t.Errorf("opt %d unknown export: %#x %q", opt, r.typ, r.data)
+			c.hello(nbdwire.ClientFixedNewstyle)
+			for _, opt := range []nbdwire.Option{nbdwire.OptInfo, nbdwire.OptGo} {
+				_, r := c.infoGo(opt, "nope", nbdwire.InfoBlockSize)
+				if r.typ != nbdwire.RepErrUnknown || !strings.Contains(string(r.data), "nope") {
+					t.Errorf("opt %v unknown export: %v %q", opt, r.typ, r.data)
 				}
 			}
-			if _, r := c.infoGo(optGo, "mem"); r.typ != repAck {
-				t.Errorf("GO after error: %#x", r.typ)
+			if _, r := c.infoGo(nbdwire.OptGo, "mem"); r.typ != nbdwire.RepAck {
+				t.Errorf("GO after error: %v", r.typ)
 			}
 		}},
 		{"unsupported options", func(t *testing.T, c *tclient) {
-			c.hello(cFixedNewstyle)
-			for _, opt := range []uint32{optStructured, optStartTLS, 9, 10, 4, 1000} {
+			c.hello(nbdwire.ClientFixedNewstyle)
+			for _, opt := range []nbdwire.Option{nbdwire.OptStructuredReply, nbdwire.OptStartTLS, 9, 10, 4, 1000} {
 				c.sendOption(opt, nil)
-				if r := c.readOptReply(); r.typ != repErrUnsup || r.opt != opt {
-					t.Errorf("opt %d: reply %+v, want ERR_UNSUP", opt, r)
+				if r := c.readOptReply(); r.typ != nbdwire.RepErrUnsup || r.opt != opt {
+					t.Errorf("opt %v: reply %+v, want ERR_UNSUP", opt, r)
 				}
 			}
 		}},
 		{"malformed info", func(t *testing.T, c *tclient) {
-			c.hello(cFixedNewstyle)
+			c.hello(nbdwire.ClientFixedNewstyle)
 			bad := [][]byte{
 				{0, 0, 0},
 				{0, 0, 0, 9, 'm', 0, 0},               // name longer than payload
@@ -125,30 +128,30 @@ func TestHandshakeOptions(t *testing.T) {
 				append(infoPayload("mem", 3), 0, 0x1), // trailing garbage
 			}
 			for _, p := range bad {
-				c.sendOption(optGo, p)
-				if r := c.readOptReply(); r.typ != repErrInvalid {
-					t.Errorf("GO %x: reply %#x, want ERR_INVALID", p, r.typ)
+				c.sendOption(nbdwire.OptGo, p)
+				if r := c.readOptReply(); r.typ != nbdwire.RepErrInvalid {
+					t.Errorf("GO %x: reply %v, want ERR_INVALID", p, r.typ)
 				}
 			}
 		}},
 		{"oversized option", func(t *testing.T, c *tclient) {
-			c.hello(cFixedNewstyle)
-			c.sendOption(optInfo, make([]byte, 100<<10))
-			if r := c.readOptReply(); r.typ != repErrTooBig {
-				t.Errorf("reply %#x, want ERR_TOO_BIG", r.typ)
+			c.hello(nbdwire.ClientFixedNewstyle)
+			c.sendOption(nbdwire.OptInfo, make([]byte, 100<<10))
+			if r := c.readOptReply(); r.typ != nbdwire.RepErrTooBig {
+				t.Errorf("reply %v, want ERR_TOO_BIG", r.typ)
 			}
-			c.sendOption(optList, nil)
-			if r := c.readOptReply(); r.typ != repServer {
-				t.Errorf("LIST after TOO_BIG: %#x", r.typ)
+			c.sendOption(nbdwire.OptList, nil)
+			if r := c.readOptReply(); r.typ != nbdwire.RepServer {
+				t.Errorf("LIST after TOO_BIG: %v", r.typ)
 			}
 		}},
 		{"export name with zeroes", func(t *testing.T, c *tclient) {
-			c.hello(cFixedNewstyle)
-			c.sendOption(optExportName, []byte("ro"))
-			b := make([]byte, 10+124)
+			c.hello(nbdwire.ClientFixedNewstyle)
+			c.sendOption(nbdwire.OptExportName, []byte("ro"))
+			b := make([]byte, nbdwire.ExportNameReplySize+nbdwire.ExportNameZeroes)
 			c.mustRead(b)
-			if binary.BigEndian.Uint64(b) != 8192 || binary.BigEndian.Uint16(b[8:]) != wantRO.flags ||
-				!bytes.Equal(b[10:], make([]byte, 124)) {
+			if r, _ := nbdwire.DecodeExportNameReply(b); r.Size != 8192 || uint16(r.Flags) != wantRO.flags ||
+				!bytes.Equal(b[nbdwire.ExportNameReplySize:], make([]byte, nbdwire.ExportNameZeroes)) {
 				t.Errorf("EXPORT_NAME reply %x", b)
 			}
 			go c.readLoop()
@@ -157,11 +160,11 @@ func TestHandshakeOptions(t *testing.T) {
 			}
 		}},
 		{"export name no zeroes", func(t *testing.T, c *tclient) {
-			c.hello(cFixedNewstyle | cNoZeroes)
-			c.sendOption(optExportName, nil)
-			b := make([]byte, 10)
+			c.hello(nbdwire.ClientFixedNewstyle | nbdwire.ClientNoZeroes)
+			c.sendOption(nbdwire.OptExportName, nil)
+			b := make([]byte, nbdwire.ExportNameReplySize)
 			c.mustRead(b)
-			if binary.BigEndian.Uint64(b) != 1<<20 || binary.BigEndian.Uint16(b[8:]) != wantMem.flags {
+			if r, _ := nbdwire.DecodeExportNameReply(b); r.Size != 1<<20 || uint16(r.Flags) != wantMem.flags {
 				t.Errorf("EXPORT_NAME reply %x", b)
 			}
 			go c.readLoop()
@@ -184,20 +187,18 @@ func TestHandshakeHangsUp(t *testing.T) {
 		name string
 		run  func(c *tclient)
 	}{
-		{"unknown client flags", func(c *tclient) { c.hello(cFixedNewstyle | 1<<7) }},
+		{"unknown client flags", func(c *tclient) { c.hello(nbdwire.ClientFixedNewstyle | 1<<7) }},
 		{"bad option magic", func(c *tclient) {
-			c.hello(cFixedNewstyle)
+			c.hello(nbdwire.ClientFixedNewstyle)
 			c.mustWrite(make([]byte, 16))
 		}},
 		{"export name unknown", func(c *tclient) {
-			c.hello(cFixedNewstyle)
-			c.sendOption(optExportName, []byte("nope"))
+			c.hello(nbdwire.ClientFixedNewstyle)
+			c.sendOption(nbdwire.OptExportName, []byte("nope"))
 		}},
 		{"huge option", func(c *tclient) {
-			c.hello(cFixedNewstyle)
-			b := binary.BigEndian.AppendUint64(nil, magicOpt)
-			b = binary.BigEndian.AppendUint32(b, optInfo)
-			c.mustWrite(binary.BigEndian.AppendUint32(b, 1<<30))
+			c.hello(nbdwire.ClientFixedNewstyle)
+			c.mustWrite(nbdwire.OptHeader{Option: nbdwire.OptInfo, Length: 1 << 30}.Append(nil))
 		}},
 	}
 	for _, tt := range tests {
@@ -217,7 +218,7 @@ func TestHandshakeHangsUp(t *testing.T) {
 
 func TestHandshakeProtocolErrorIs(t *testing.T) {
 	ts := startConn(t, kindPipe, twoExports())
-	ts.cli.hello(cFixedNewstyle | 1<<9)
+	ts.cli.hello(nbdwire.ClientFixedNewstyle | 1<<9)
 	if err := ts.wait(t); !errors.Is(err, nbd.ErrProtocol) {
 		t.Errorf("ServeConn = %v, want ErrProtocol", err)
 	}

@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 // readLoop reads requests until NBD_CMD_DISC (errDisc), a protocol
@@ -13,23 +15,19 @@ import (
 // Device: every request is submitted and the loop moves on.
 func (c *conn) readLoop() error {
 	defer c.submitHeld()
-	var hdr [requestLen]byte
+	var hdr [nbdwire.RequestSize]byte
 	for {
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
 			return fmt.Errorf("nbd: read request header: %w", err)
 		}
-		if m := binary.BigEndian.Uint32(hdr[0:]); m != magicRequest {
-			return fmt.Errorf("%w: bad request magic %#x", ErrProtocol, m)
+		req, err := nbdwire.DecodeRequest(hdr[:])
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrProtocol, err)
 		}
-		flags := CmdFlags(binary.BigEndian.Uint16(hdr[4:]))
-		cmd := Command(binary.BigEndian.Uint16(hdr[6:]))
-		cookie := binary.BigEndian.Uint64(hdr[8:])
-		off := binary.BigEndian.Uint64(hdr[16:])
-		length := binary.BigEndian.Uint32(hdr[24:])
-		if cmd == CmdDisc {
+		if req.Cmd == CmdDisc {
 			return errDisc
 		}
-		if err := c.handle(cmd, flags, cookie, off, length); err != nil {
+		if err = c.handle(req.Cmd, req.Flags, req.Cookie, req.Offset, req.Length); err != nil {
 			return err
 		}
 		if len(c.held) > 0 && (len(c.held) >= maxHeld || !c.nextBuffered()) {
@@ -45,14 +43,15 @@ const maxHeld = 64
 // already in the read buffer, so handling it will not wait on the socket.
 func (c *conn) nextBuffered() bool {
 	n := c.br.Buffered()
-	if n < requestLen {
+	if n < nbdwire.RequestSize {
 		return false
 	}
-	hdr, _ := c.br.Peek(requestLen)
-	if Command(binary.BigEndian.Uint16(hdr[6:])) != CmdWrite {
-		return true
+	hdr, _ := c.br.Peek(nbdwire.RequestSize)
+	req, err := nbdwire.DecodeRequest(hdr)
+	if err != nil || req.Cmd != CmdWrite {
+		return true // a bad one fails at once, without waiting either
 	}
-	return n >= requestLen+int(binary.BigEndian.Uint32(hdr[24:]))
+	return n >= nbdwire.RequestSize+int(req.Length)
 }
 
 // submitHeld hands the held requests to the device.
@@ -205,7 +204,7 @@ func (c *conn) send(batch []*Request) error {
 	iov := c.iov[:0]
 	for _, r := range batch {
 		h := r.hdr[:]
-		binary.BigEndian.PutUint32(h[0:], magicSimpleReply)
+		binary.BigEndian.PutUint32(h[0:], nbdwire.MagicSimpleReply)
 		binary.BigEndian.PutUint32(h[4:], uint32(r.errno))
 		binary.BigEndian.PutUint64(h[8:], r.cookie)
 		iov = append(iov, h)

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dstproject/dst/internal/nbdwire"
 	"github.com/dstproject/dst/internal/rawio"
 )
 
@@ -48,7 +49,7 @@ type Request struct {
 	buf     *[]byte     // pooled backing array of Data, nil if none
 	errno   Errno
 	cost    int64 // in-flight budget held until the reply is written
-	hdr     [simpleReplyLen]byte
+	hdr     [nbdwire.SimpleReplySize]byte
 	done    func(*Request, error) // set by NewRequest instead of conn
 }
 
@@ -93,9 +94,11 @@ type Export struct {
 }
 
 // TransmissionFlags returns the flags announced to clients for e.
-func (e *Export) TransmissionFlags() uint16 {
+func (e *Export) TransmissionFlags() uint16 { return uint16(e.transFlags()) }
+
+func (e *Export) transFlags() nbdwire.TransFlags {
 	f := TransHasFlags
-	set := func(b bool, bit uint16) {
+	set := func(b bool, bit nbdwire.TransFlags) {
 		if b {
 			f |= bit
 		}

@@ -2,7 +2,6 @@ package nbd_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -318,12 +317,7 @@ func TestTransmissionHangsUp(t *testing.T) {
 	}{
 		{"bad request magic", func(c *tclient) { c.mustWrite(make([]byte, 28)) }},
 		{"oversized invalid write", func(c *tclient) {
-			b := binary.BigEndian.AppendUint32(nil, magicRequest)
-			b = binary.BigEndian.AppendUint16(b, 0)
-			b = binary.BigEndian.AppendUint16(b, uint16(nbd.CmdWrite))
-			b = binary.BigEndian.AppendUint64(b, 1)
-			b = binary.BigEndian.AppendUint64(b, 0)
-			c.mustWrite(binary.BigEndian.AppendUint32(b, 64<<20))
+			c.mustWrite(reqBytes(nbd.CmdWrite, 0, 1, 0, 64<<20, nil))
 		}},
 	}
 	for _, tt := range tests {

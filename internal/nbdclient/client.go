@@ -3,7 +3,6 @@ package nbdclient
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 // ErrClosed is returned by requests made after Close, and by requests that
@@ -35,7 +36,7 @@ var ErrConnection = errors.New("connection")
 type Client struct {
 	conn  net.Conn
 	size  uint64
-	flags uint16
+	flags nbdwire.TransFlags
 
 	wmu sync.Mutex
 
@@ -49,7 +50,7 @@ type Client struct {
 
 // call is one request awaiting its reply. buf is where a read's data goes.
 type call struct {
-	cmd  command
+	cmd  nbdwire.Command
 	buf  []byte
 	done chan error // buffered: the reader never blocks on it
 }
@@ -90,28 +91,28 @@ func Dial(ctx context.Context, network, addr, export string) (*Client, error) {
 // Size returns the export's size in bytes.
 func (c *Client) Size() uint64 { return c.size }
 
-// Flags returns the export's transmission flags (Flag*).
-func (c *Client) Flags() uint16 { return c.flags }
+// Flags returns the export's transmission flags.
+func (c *Client) Flags() nbdwire.TransFlags { return c.flags }
 
 // ReadAt reads len(p) bytes at off.
 func (c *Client) ReadAt(p []byte, off int64) error {
-	return c.do(cmdRead, 0, off, int64(len(p)), p, nil)
+	return c.do(nbdwire.CmdRead, 0, off, int64(len(p)), p, nil)
 }
 
 // WriteAt writes p at off; with fua the server makes it durable first.
 func (c *Client) WriteAt(p []byte, off int64, fua bool) error {
-	var flags uint16
+	var flags nbdwire.CmdFlags
 	if fua {
-		flags = cmdFlagFUA
+		flags = nbdwire.FlagFUA
 	}
-	return c.do(cmdWrite, flags, off, int64(len(p)), nil, p)
+	return c.do(nbdwire.CmdWrite, flags, off, int64(len(p)), nil, p)
 }
 
 // Flush asks the server to make every completed write durable.
-func (c *Client) Flush() error { return c.do(cmdFlush, 0, 0, 0, nil, nil) }
+func (c *Client) Flush() error { return c.do(nbdwire.CmdFlush, 0, 0, 0, nil, nil) }
 
 // Trim tells the server n bytes at off are unused.
-func (c *Client) Trim(off, n int64) error { return c.do(cmdTrim, 0, off, n, nil, nil) }
+func (c *Client) Trim(off, n int64) error { return c.do(nbdwire.CmdTrim, 0, off, n, nil, nil) }
 
 // Close sends NBD_CMD_DISC and closes the connection. Requests still in
 // flight fail with ErrClosed.
@@ -127,7 +128,7 @@ func (c *Client) Close() error {
 		// reading, which holds wmu; Close must not hang on it.
 		c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 		c.wmu.Lock()
-		c.conn.Write(header(cmdDisc, 0, 0, 0, 0))
+		c.conn.Write(nbdwire.Request{Cmd: nbdwire.CmdDisc}.Append(nil))
 		c.wmu.Unlock()
 	}
 	err := c.conn.Close()
@@ -140,7 +141,7 @@ func (c *Client) Close() error {
 
 // do sends one request of n bytes at off and waits for its reply. rbuf is
 // filled by a read; wbuf is a write's payload.
-func (c *Client) do(cmd command, flags uint16, off, n int64, rbuf, wbuf []byte) error {
+func (c *Client) do(cmd nbdwire.Command, flags nbdwire.CmdFlags, off, n int64, rbuf, wbuf []byte) error {
 	if off < 0 || n < 0 || n > math.MaxUint32 {
 		return fmt.Errorf("nbdclient: %v at %d+%d: out of range", cmd, off, n)
 	}
@@ -149,7 +150,8 @@ func (c *Client) do(cmd command, flags uint16, off, n int64, rbuf, wbuf []byte) 
 	if err != nil {
 		return fmt.Errorf("nbdclient: %v at %d+%d: %w", cmd, off, n, err)
 	}
-	c.send(header(cmd, flags, h, off, uint32(n)), wbuf)
+	req := nbdwire.Request{Flags: flags, Cmd: cmd, Cookie: h, Offset: uint64(off), Length: uint32(n)}
+	c.send(req.Append(make([]byte, 0, nbdwire.RequestSize)), wbuf)
 	if err := <-cl.done; err != nil {
 		return fmt.Errorf("nbdclient: %v at %d+%d: %w", cmd, off, n, err)
 	}
@@ -165,18 +167,6 @@ func (c *Client) register(cl *call) (uint64, error) {
 	c.handle++
 	c.pending[c.handle] = cl
 	return c.handle, nil
-}
-
-// header encodes a request header.
-func header(cmd command, flags uint16, handle uint64, off int64, n uint32) []byte {
-	h := make([]byte, requestLen)
-	binary.BigEndian.PutUint32(h[0:], magicRequest)
-	binary.BigEndian.PutUint16(h[4:], flags)
-	binary.BigEndian.PutUint16(h[6:], uint16(cmd))
-	binary.BigEndian.PutUint64(h[8:], handle)
-	binary.BigEndian.PutUint64(h[16:], uint64(off))
-	binary.BigEndian.PutUint32(h[24:], n)
-	return h
 }
 
 // send writes a request. A failed write breaks the connection: the
@@ -222,20 +212,16 @@ func (c *Client) readLoop() {
 }
 
 func (c *Client) readReplies(br *bufio.Reader) error {
-	var h [replyLen]byte
+	var h [nbdwire.SimpleReplySize]byte
 	for {
 		if _, err := io.ReadFull(br, h[:]); err != nil {
 			return fmt.Errorf("%w: %w", ErrConnection, err)
 		}
-		switch m := binary.BigEndian.Uint32(h[0:]); m {
-		case magicSimpleReply:
-		case magicStructured:
-			return fmt.Errorf("%w: structured reply, which was not negotiated", ErrProtocol)
-		default:
-			return fmt.Errorf("%w: reply magic %#x", ErrProtocol, m)
+		rep, err := nbdwire.DecodeSimpleReply(h[:]) // a structured reply was not negotiated
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrProtocol, err)
 		}
-		errno := binary.BigEndian.Uint32(h[4:])
-		handle := binary.BigEndian.Uint64(h[8:])
+		errno, handle := rep.Errno, rep.Cookie
 		c.mu.Lock()
 		cl := c.pending[handle]
 		delete(c.pending, handle)
@@ -248,7 +234,7 @@ func (c *Client) readReplies(br *bufio.Reader) error {
 			cl.done <- syscall.Errno(errno)
 			continue
 		}
-		if cl.cmd == cmdRead {
+		if cl.cmd == nbdwire.CmdRead {
 			if _, err := io.ReadFull(br, cl.buf); err != nil {
 				err = fmt.Errorf("%w: reading data: %w", ErrConnection, err)
 				cl.done <- err

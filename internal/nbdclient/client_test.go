@@ -21,6 +21,7 @@ import (
 	"github.com/dstproject/dst/client/nbd/nbdtest"
 	"github.com/dstproject/dst/internal/faultproxy"
 	"github.com/dstproject/dst/internal/nbdclient"
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 // checkGoroutines fails the test if goroutines started after it outlive it.
@@ -92,9 +93,9 @@ func TestRoundTrip(t *testing.T) {
 	if c.Size() != 1<<20 {
 		t.Errorf("size %d", c.Size())
 	}
-	want := nbdclient.FlagHasFlags | nbdclient.FlagSendFlush | nbdclient.FlagSendFUA | nbdclient.FlagSendTrim
-	if c.Flags()&want != want || c.Flags()&nbdclient.FlagReadOnly != 0 {
-		t.Errorf("flags %#x", c.Flags())
+	want := nbdwire.TransHasFlags | nbdwire.TransSendFlush | nbdwire.TransSendFUA | nbdwire.TransSendTrim
+	if c.Flags()&want != want || c.Flags()&nbdwire.TransReadOnly != 0 {
+		t.Errorf("flags %v", c.Flags())
 	}
 	data := bytes.Repeat([]byte("dst!"), 2048)
 	if err := c.WriteAt(data, 4096, false); err != nil {

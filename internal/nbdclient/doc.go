@@ -8,5 +8,6 @@
 // reader goroutine matches replies to requests by handle. An error reply
 // comes back as an error wrapping its syscall.Errno, so a test can check
 // errors.Is(err, syscall.EIO). The protocol is described in
-// https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md.
+// https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md; its
+// values and byte layouts are internal/nbdwire's, shared with the server.
 package nbdclient

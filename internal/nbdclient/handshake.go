@@ -1,45 +1,48 @@
 package nbdclient
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 // ErrProtocol is wrapped by errors caused by a server breaking the protocol.
 var ErrProtocol = errors.New("nbdclient: protocol error")
 
+// maxOptReply bounds an option reply's data: the longest legal one is an
+// export description, a string of at most nbdwire.MaxString bytes.
+const maxOptReply = 64 << 10
+
 // handshake runs the fixed-newstyle negotiation and NBD_OPT_GO for export
 // on c, and returns the export's size and transmission flags.
-func handshake(c net.Conn, export string) (size uint64, flags uint16, err error) {
-	var hello [serverHelloLen]byte
-	if _, err := io.ReadFull(c, hello[:]); err != nil {
+func handshake(c net.Conn, export string) (size uint64, flags nbdwire.TransFlags, err error) {
+	var b [nbdwire.ServerHelloSize]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
 		return 0, 0, fmt.Errorf("nbdclient: reading server greeting: %w", err)
 	}
-	if binary.BigEndian.Uint64(hello[0:]) != magicNBD || binary.BigEndian.Uint64(hello[8:]) != magicOpt {
-		return 0, 0, fmt.Errorf("%w: not a newstyle NBD server (greeting % x)", ErrProtocol, hello[:16])
+	hello, err := nbdwire.DecodeServerHello(b[:])
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: not a newstyle NBD server: %w", ErrProtocol, err)
 	}
-	hs := binary.BigEndian.Uint16(hello[16:])
-	if hs&hsFixedNewstyle == 0 {
+	if hello.Flags&nbdwire.HandshakeFixedNewstyle == 0 {
 		return 0, 0, fmt.Errorf("%w: server does not speak fixed newstyle", ErrProtocol)
 	}
-	cflags := uint32(clientFixedNewstyle)
-	if hs&hsNoZeroes != 0 {
-		cflags |= clientNoZeroes
+	cflags := nbdwire.ClientFixedNewstyle
+	if hello.Flags&nbdwire.HandshakeNoZeroes != 0 {
+		cflags |= nbdwire.ClientNoZeroes
 	}
-	if len(export) > 4096 {
-		return 0, 0, fmt.Errorf("nbdclient: export name of %d bytes is longer than 4096", len(export))
+	if len(export) > nbdwire.MaxString {
+		return 0, 0, fmt.Errorf("nbdclient: export name of %d bytes is longer than %d", len(export), nbdwire.MaxString)
 	}
-	// Client flags and the GO option go out in one write.
-	msg := binary.BigEndian.AppendUint32(nil, cflags)
-	msg = binary.BigEndian.AppendUint64(msg, magicOpt)
-	msg = binary.BigEndian.AppendUint32(msg, optGo)
-	msg = binary.BigEndian.AppendUint32(msg, uint32(4+len(export)+2))
-	msg = binary.BigEndian.AppendUint32(msg, uint32(len(export)))
-	msg = append(msg, export...)
-	msg = binary.BigEndian.AppendUint16(msg, 0) // no info requests: EXPORT comes anyway
+	// Client flags and the GO option go out in one write. No info
+	// requests: NBD_INFO_EXPORT comes anyway.
+	req := nbdwire.InfoRequest{Name: export}
+	msg := cflags.Append(nil)
+	msg = nbdwire.OptHeader{Option: nbdwire.OptGo, Length: uint32(req.Len())}.Append(msg)
+	msg = req.Append(msg)
 	if _, err := c.Write(msg); err != nil {
 		return 0, 0, fmt.Errorf("nbdclient: sending NBD_OPT_GO: %w", err)
 	}
@@ -47,7 +50,7 @@ func handshake(c net.Conn, export string) (size uint64, flags uint16, err error)
 }
 
 // goReplies reads the replies to NBD_OPT_GO up to its ACK or error.
-func goReplies(c net.Conn, export string) (size uint64, flags uint16, err error) {
+func goReplies(c net.Conn, export string) (size uint64, flags nbdwire.TransFlags, err error) {
 	haveInfo := false
 	for {
 		typ, payload, err := readOptReply(c)
@@ -55,50 +58,51 @@ func goReplies(c net.Conn, export string) (size uint64, flags uint16, err error)
 			return 0, 0, err
 		}
 		switch {
-		case typ == repAck:
+		case typ == nbdwire.RepAck:
 			if !haveInfo {
 				return 0, 0, fmt.Errorf("%w: NBD_OPT_GO acknowledged without NBD_INFO_EXPORT", ErrProtocol)
 			}
 			return size, flags, nil
-		case typ == repInfo:
-			if len(payload) < 2 {
-				return 0, 0, fmt.Errorf("%w: NBD_REP_INFO of %d bytes", ErrProtocol, len(payload))
+		case typ == nbdwire.RepInfo:
+			t, err := nbdwire.DecodeInfoType(payload)
+			if err != nil {
+				return 0, 0, fmt.Errorf("%w: NBD_REP_INFO: %w", ErrProtocol, err)
 			}
-			if binary.BigEndian.Uint16(payload) != infoExport {
+			if t != nbdwire.InfoExport {
 				continue // name, description, block sizes: not needed
 			}
-			if len(payload) != infoExportLen {
-				return 0, 0, fmt.Errorf("%w: NBD_INFO_EXPORT of %d bytes", ErrProtocol, len(payload))
+			info, err := nbdwire.DecodeExportInfo(payload)
+			if err != nil {
+				return 0, 0, fmt.Errorf("%w: %w", ErrProtocol, err)
 			}
-			size, flags = binary.BigEndian.Uint64(payload[2:]), binary.BigEndian.Uint16(payload[10:])
+			size, flags = info.Size, info.Flags
 			haveInfo = true
-		case typ&repErrBit != 0:
-			return 0, 0, fmt.Errorf("nbdclient: export %q: server refused with %s: %q", export, repName(typ), payload)
+		case typ.IsError():
+			return 0, 0, fmt.Errorf("nbdclient: export %q: server refused with %v: %q", export, typ, payload)
 		default:
-			return 0, 0, fmt.Errorf("%w: unexpected reply %s to NBD_OPT_GO", ErrProtocol, repName(typ))
+			return 0, 0, fmt.Errorf("%w: unexpected reply %v to NBD_OPT_GO", ErrProtocol, typ)
 		}
 	}
 }
 
-func readOptReply(c net.Conn) (typ uint32, payload []byte, err error) {
-	var h [optReplyLen]byte
-	if _, err := io.ReadFull(c, h[:]); err != nil {
+func readOptReply(c net.Conn) (typ nbdwire.ReplyType, payload []byte, err error) {
+	var b [nbdwire.OptReplyHeaderSize]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
 		return 0, nil, fmt.Errorf("nbdclient: reading option reply: %w", err)
 	}
-	if m := binary.BigEndian.Uint64(h[0:]); m != magicOptReply {
-		return 0, nil, fmt.Errorf("%w: option reply magic %#x", ErrProtocol, m)
+	h, err := nbdwire.DecodeOptReplyHeader(b[:])
+	if err != nil {
+		return 0, nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
-	if o := binary.BigEndian.Uint32(h[8:]); o != optGo {
-		return 0, nil, fmt.Errorf("%w: reply to option %d, sent only NBD_OPT_GO", ErrProtocol, o)
+	if h.Option != nbdwire.OptGo {
+		return 0, nil, fmt.Errorf("%w: reply to option %v, sent only NBD_OPT_GO", ErrProtocol, h.Option)
 	}
-	typ = binary.BigEndian.Uint32(h[12:])
-	n := binary.BigEndian.Uint32(h[16:])
-	if n > maxOptReply {
-		return 0, nil, fmt.Errorf("%w: option reply of %d bytes", ErrProtocol, n)
+	if h.Length > maxOptReply {
+		return 0, nil, fmt.Errorf("%w: option reply of %d bytes", ErrProtocol, h.Length)
 	}
-	payload = make([]byte, n)
+	payload = make([]byte, h.Length)
 	if _, err := io.ReadFull(c, payload); err != nil {
 		return 0, nil, fmt.Errorf("nbdclient: reading option reply: %w", err)
 	}
-	return typ, payload, nil
+	return h.Type, payload, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/dstproject/dst/client/nbd/nbdtest"
 	"github.com/dstproject/dst/internal/faultproxy"
 	"github.com/dstproject/dst/internal/nbdclient"
+	"github.com/dstproject/dst/internal/nbdwire"
 	"github.com/dstproject/dst/internal/verify"
 )
 
@@ -108,10 +109,11 @@ func TestDemoCorruption(t *testing.T) {
 	p, _ := nbdBehindProxy(t, blocks*4096)
 	// One write at a time, nothing else, so stream offsets are known: the
 	// client's handshake (flags, then NBD_OPT_GO for "mem") and then a
-	// 28-byte request header and 4096 bytes per write.
-	const handshake = 4 + 16 + 4 + len("mem") + 2
+	// request header and 4096 bytes per write.
+	handshake := nbdwire.ClientFlagsSize + nbdwire.OptHeaderSize + nbdwire.InfoRequest{Name: "mem"}.Len()
 	const victim = 10
-	p.CorruptAt(faultproxy.ClientToServer, int64(handshake+victim*(28+4096)+28+100), 0x40)
+	const write = nbdwire.RequestSize + 4096
+	p.CorruptAt(faultproxy.ClientToServer, int64(handshake+victim*write+nbdwire.RequestSize+100), 0x40)
 	c := dialNBD(t, p.Addr())
 	w := &verify.Workload{Blocks: blocks, Depth: 1, Ops: victim + 1, ReadPercent: 0, FlushPercent: 0, FUAPercent: 1}
 	if err := w.Run(context.Background(), c); err != nil {
