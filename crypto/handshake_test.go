@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dstproject/dst/internal/testsupport"
 )
 
 // recConn records what passes through a net.Conn and can alter writes.
@@ -63,7 +65,7 @@ func TestHandshakeAndData(t *testing.T) {
 	for _, ct := range connTypes {
 		for _, c := range ciphers {
 			t.Run(ct.name+"/"+c.String(), func(t *testing.T) {
-				checkLeaks(t)
+				testsupport.LeakCheck(t)
 				p := newTestPeers(c)
 				cl, sv := mustPair(t, ct.pair, p)
 				if cl.PeerKey() != p.server.Public() || sv.PeerKey() != p.client.Public() {
@@ -165,7 +167,7 @@ func TestGoldenTranscript(t *testing.T) {
 func TestWrongServerKey(t *testing.T) {
 	for _, ct := range connTypes {
 		t.Run(ct.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			p := newTestPeers(CipherChaChaPoly)
 			p.ccfg.ServerKey = testKey("imposter").Public()
 			cc, sc := ct.pair(t)
@@ -187,7 +189,7 @@ func TestWrongServerKey(t *testing.T) {
 func TestUnauthorizedClient(t *testing.T) {
 	for _, ct := range connTypes {
 		t.Run(ct.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			p := newTestPeers(CipherAESGCM)
 			stranger := testKey("stranger")
 			p.ccfg.PrivateKey = stranger
@@ -220,7 +222,7 @@ const hungUpMessage = "connection closed before the handshake completed: the ser
 func TestServerHungUp(t *testing.T) {
 	for _, ct := range connTypes {
 		t.Run(ct.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			p := newTestPeers(CipherChaChaPoly)
 			cc, sc := ct.pair(t)
 			go func() {
@@ -289,7 +291,7 @@ func rawServer(t *testing.T, ctx context.Context, cfg *ServerConfig, data []byte
 }
 
 func TestReplayedFirstMessage(t *testing.T) {
-	checkLeaks(t)
+	testsupport.LeakCheck(t)
 	p := newTestPeers(CipherChaChaPoly)
 	cc, sc := net.Pipe()
 	rc := &recConn{Conn: cc}
@@ -337,7 +339,7 @@ func TestTamperedPreamble(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			p := newTestPeers(tt.client)
 			p.scfg.Ciphers = tt.allowed
 			cc, sc := net.Pipe()
@@ -369,7 +371,7 @@ func TestTruncatedHandshake(t *testing.T) {
 	p := newTestPeers(CipherChaChaPoly)
 	msg1 := captureMsg1(t, p.ccfg)
 	for _, n := range []int{0, 3, preambleLen, preambleLen + 1, preambleLen + 2, 60, len(msg1) - 1} {
-		checkLeaks(t)
+		testsupport.LeakCheck(t)
 		start := time.Now()
 		_, err := rawServer(t, testCtx(t), p.scfg, msg1[:n], true)
 		if !errors.Is(err, ErrHandshake) {
@@ -386,7 +388,7 @@ func TestHandshakeContext(t *testing.T) {
 	msg1 := captureMsg1(t, p.ccfg)
 
 	t.Run("server deadline, stalled client", func(t *testing.T) {
-		checkLeaks(t)
+		testsupport.LeakCheck(t)
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
 		start := time.Now()
@@ -397,7 +399,7 @@ func TestHandshakeContext(t *testing.T) {
 	})
 	for _, ct := range connTypes {
 		t.Run("client deadline/"+ct.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			cc, sc := ct.pair(t)
 			defer sc.Close()
 			go io.Copy(io.Discard, sc) // a server that never answers
@@ -410,7 +412,7 @@ func TestHandshakeContext(t *testing.T) {
 			}
 		})
 		t.Run("client cancel/"+ct.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			cc, sc := ct.pair(t)
 			defer sc.Close()
 			go io.Copy(io.Discard, sc)
@@ -422,7 +424,7 @@ func TestHandshakeContext(t *testing.T) {
 			}
 		})
 		t.Run("deadline cleared/"+ct.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			q := newTestPeers(CipherChaChaPoly)
 			cc, sc := ct.pair(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
@@ -461,7 +463,7 @@ func TestFirstMessageTimeout(t *testing.T) {
 	msg1 := captureMsg1(t, p.ccfg)
 	for _, n := range []int{0, 5, preambleLen + 1, 50} {
 		t.Run(fmt.Sprintf("stalled after %d bytes", n), func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			cfg := *p.scfg
 			cfg.FirstMessageTimeout = 100 * time.Millisecond
 			called := false
@@ -485,7 +487,7 @@ func TestFirstMessageTimeout(t *testing.T) {
 	}
 	for _, ct := range connTypes {
 		t.Run("in time/"+ct.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			q := newTestPeers(CipherAESGCM)
 			q.scfg.FirstMessageTimeout = 50 * time.Millisecond
 			calls := 0
@@ -507,7 +509,7 @@ func TestFirstMessageTimeout(t *testing.T) {
 		})
 	}
 	t.Run("ctx shorter", func(t *testing.T) {
-		checkLeaks(t)
+		testsupport.LeakCheck(t)
 		cfg := *p.scfg
 		cfg.FirstMessageTimeout = 10 * time.Second
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -518,7 +520,7 @@ func TestFirstMessageTimeout(t *testing.T) {
 		}
 	})
 	t.Run("canceled", func(t *testing.T) {
-		checkLeaks(t)
+		testsupport.LeakCheck(t)
 		cfg := *p.scfg
 		cfg.FirstMessageTimeout = 5 * time.Second
 		ctx, cancel := context.WithCancel(context.Background())

@@ -14,6 +14,7 @@ import (
 
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/client/nbd/nbdtest"
+	"github.com/dstproject/dst/internal/testsupport"
 )
 
 var kinds = []connKind{kindUnix, kindPipe}
@@ -344,7 +345,7 @@ func TestTransmissionHangsUp(t *testing.T) {
 
 // NBD_CMD_DISC waits for every submitted request to be answered.
 func TestDiscDrains(t *testing.T) {
-	defer checkGoroutines(t)()
+	testsupport.LeakCheck(t)
 	for _, kind := range kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			e, dev := memExport(1 << 20)
@@ -390,7 +391,7 @@ func TestDiscDrains(t *testing.T) {
 // A client vanishing with requests pending must not leak goroutines or
 // make late completions block or panic.
 func TestAbruptClose(t *testing.T) {
-	defer checkGoroutines(t)()
+	testsupport.LeakCheck(t)
 	for _, kind := range kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			e, dev := memExport(1 << 20)
@@ -422,7 +423,7 @@ func TestAbruptClose(t *testing.T) {
 
 // Cancelling the context drains what is in flight, then closes.
 func TestCancelDrains(t *testing.T) {
-	defer checkGoroutines(t)()
+	testsupport.LeakCheck(t)
 	e, dev := memExport(1 << 20)
 	dev.SetLatency(20 * time.Millisecond)
 	ts := startConn(t, kindUnix, &nbd.Server{Exports: []*nbd.Export{e}})
@@ -452,7 +453,7 @@ func TestCancelDrains(t *testing.T) {
 // A device that never answers is given up on after the drain timeout, and
 // its late completions are harmless.
 func TestDrainTimeout(t *testing.T) {
-	defer checkGoroutines(t)()
+	testsupport.LeakCheck(t)
 	defer nbd.SetDrainTimeout(50 * time.Millisecond)()
 	e, dev := memExport(1 << 20)
 	ts := startConn(t, kindUnix, &nbd.Server{Exports: []*nbd.Export{e}})
