@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,7 +17,9 @@ import (
 
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/server"
+	"github.com/dstproject/dst/server/servertest"
 	"github.com/dstproject/dst/wire"
 )
 
@@ -31,10 +31,7 @@ type testEnv struct {
 	serverKey crypto.PublicKey
 	client    crypto.PrivateKey
 	dial      func(ctx context.Context, addr string) (net.Conn, error)
-}
-
-func quietLogger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
+	log       *slog.Logger // the test's
 }
 
 func mustKey(t testing.TB) crypto.PrivateKey {
@@ -44,36 +41,6 @@ func mustKey(t testing.TB) crypto.PrivateKey {
 		t.Fatal(err)
 	}
 	return k
-}
-
-// pipeListener hands out the server ends of net.Pipe pairs.
-type pipeListener struct {
-	conns  chan net.Conn
-	closed chan struct{}
-	once   sync.Once
-}
-
-func (l *pipeListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-func (l *pipeListener) Close() error   { l.once.Do(func() { close(l.closed) }); return nil }
-func (l *pipeListener) Addr() net.Addr { return &net.UnixAddr{Name: "pipe", Net: "pipe"} }
-
-func (l *pipeListener) dial(ctx context.Context, _ string) (net.Conn, error) {
-	c, s := net.Pipe()
-	select {
-	case l.conns <- s:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 }
 
 // newEnv starts a server over transport ("tcp" or "pipe") exporting
@@ -92,6 +59,7 @@ func newEnvTB(t testing.TB, transport string, size int64) *testEnv {
 		}
 	}
 	sk, ck := mustKey(t), mustKey(t)
+	log := testsupport.Logger(t)
 	auth, err := crypto.ParseAuthorizedKeys(strings.NewReader(ck.Public().String()+" test\n"), "test")
 	if err != nil {
 		t.Fatal(err)
@@ -103,12 +71,12 @@ func newEnvTB(t testing.TB, transport string, size int64) *testEnv {
 			{Name: "disk", Path: filepath.Join(dir, "disk")},
 			{Name: "ro", Path: filepath.Join(dir, "ro"), ReadOnly: true},
 		},
-		Logger: quietLogger(),
+		Logger: log,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := &testEnv{dir: dir, srv: srv, serverKey: sk.Public(), client: ck}
+	env := &testEnv{dir: dir, srv: srv, serverKey: sk.Public(), client: ck, log: log}
 	var l net.Listener
 	switch transport {
 	case "tcp":
@@ -118,8 +86,8 @@ func newEnvTB(t testing.TB, transport string, size int64) *testEnv {
 		}
 		env.addr = l.Addr().String()
 	case "pipe":
-		pl := &pipeListener{conns: make(chan net.Conn), closed: make(chan struct{})}
-		l, env.addr, env.dial = pl, "pipe:0", pl.dial
+		pl := servertest.NewPipeListener()
+		l, env.addr, env.dial = pl, "pipe:0", pl.Dial
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -140,7 +108,7 @@ func (e *testEnv) config() *Config {
 		PrivateKey: e.client,
 		ServerKey:  e.serverKey,
 		Dialer:     e.dial,
-		Logger:     quietLogger(),
+		Logger:     e.log,
 	}
 }
 
@@ -167,22 +135,6 @@ func do(d nbd.Device, cmd nbd.Command, flags nbd.CmdFlags, off uint64, length ui
 	case <-time.After(20 * time.Second):
 		return errors.New("request timed out")
 	}
-}
-
-// checkGoroutines fails t if goroutines started during the test outlive it.
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			t.Errorf("%d goroutines leaked:\n%s", n-before, buf[:runtime.Stack(buf, true)])
-		}
-	})
 }
 
 func TestAutoconfiguration(t *testing.T) {
@@ -222,7 +174,7 @@ func TestAutoconfiguration(t *testing.T) {
 func TestRandomIO(t *testing.T) {
 	for _, transport := range []string{"pipe", "tcp"} {
 		t.Run(transport, func(t *testing.T) {
-			checkGoroutines(t)
+			testsupport.LeakCheck(t)
 			const size, workers, ops = 16 << 20, 8, 150
 			env := newEnv(t, transport, size)
 			a := env.attach(t, "disk", 4)
@@ -365,7 +317,7 @@ func TestAttachRefusals(t *testing.T) {
 }
 
 func TestCloseFailsPending(t *testing.T) {
-	checkGoroutines(t)
+	testsupport.LeakCheck(t)
 	env := newEnv(t, "pipe", 1<<20)
 	a := env.attach(t, "disk", 1)
 	if err := a.Close(); err != nil {

@@ -5,97 +5,31 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"net"
 	"os"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dstproject/dst/client/nbd"
-	"github.com/dstproject/dst/crypto"
-	"github.com/dstproject/dst/server"
+	"github.com/dstproject/dst/internal/testsupport"
+	"github.com/dstproject/dst/server/servertest"
 	"github.com/dstproject/dst/wire"
 )
 
-// restartEnv is a server on a fixed TCP address that a test can stop and
-// start again, as a new instance over the same file.
-type restartEnv struct {
-	t        *testing.T
-	path     string
-	volatile bool
-	sk, ck   crypto.PrivateKey
-	auth     *crypto.AuthorizedKeys
-	addr     string
-	srv      *server.Server
-	stopServ func()
-}
+// restartEnv is a server that a test can stop and start again, as a new
+// instance over the same file (servertest.Restartable).
+type restartEnv struct{ *servertest.Restartable }
 
 func newRestartEnv(t *testing.T, size int64, volatile bool) *restartEnv {
 	t.Helper()
-	e := &restartEnv{t: t, path: filepath.Join(t.TempDir(), "disk"), volatile: volatile, sk: mustKey(t), ck: mustKey(t)}
-	if err := os.WriteFile(e.path, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(e.path, size); err != nil {
-		t.Fatal(err)
-	}
-	var err error
-	e.auth, err = crypto.ParseAuthorizedKeys(strings.NewReader(e.ck.Public().String()+"\n"), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.start()
-	t.Cleanup(e.stop)
-	return e
-}
-
-func (e *restartEnv) start() {
-	e.t.Helper()
-	srv, err := server.New(&server.Config{
-		PrivateKey: e.sk,
-		Authorized: e.auth,
-		Exports:    []server.ExportConfig{{Name: "disk", Path: e.path, Volatile: e.volatile}},
-		Logger:     quietLogger(),
-	})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	addr := e.addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.addr = l.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l) }()
-	e.srv = srv
-	e.stopServ = func() {
-		cancel()
-		<-done
-		srv.Close()
-	}
-}
-
-// stop ends the server. With a volatile export it is a crash: writes not
-// flushed are gone.
-func (e *restartEnv) stop() {
-	if e.stopServ != nil {
-		e.stopServ()
-		e.stopServ = nil
-	}
+	return &restartEnv{servertest.NewRestartable(t, servertest.RestartOptions{Size: size, Volatile: volatile})}
 }
 
 func (e *restartEnv) attach(t *testing.T, replay int64) *Attachment {
 	t.Helper()
 	a, err := Attach(context.Background(), &AttachConfig{
-		Config: Config{Server: e.addr, PrivateKey: e.ck, ServerKey: e.sk.Public(), Logger: quietLogger(),
-			DialTimeout: 2 * time.Second},
+		Config: Config{Server: e.Addr, PrivateKey: e.ClientKey, ServerKey: e.ServerKey.Public(),
+			Dialer: e.Dialer(), Logger: testsupport.Logger(t), DialTimeout: 2 * time.Second},
 		Export:            "disk",
 		Connections:       2,
 		IOTimeout:         30 * time.Second,
@@ -129,20 +63,20 @@ func wait(t *testing.T, ch chan error, what string) error {
 }
 
 func TestReconnectResends(t *testing.T) {
-	checkGoroutines(t)
+	testsupport.LeakCheck(t)
 	e := newRestartEnv(t, 1<<20, false)
 	a := e.attach(t, 0)
 	first := bytes.Repeat([]byte{'a'}, 4096)
 	if err := do(a, nbd.CmdWrite, 0, 0, 4096, first); err != nil {
 		t.Fatal(err)
 	}
-	e.stop()
+	e.Stop()
 	// Submitted while the server is down: it waits, and goes out on the
 	// next session.
 	second := bytes.Repeat([]byte{'b'}, 4096)
 	ch := submit(a, nbd.CmdWrite, 4096, second)
 	time.Sleep(300 * time.Millisecond)
-	e.start()
+	e.Start()
 	if err := wait(t, ch, "write across a restart"); err != nil {
 		t.Fatalf("write across a restart: %v", err)
 	}
@@ -190,8 +124,8 @@ func TestReplayAfterCrash(t *testing.T) {
 					}
 				}
 			}
-			e.stop() // a crash: the volatile cache is lost
-			e.start()
+			e.Stop() // a crash: the volatile cache is lost
+			e.Start()
 			got := make([]byte, len(want))
 			if err := do(a, nbd.CmdRead, 0, 0, uint32(len(got)), got); err != nil {
 				t.Fatal(err)
@@ -222,16 +156,16 @@ func TestIdentityChanged(t *testing.T) {
 	if err := do(a, nbd.CmdWrite, 0, 0, 512, make([]byte, 512)); err != nil {
 		t.Fatal(err)
 	}
-	e.stop()
+	e.Stop()
 	// Another disk at the same path.
-	if err := os.Remove(e.path); err != nil {
+	if err := os.Remove(e.Path); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(e.path, make([]byte, 1<<20), 0o600); err != nil {
+	if err := os.WriteFile(e.Path, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ch := submit(a, nbd.CmdWrite, 0, bytes.Repeat([]byte{'z'}, 512))
-	e.start()
+	e.Start()
 	if err := wait(t, ch, "write pending when the disk changed"); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("write pending when the disk changed: %v, want EIO", err)
 	}
@@ -246,7 +180,7 @@ func TestIdentityChanged(t *testing.T) {
 	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("read after the change: %v, want EIO", err)
 	}
-	if b, _ := os.ReadFile(e.path); b[0] != 0 {
+	if b, _ := os.ReadFile(e.Path); b[0] != 0 {
 		t.Fatal("the pending write reached the new disk")
 	}
 }
