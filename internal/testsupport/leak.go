@@ -23,7 +23,7 @@ const leakWait = 5 * time.Second
 // goroutines to exit, then reports their stacks.
 func LeakCheck(t testing.TB, match ...string) {
 	t.Helper()
-	before := maxGoroutineID()
+	before := goroutineIDs()
 	t.Cleanup(func() {
 		var leaked []string
 		for deadline := time.Now().Add(leakWait); ; time.Sleep(10 * time.Millisecond) {
@@ -39,14 +39,15 @@ func LeakCheck(t testing.TB, match ...string) {
 	})
 }
 
-// leakedGoroutines returns the stacks of the goroutines with an id above
-// before (the runtime numbers goroutines in the order it starts them) that
-// mention one of match, or all of them without match.
-func leakedGoroutines(before uint64, match []string) []string {
+// leakedGoroutines returns the stacks of the goroutines not in before
+// that mention one of match, or all of them without match. (Ids are never
+// reused, but they are not in the order goroutines started: each P takes
+// them in batches.)
+func leakedGoroutines(before map[uint64]bool, match []string) []string {
 	var leaked []string
 	for _, g := range goroutines() {
 		id, ok := goroutineID(g)
-		if !ok || id <= before {
+		if !ok || before[id] {
 			continue
 		}
 		if len(match) == 0 || mentions(g, match) {
@@ -65,15 +66,15 @@ func mentions(stack string, match []string) bool {
 	return false
 }
 
-// maxGoroutineID is the highest id of a running goroutine.
-func maxGoroutineID() uint64 {
-	var max uint64
+// goroutineIDs returns the ids of the goroutines running now.
+func goroutineIDs() map[uint64]bool {
+	ids := make(map[uint64]bool)
 	for _, g := range goroutines() {
-		if id, ok := goroutineID(g); ok && id > max {
-			max = id
+		if id, ok := goroutineID(g); ok {
+			ids[id] = true
 		}
 	}
-	return max
+	return ids
 }
 
 // goroutines returns the stack of every goroutine, one string each.

@@ -5,22 +5,31 @@ import (
 	"testing"
 )
 
-// parked is a function whose name shows in the stack of a goroutine
-// blocked in it.
-func parked(stop chan struct{}) { <-stop }
+// park starts a goroutine that blocks in parked, whose name then shows in
+// its stack, until stop is closed.
+func park(stop chan struct{}) {
+	started := make(chan struct{})
+	go parked(started, stop)
+	<-started
+}
+
+func parked(started, stop chan struct{}) {
+	close(started)
+	<-stop
+}
 
 func TestLeakedGoroutines(t *testing.T) {
 	stop := make(chan struct{})
 	defer close(stop)
 	old := make(chan struct{})
-	go parked(old) // before the baseline: never counted
+	park(old) // before the baseline: never counted
 	defer close(old)
 
-	before := maxGoroutineID()
+	before := goroutineIDs()
 	if got := leakedGoroutines(before, nil); len(got) != 0 {
 		t.Fatalf("leaked before anything started:\n%s", strings.Join(got, "\n\n"))
 	}
-	go parked(stop)
+	park(stop)
 	if got := leakedGoroutines(before, nil); len(got) != 1 || !strings.Contains(got[0], "testsupport.parked") {
 		t.Fatalf("without match: %d stacks, want the one parked goroutine:\n%s", len(got), strings.Join(got, "\n\n"))
 	}
