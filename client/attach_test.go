@@ -328,34 +328,42 @@ func TestCloseFailsPending(t *testing.T) {
 	}
 }
 
+// TestDeadlineWhileServerGone: a request submitted while the server is
+// gone fails with EIO once its deadline has passed, at the reaper's next
+// look (every tenth of IOTimeout); the attachment itself is not lost. On
+// synctest's clock, over net.Pipe, so the time it takes is exact.
 func TestDeadlineWhileServerGone(t *testing.T) {
-	env := newEnv(t, "tcp", 1<<20)
-	cfg := &AttachConfig{Config: *env.config(), Export: "disk", Connections: 2, IOTimeout: 500 * time.Millisecond,
-		KeepaliveInterval: 50 * time.Millisecond, KeepaliveTimeout: 300 * time.Millisecond}
-	a, err := Attach(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); err != nil {
-		t.Fatal(err)
-	}
-	env.srv.Close()
-	start := time.Now()
-	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); !errors.Is(err, syscall.EIO) {
-		t.Fatalf("read while the server is gone: %v, want EIO", err)
-	}
-	if d := time.Since(start); d < 400*time.Millisecond || d > 5*time.Second {
-		t.Errorf("read failed after %v; the deadline was 500ms", d)
-	}
-	if s := a.Stats(); s.Timeouts == 0 {
-		t.Errorf("stats %+v: no timeout counted", s)
-	}
-	select {
-	case <-a.Lost():
-		t.Fatal("Lost closed: a server going away is not a permanent failure")
-	default:
-	}
+	testsupport.Synctest(t, func(t *testing.T) {
+		const ioTimeout = 500 * time.Millisecond
+		env := newEnv(t, "pipe", 1<<20)
+		cfg := &AttachConfig{Config: *env.config(), Export: "disk", Connections: 2, IOTimeout: ioTimeout,
+			KeepaliveInterval: 50 * time.Millisecond, KeepaliveTimeout: 300 * time.Millisecond}
+		a, err := Attach(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); err != nil {
+			t.Fatal(err)
+		}
+		env.srv.Close()
+		start := time.Now()
+		if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); !errors.Is(err, syscall.EIO) {
+			t.Fatalf("read while the server is gone: %v, want EIO", err)
+		}
+		if d := time.Since(start); d <= ioTimeout || d > ioTimeout+ioTimeout/10 {
+			t.Errorf("read failed after %v; want past the deadline (%v) by at most a reaper tick (%v)",
+				d, ioTimeout, ioTimeout/10)
+		}
+		if s := a.Stats(); s.Timeouts != 1 {
+			t.Errorf("stats %+v: want one timeout counted", s)
+		}
+		select {
+		case <-a.Lost():
+			t.Fatal("Lost closed: a server going away is not a permanent failure")
+		default:
+		}
+	})
 }
 
 // TestExpiredWriteWaitingForWriter: a WRITE whose deadline passes while
@@ -365,46 +373,48 @@ func TestDeadlineWhileServerGone(t *testing.T) {
 // would promise a payload that never comes, and the generation would
 // reconnect. Found in review of the yamux-stream queue layer.
 func TestExpiredWriteWaitingForWriter(t *testing.T) {
-	env := newEnv(t, "tcp", 1<<20)
-	a, err := Attach(context.Background(), &AttachConfig{Config: *env.config(), Export: "disk",
-		Connections: 1, IOTimeout: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	a.table.mu.Lock()
-	q := a.table.gen.queues[0]
-	a.table.mu.Unlock()
-	release := q.w.Hold()
+	testsupport.Synctest(t, func(t *testing.T) {
+		const ioTimeout = 200 * time.Millisecond
+		env := newEnv(t, "pipe", 1<<20)
+		a, err := Attach(context.Background(), &AttachConfig{Config: *env.config(), Export: "disk",
+			Connections: 1, IOTimeout: ioTimeout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		a.table.mu.Lock()
+		q := a.table.gen.queues[0]
+		a.table.mu.Unlock()
+		release := q.w.Hold()
 
-	done := make(chan error, 1)
-	data := bytes.Repeat([]byte{0xab}, 4096)
-	a.Submit(nbd.NewRequest(nbd.CmdWrite, 0, 0, 4096, data, func(r *nbd.Request, err error) {
-		r.Data = nil // as the front end's recycling does
-		done <- err
-	}))
-	select {
-	case err := <-done:
-		if !errors.Is(err, syscall.EIO) {
+		done := make(chan error, 1)
+		data := bytes.Repeat([]byte{0xab}, 4096)
+		start := time.Now()
+		a.Submit(nbd.NewRequest(nbd.CmdWrite, 0, 0, 4096, data, func(r *nbd.Request, err error) {
+			r.Data = nil // as the front end's recycling does
+			done <- err
+		}))
+		if err := <-done; !errors.Is(err, syscall.EIO) {
 			t.Fatalf("expired write: %v, want EIO", err)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the write did not time out")
-	}
-	release()
-	for i := range 20 {
-		if err := do(a, nbd.CmdWrite, 0, uint64(4096*(i+1)), 4096, make([]byte, 4096)); err != nil {
-			t.Fatalf("write %d after the expired one: %v", i, err)
+		if d := time.Since(start); d <= ioTimeout || d > ioTimeout+ioTimeout/10 {
+			t.Fatalf("the write failed after %v; want past the deadline (%v) by at most a reaper tick", d, ioTimeout)
 		}
-	}
-	got := make([]byte, 4096)
-	if err := do(a, nbd.CmdRead, 0, 0, 4096, got); err != nil {
-		t.Fatal(err)
-	}
-	if bytes.Equal(got, data) {
-		t.Fatal("the write reported failed was applied")
-	}
-	if s := a.Stats(); s.Reconnects != 0 || s.Timeouts != 1 {
-		t.Fatalf("stats %+v: want no reconnect and one timeout", s)
-	}
+		release()
+		for i := range 20 {
+			if err := do(a, nbd.CmdWrite, 0, uint64(4096*(i+1)), 4096, make([]byte, 4096)); err != nil {
+				t.Fatalf("write %d after the expired one: %v", i, err)
+			}
+		}
+		got := make([]byte, 4096)
+		if err := do(a, nbd.CmdRead, 0, 0, 4096, got); err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Equal(got, data) {
+			t.Fatal("the write reported failed was applied")
+		}
+		if s := a.Stats(); s.Reconnects != 0 || s.Timeouts != 1 {
+			t.Fatalf("stats %+v: want no reconnect and one timeout", s)
+		}
+	})
 }
