@@ -383,61 +383,85 @@ func TestTruncatedHandshake(t *testing.T) {
 	}
 }
 
+// onClock runs f over net.Pipe in a synctest bubble, where a deadline
+// fires exactly when due (slack 0), or over loopback TCP on the real
+// clock, where it may fire late on a loaded machine (slack 2s).
+func onClock(t *testing.T, name string, f func(t *testing.T, slack time.Duration)) {
+	if name == "pipe" {
+		testsupport.Synctest(t, func(t *testing.T) { f(t, 0) })
+		return
+	}
+	f(t, 2*time.Second)
+}
+
 func TestHandshakeContext(t *testing.T) {
 	p := newTestPeers(CipherChaChaPoly)
 	msg1 := captureMsg1(t, p.ccfg)
 
-	t.Run("server deadline, stalled client", func(t *testing.T) {
-		testsupport.LeakCheck(t)
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		defer cancel()
-		start := time.Now()
-		_, err := rawServer(t, ctx, p.scfg, msg1[:50], false)
-		if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
-			t.Errorf("err %v after %v, want DeadlineExceeded after ~100ms", err, time.Since(start))
-		}
-	})
+	const deadline = 100 * time.Millisecond
 	for _, ct := range connTypes {
+		t.Run("server deadline, stalled client/"+ct.name, func(t *testing.T) {
+			onClock(t, ct.name, func(t *testing.T, slack time.Duration) {
+				testsupport.LeakCheck(t)
+				cc, sc := ct.pair(t)
+				defer cc.Close()
+				go cc.Write(msg1[:50]) // then nothing
+				start := time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				defer cancel()
+				_, err := Server(ctx, sc, p.scfg)
+				if d := time.Since(start); !errors.Is(err, context.DeadlineExceeded) || d < deadline || d > deadline+slack {
+					t.Errorf("err %v after %v, want DeadlineExceeded after %v", err, d, deadline)
+				}
+			})
+		})
 		t.Run("client deadline/"+ct.name, func(t *testing.T) {
-			testsupport.LeakCheck(t)
-			cc, sc := ct.pair(t)
-			defer sc.Close()
-			go io.Copy(io.Discard, sc) // a server that never answers
-			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-			defer cancel()
-			start := time.Now()
-			_, err := Client(ctx, cc, p.ccfg)
-			if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
-				t.Errorf("err %v after %v, want DeadlineExceeded after ~100ms", err, time.Since(start))
-			}
+			onClock(t, ct.name, func(t *testing.T, slack time.Duration) {
+				testsupport.LeakCheck(t)
+				cc, sc := ct.pair(t)
+				defer sc.Close()
+				go io.Copy(io.Discard, sc) // a server that never answers
+				start := time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				defer cancel()
+				_, err := Client(ctx, cc, p.ccfg)
+				if d := time.Since(start); !errors.Is(err, context.DeadlineExceeded) || d < deadline || d > deadline+slack {
+					t.Errorf("err %v after %v, want DeadlineExceeded after %v", err, d, deadline)
+				}
+			})
 		})
 		t.Run("client cancel/"+ct.name, func(t *testing.T) {
-			testsupport.LeakCheck(t)
-			cc, sc := ct.pair(t)
-			defer sc.Close()
-			go io.Copy(io.Discard, sc)
-			ctx, cancel := context.WithCancel(context.Background())
-			time.AfterFunc(50*time.Millisecond, cancel)
-			_, err := Client(ctx, cc, p.ccfg)
-			if !errors.Is(err, context.Canceled) {
-				t.Errorf("err %v, want context.Canceled", err)
-			}
+			onClock(t, ct.name, func(t *testing.T, slack time.Duration) {
+				testsupport.LeakCheck(t)
+				cc, sc := ct.pair(t)
+				defer sc.Close()
+				go io.Copy(io.Discard, sc)
+				ctx, cancel := context.WithCancel(context.Background())
+				start := time.Now()
+				time.AfterFunc(deadline/2, cancel)
+				_, err := Client(ctx, cc, p.ccfg)
+				if d := time.Since(start); !errors.Is(err, context.Canceled) || d < deadline/2 || d > deadline/2+slack {
+					t.Errorf("err %v after %v, want context.Canceled after %v", err, d, deadline/2)
+				}
+			})
 		})
 		t.Run("deadline cleared/"+ct.name, func(t *testing.T) {
-			testsupport.LeakCheck(t)
-			q := newTestPeers(CipherChaChaPoly)
-			cc, sc := ct.pair(t)
-			ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
-			defer cancel()
-			cl, sv := handshake(ctx, cc, sc, q.ccfg, q.scfg)
-			if cl.err != nil || sv.err != nil {
-				t.Fatalf("handshake: %v / %v", cl.err, sv.err)
-			}
-			defer cl.conn.Close()
-			defer sv.conn.Close()
-			<-ctx.Done()
-			time.Sleep(20 * time.Millisecond)
-			exchange(t, cl.conn, sv.conn, []byte("still alive"))
+			onClock(t, ct.name, func(t *testing.T, _ time.Duration) {
+				testsupport.LeakCheck(t)
+				q := newTestPeers(CipherChaChaPoly)
+				cc, sc := ct.pair(t)
+				ctx, cancel := context.WithTimeout(context.Background(), 4*deadline)
+				defer cancel()
+				cl, sv := handshake(ctx, cc, sc, q.ccfg, q.scfg)
+				if cl.err != nil || sv.err != nil {
+					t.Fatalf("handshake: %v / %v", cl.err, sv.err)
+				}
+				defer cl.conn.Close()
+				defer sv.conn.Close()
+				<-ctx.Done()
+				time.Sleep(20 * time.Millisecond)
+				exchange(t, cl.conn, sv.conn, []byte("still alive"))
+			})
 		})
 	}
 	t.Run("already canceled", func(t *testing.T) {
