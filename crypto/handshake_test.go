@@ -290,6 +290,27 @@ func rawServer(t *testing.T, ctx context.Context, cfg *ServerConfig, data []byte
 	return reply, <-done
 }
 
+// stalledServer feeds data to Server over a connection from pair, then
+// nothing more, and returns what the server sent back and its error.
+func stalledServer(t *testing.T, ctx context.Context, cfg *ServerConfig, pair func(testing.TB) (net.Conn, net.Conn),
+	data []byte) (reply []byte, err error) {
+	cc, sc := pair(t)
+	defer cc.Close()
+	done := make(chan error, 1)
+	go func() {
+		c, err := Server(ctx, sc, cfg)
+		if c != nil {
+			c.Close()
+		}
+		done <- err
+	}()
+	if len(data) > 0 {
+		go cc.Write(data) // over a pipe it returns once the server has read it all
+	}
+	reply, _ = io.ReadAll(cc)
+	return reply, <-done
+}
+
 func TestReplayedFirstMessage(t *testing.T) {
 	testsupport.LeakCheck(t)
 	p := newTestPeers(CipherChaChaPoly)
@@ -403,13 +424,10 @@ func TestHandshakeContext(t *testing.T) {
 		t.Run("server deadline, stalled client/"+ct.name, func(t *testing.T) {
 			onClock(t, ct.name, func(t *testing.T, slack time.Duration) {
 				testsupport.LeakCheck(t)
-				cc, sc := ct.pair(t)
-				defer cc.Close()
-				go cc.Write(msg1[:50]) // then nothing
 				start := time.Now()
 				ctx, cancel := context.WithTimeout(context.Background(), deadline)
 				defer cancel()
-				_, err := Server(ctx, sc, p.scfg)
+				_, err := stalledServer(t, ctx, p.scfg, ct.pair, msg1[:50])
 				if d := time.Since(start); !errors.Is(err, context.DeadlineExceeded) || d < deadline || d > deadline+slack {
 					t.Errorf("err %v after %v, want DeadlineExceeded after %v", err, d, deadline)
 				}
@@ -485,51 +503,56 @@ func TestHandshakeContext(t *testing.T) {
 func TestFirstMessageTimeout(t *testing.T) {
 	p := newTestPeers(CipherChaChaPoly)
 	msg1 := captureMsg1(t, p.ccfg)
-	for _, n := range []int{0, 5, preambleLen + 1, 50} {
-		t.Run(fmt.Sprintf("stalled after %d bytes", n), func(t *testing.T) {
-			testsupport.LeakCheck(t)
-			cfg := *p.scfg
-			cfg.FirstMessageTimeout = 100 * time.Millisecond
-			called := false
-			cfg.OnFirstMessage = func() { called = true }
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			start := time.Now()
-			reply, err := rawServer(t, ctx, &cfg, msg1[:n], false)
-			d := time.Since(start)
-			if !errors.Is(err, ErrHandshake) || !errors.Is(err, os.ErrDeadlineExceeded) ||
-				errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "first-message timeout") {
-				t.Errorf("err %v, want ErrHandshake naming the first-message timeout", err)
-			}
-			if d < 100*time.Millisecond || d > 2*time.Second {
-				t.Errorf("server gave up after %v, want ~100ms", d)
-			}
-			if called || len(reply) != 0 {
-				t.Errorf("OnFirstMessage called: %v; reply %q", called, reply)
-			}
-		})
-	}
+	const first = 100 * time.Millisecond
 	for _, ct := range connTypes {
+		for _, n := range []int{0, 5, preambleLen + 1, 50} {
+			t.Run(fmt.Sprintf("stalled after %d bytes/%s", n, ct.name), func(t *testing.T) {
+				onClock(t, ct.name, func(t *testing.T, slack time.Duration) {
+					testsupport.LeakCheck(t)
+					cfg := *p.scfg
+					cfg.FirstMessageTimeout = first
+					called := false
+					cfg.OnFirstMessage = func() { called = true }
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					start := time.Now()
+					reply, err := stalledServer(t, ctx, &cfg, ct.pair, msg1[:n])
+					d := time.Since(start)
+					if !errors.Is(err, ErrHandshake) || !errors.Is(err, os.ErrDeadlineExceeded) ||
+						errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "first-message timeout") {
+						t.Errorf("err %v, want ErrHandshake naming the first-message timeout", err)
+					}
+					if d < first || d > first+slack {
+						t.Errorf("server gave up after %v, want %v", d, first)
+					}
+					if called || len(reply) != 0 {
+						t.Errorf("OnFirstMessage called: %v; reply %q", called, reply)
+					}
+				})
+			})
+		}
 		t.Run("in time/"+ct.name, func(t *testing.T) {
-			testsupport.LeakCheck(t)
-			q := newTestPeers(CipherAESGCM)
-			q.scfg.FirstMessageTimeout = 50 * time.Millisecond
-			calls := 0
-			q.scfg.OnFirstMessage = func() { calls++ }
-			cc, sc := ct.pair(t)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			cl, sv := handshake(ctx, cc, sc, q.ccfg, q.scfg)
-			if cl.err != nil || sv.err != nil {
-				t.Fatalf("handshake: %v / %v", cl.err, sv.err)
-			}
-			defer cl.conn.Close()
-			defer sv.conn.Close()
-			if calls != 1 {
-				t.Errorf("OnFirstMessage called %d times, want 1", calls)
-			}
-			time.Sleep(100 * time.Millisecond) // past the first-message deadline
-			exchange(t, cl.conn, sv.conn, []byte("still alive"))
+			onClock(t, ct.name, func(t *testing.T, _ time.Duration) {
+				testsupport.LeakCheck(t)
+				q := newTestPeers(CipherAESGCM)
+				q.scfg.FirstMessageTimeout = 50 * time.Millisecond
+				calls := 0
+				q.scfg.OnFirstMessage = func() { calls++ }
+				cc, sc := ct.pair(t)
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				cl, sv := handshake(ctx, cc, sc, q.ccfg, q.scfg)
+				if cl.err != nil || sv.err != nil {
+					t.Fatalf("handshake: %v / %v", cl.err, sv.err)
+				}
+				defer cl.conn.Close()
+				defer sv.conn.Close()
+				if calls != 1 {
+					t.Errorf("OnFirstMessage called %d times, want 1", calls)
+				}
+				time.Sleep(100 * time.Millisecond) // past the first-message deadline
+				exchange(t, cl.conn, sv.conn, []byte("still alive"))
+			})
 		})
 	}
 	t.Run("ctx shorter", func(t *testing.T) {
