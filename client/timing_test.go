@@ -12,9 +12,15 @@ import (
 	"github.com/dstproject/dst/internal/testsupport"
 )
 
-// The tests here run on testing/synctest's clock, over net.Pipe: time
-// passes only when every goroutine waits, so deadlines, keepalives and
-// backoff delays are exact, and a test that waits minutes takes none.
+// Tests of the client's timing. Those that wait run on testing/synctest's
+// clock, over net.Pipe: time passes only when every goroutine waits, so
+// deadlines, keepalives and backoff delays are exact, and a test that
+// waits minutes takes none.
+//
+// In a bubble the server's clock (server/clock.go) does not follow the
+// fake clock exactly: it goes back to CLOCK_BOOTTIME, which runs in real
+// time, at least once a (fake) second. No test here depends on the server
+// expiring a request.
 
 // TestBackoffSchedule checks the reconnect schedule: at once, then each
 // delay within ±50% of a nominal one that doubles from backoffMin up to
