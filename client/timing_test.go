@@ -18,8 +18,8 @@ import (
 // waits minutes takes none.
 //
 // In a bubble the server's clock (server/clock.go) does not follow the
-// fake clock exactly: it goes back to CLOCK_BOOTTIME, which runs in real
-// time, at least once a (fake) second. No test here depends on the server
+// fake clock: it mixes fake time with readings of CLOCK_BOOTTIME and the
+// process's start, which are real. No test here depends on the server
 // expiring a request.
 
 // TestBackoffSchedule checks the reconnect schedule: at once, then each

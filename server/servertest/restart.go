@@ -46,8 +46,7 @@ type Restartable struct {
 
 	mu   sync.Mutex
 	pipe *PipeListener // the running instance's, with Pipe
-	srv  *server.Server
-	stop func() // nil while stopped
+	stop func()        // nil while stopped
 }
 
 // NewRestartable starts a server; it is stopped when the test ends.
@@ -109,11 +108,11 @@ func (r *Restartable) Start() {
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, l) }()
 	r.mu.Lock()
-	r.pipe, r.srv = pipe, srv
+	r.pipe = pipe
 	r.mu.Unlock()
 	r.stop = func() {
 		r.mu.Lock()
-		r.pipe, r.srv = nil, nil
+		r.pipe = nil
 		r.mu.Unlock()
 		cancel()
 		if err := <-done; err != nil {
@@ -129,13 +128,6 @@ func (r *Restartable) Stop() {
 		r.stop()
 		r.stop = nil
 	}
-}
-
-// Server is the running instance, or nil while stopped.
-func (r *Restartable) Server() *server.Server {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.srv
 }
 
 // Dialer is what clients dial the server with: nil for TCP, where the
