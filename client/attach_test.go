@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,7 +17,9 @@ import (
 
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/server"
+	"github.com/dstproject/dst/server/servertest"
 	"github.com/dstproject/dst/wire"
 )
 
@@ -31,10 +31,7 @@ type testEnv struct {
 	serverKey crypto.PublicKey
 	client    crypto.PrivateKey
 	dial      func(ctx context.Context, addr string) (net.Conn, error)
-}
-
-func quietLogger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
+	log       *slog.Logger // the test's
 }
 
 func mustKey(t testing.TB) crypto.PrivateKey {
@@ -44,36 +41,6 @@ func mustKey(t testing.TB) crypto.PrivateKey {
 		t.Fatal(err)
 	}
 	return k
-}
-
-// pipeListener hands out the server ends of net.Pipe pairs.
-type pipeListener struct {
-	conns  chan net.Conn
-	closed chan struct{}
-	once   sync.Once
-}
-
-func (l *pipeListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-func (l *pipeListener) Close() error   { l.once.Do(func() { close(l.closed) }); return nil }
-func (l *pipeListener) Addr() net.Addr { return &net.UnixAddr{Name: "pipe", Net: "pipe"} }
-
-func (l *pipeListener) dial(ctx context.Context, _ string) (net.Conn, error) {
-	c, s := net.Pipe()
-	select {
-	case l.conns <- s:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 }
 
 // newEnv starts a server over transport ("tcp" or "pipe") exporting
@@ -92,6 +59,7 @@ func newEnvTB(t testing.TB, transport string, size int64) *testEnv {
 		}
 	}
 	sk, ck := mustKey(t), mustKey(t)
+	log := testsupport.Logger(t)
 	auth, err := crypto.ParseAuthorizedKeys(strings.NewReader(ck.Public().String()+" test\n"), "test")
 	if err != nil {
 		t.Fatal(err)
@@ -103,12 +71,12 @@ func newEnvTB(t testing.TB, transport string, size int64) *testEnv {
 			{Name: "disk", Path: filepath.Join(dir, "disk")},
 			{Name: "ro", Path: filepath.Join(dir, "ro"), ReadOnly: true},
 		},
-		Logger: quietLogger(),
+		Logger: log,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := &testEnv{dir: dir, srv: srv, serverKey: sk.Public(), client: ck}
+	env := &testEnv{dir: dir, srv: srv, serverKey: sk.Public(), client: ck, log: log}
 	var l net.Listener
 	switch transport {
 	case "tcp":
@@ -118,8 +86,8 @@ func newEnvTB(t testing.TB, transport string, size int64) *testEnv {
 		}
 		env.addr = l.Addr().String()
 	case "pipe":
-		pl := &pipeListener{conns: make(chan net.Conn), closed: make(chan struct{})}
-		l, env.addr, env.dial = pl, "pipe:0", pl.dial
+		pl := servertest.NewPipeListener()
+		l, env.addr, env.dial = pl, "pipe:0", pl.Dial
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -140,7 +108,7 @@ func (e *testEnv) config() *Config {
 		PrivateKey: e.client,
 		ServerKey:  e.serverKey,
 		Dialer:     e.dial,
-		Logger:     quietLogger(),
+		Logger:     e.log,
 	}
 }
 
@@ -167,22 +135,6 @@ func do(d nbd.Device, cmd nbd.Command, flags nbd.CmdFlags, off uint64, length ui
 	case <-time.After(20 * time.Second):
 		return errors.New("request timed out")
 	}
-}
-
-// checkGoroutines fails t if goroutines started during the test outlive it.
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			t.Errorf("%d goroutines leaked:\n%s", n-before, buf[:runtime.Stack(buf, true)])
-		}
-	})
 }
 
 func TestAutoconfiguration(t *testing.T) {
@@ -222,7 +174,7 @@ func TestAutoconfiguration(t *testing.T) {
 func TestRandomIO(t *testing.T) {
 	for _, transport := range []string{"pipe", "tcp"} {
 		t.Run(transport, func(t *testing.T) {
-			checkGoroutines(t)
+			testsupport.LeakCheck(t)
 			const size, workers, ops = 16 << 20, 8, 150
 			env := newEnv(t, transport, size)
 			a := env.attach(t, "disk", 4)
@@ -365,7 +317,7 @@ func TestAttachRefusals(t *testing.T) {
 }
 
 func TestCloseFailsPending(t *testing.T) {
-	checkGoroutines(t)
+	testsupport.LeakCheck(t)
 	env := newEnv(t, "pipe", 1<<20)
 	a := env.attach(t, "disk", 1)
 	if err := a.Close(); err != nil {
@@ -376,34 +328,42 @@ func TestCloseFailsPending(t *testing.T) {
 	}
 }
 
+// TestDeadlineWhileServerGone: a request submitted while the server is
+// gone fails with EIO once its deadline has passed, at the reaper's next
+// look (every tenth of IOTimeout); the attachment itself is not lost. On
+// synctest's clock, over net.Pipe, so the time it takes is exact.
 func TestDeadlineWhileServerGone(t *testing.T) {
-	env := newEnv(t, "tcp", 1<<20)
-	cfg := &AttachConfig{Config: *env.config(), Export: "disk", Connections: 2, IOTimeout: 500 * time.Millisecond,
-		KeepaliveInterval: 50 * time.Millisecond, KeepaliveTimeout: 300 * time.Millisecond}
-	a, err := Attach(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); err != nil {
-		t.Fatal(err)
-	}
-	env.srv.Close()
-	start := time.Now()
-	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); !errors.Is(err, syscall.EIO) {
-		t.Fatalf("read while the server is gone: %v, want EIO", err)
-	}
-	if d := time.Since(start); d < 400*time.Millisecond || d > 5*time.Second {
-		t.Errorf("read failed after %v; the deadline was 500ms", d)
-	}
-	if s := a.Stats(); s.Timeouts == 0 {
-		t.Errorf("stats %+v: no timeout counted", s)
-	}
-	select {
-	case <-a.Lost():
-		t.Fatal("Lost closed: a server going away is not a permanent failure")
-	default:
-	}
+	testsupport.Synctest(t, func(t *testing.T) {
+		const ioTimeout = 500 * time.Millisecond
+		env := newEnv(t, "pipe", 1<<20)
+		cfg := &AttachConfig{Config: *env.config(), Export: "disk", Connections: 2, IOTimeout: ioTimeout,
+			KeepaliveInterval: 50 * time.Millisecond, KeepaliveTimeout: 300 * time.Millisecond}
+		a, err := Attach(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); err != nil {
+			t.Fatal(err)
+		}
+		env.srv.Close()
+		start := time.Now()
+		if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); !errors.Is(err, syscall.EIO) {
+			t.Fatalf("read while the server is gone: %v, want EIO", err)
+		}
+		if d := time.Since(start); d <= ioTimeout || d > ioTimeout+ioTimeout/10 {
+			t.Errorf("read failed after %v; want past the deadline (%v) by at most a reaper tick (%v)",
+				d, ioTimeout, ioTimeout/10)
+		}
+		if s := a.Stats(); s.Timeouts != 1 {
+			t.Errorf("stats %+v: want one timeout counted", s)
+		}
+		select {
+		case <-a.Lost():
+			t.Fatal("Lost closed: a server going away is not a permanent failure")
+		default:
+		}
+	})
 }
 
 // TestExpiredWriteWaitingForWriter: a WRITE whose deadline passes while
@@ -413,46 +373,48 @@ func TestDeadlineWhileServerGone(t *testing.T) {
 // would promise a payload that never comes, and the generation would
 // reconnect. Found in review of the yamux-stream queue layer.
 func TestExpiredWriteWaitingForWriter(t *testing.T) {
-	env := newEnv(t, "tcp", 1<<20)
-	a, err := Attach(context.Background(), &AttachConfig{Config: *env.config(), Export: "disk",
-		Connections: 1, IOTimeout: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	a.table.mu.Lock()
-	q := a.table.gen.queues[0]
-	a.table.mu.Unlock()
-	release := q.w.Hold()
+	testsupport.Synctest(t, func(t *testing.T) {
+		const ioTimeout = 200 * time.Millisecond
+		env := newEnv(t, "pipe", 1<<20)
+		a, err := Attach(context.Background(), &AttachConfig{Config: *env.config(), Export: "disk",
+			Connections: 1, IOTimeout: ioTimeout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		a.table.mu.Lock()
+		q := a.table.gen.queues[0]
+		a.table.mu.Unlock()
+		release := q.w.Hold()
 
-	done := make(chan error, 1)
-	data := bytes.Repeat([]byte{0xab}, 4096)
-	a.Submit(nbd.NewRequest(nbd.CmdWrite, 0, 0, 4096, data, func(r *nbd.Request, err error) {
-		r.Data = nil // as the front end's recycling does
-		done <- err
-	}))
-	select {
-	case err := <-done:
-		if !errors.Is(err, syscall.EIO) {
+		done := make(chan error, 1)
+		data := bytes.Repeat([]byte{0xab}, 4096)
+		start := time.Now()
+		a.Submit(nbd.NewRequest(nbd.CmdWrite, 0, 0, 4096, data, func(r *nbd.Request, err error) {
+			r.Data = nil // as the front end's recycling does
+			done <- err
+		}))
+		if err := <-done; !errors.Is(err, syscall.EIO) {
 			t.Fatalf("expired write: %v, want EIO", err)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the write did not time out")
-	}
-	release()
-	for i := range 20 {
-		if err := do(a, nbd.CmdWrite, 0, uint64(4096*(i+1)), 4096, make([]byte, 4096)); err != nil {
-			t.Fatalf("write %d after the expired one: %v", i, err)
+		if d := time.Since(start); d <= ioTimeout || d > ioTimeout+ioTimeout/10 {
+			t.Fatalf("the write failed after %v; want past the deadline (%v) by at most a reaper tick", d, ioTimeout)
 		}
-	}
-	got := make([]byte, 4096)
-	if err := do(a, nbd.CmdRead, 0, 0, 4096, got); err != nil {
-		t.Fatal(err)
-	}
-	if bytes.Equal(got, data) {
-		t.Fatal("the write reported failed was applied")
-	}
-	if s := a.Stats(); s.Reconnects != 0 || s.Timeouts != 1 {
-		t.Fatalf("stats %+v: want no reconnect and one timeout", s)
-	}
+		release()
+		for i := range 20 {
+			if err := do(a, nbd.CmdWrite, 0, uint64(4096*(i+1)), 4096, make([]byte, 4096)); err != nil {
+				t.Fatalf("write %d after the expired one: %v", i, err)
+			}
+		}
+		got := make([]byte, 4096)
+		if err := do(a, nbd.CmdRead, 0, 0, 4096, got); err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Equal(got, data) {
+			t.Fatal("the write reported failed was applied")
+		}
+		if s := a.Stats(); s.Reconnects != 0 || s.Timeouts != 1 {
+			t.Fatalf("stats %+v: want no reconnect and one timeout", s)
+		}
+	})
 }

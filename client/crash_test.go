@@ -4,109 +4,35 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
-	"net"
 	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/dstproject/dst/client"
 	"github.com/dstproject/dst/client/nbd"
-	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/internal/verify"
-	"github.com/dstproject/dst/server"
+	"github.com/dstproject/dst/server/servertest"
 )
 
-// crashServer is an in-process server over one file with a volatile write
-// cache, on an address that stays the same across crashes. A crash closes
-// the server, which throws away every write not flushed, as a power loss
+// crashServer is a server over one file on an address that stays the same
+// across crashes (servertest.Restartable). With a volatile write cache, a
+// crash (Stop) throws away every write not flushed, as a power loss
 // would; a restart is a new server instance over the same file.
-type crashServer struct {
-	t        *testing.T
-	path     string
-	volatile bool // false: a plain file, whose page cache outlives a restart
-	sk, ck   crypto.PrivateKey
-	auth     *crypto.AuthorizedKeys
-	addr     string
-	crash    func() // nil while down
-}
+type crashServer struct{ *servertest.Restartable }
 
 func newCrashServer(t *testing.T, size int64, volatile bool) *crashServer {
 	t.Helper()
-	s := &crashServer{t: t, path: filepath.Join(t.TempDir(), "disk"), volatile: volatile}
-	var err error
-	if s.sk, err = crypto.GeneratePrivateKey(); err != nil {
-		t.Fatal(err)
-	}
-	if s.ck, err = crypto.GeneratePrivateKey(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(s.path, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(s.path, size); err != nil {
-		t.Fatal(err)
-	}
-	s.auth, err = crypto.ParseAuthorizedKeys(strings.NewReader(s.ck.Public().String()+"\n"), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.start()
-	t.Cleanup(s.down)
-	return s
-}
-
-func (s *crashServer) start() {
-	s.t.Helper()
-	srv, err := server.New(&server.Config{
-		PrivateKey: s.sk,
-		Authorized: s.auth,
-		Exports:    []server.ExportConfig{{Name: "disk", Path: s.path, Volatile: s.volatile}},
-		Logger:     slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	addr := s.addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		srv.Close()
-		s.t.Fatal(err)
-	}
-	s.addr = l.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ctx, l)
-	}()
-	s.crash = func() {
-		cancel()
-		<-done
-		srv.Close()
-	}
-}
-
-// down crashes the server if it runs.
-func (s *crashServer) down() {
-	if s.crash != nil {
-		s.crash()
-		s.crash = nil
-	}
+	return &crashServer{servertest.NewRestartable(t, servertest.RestartOptions{Size: size, Volatile: volatile})}
 }
 
 func (s *crashServer) attach(t *testing.T, replay int64) *client.Attachment {
 	t.Helper()
 	a, err := client.Attach(context.Background(), &client.AttachConfig{
-		Config: client.Config{Server: s.addr, PrivateKey: s.ck, ServerKey: s.sk.Public(),
-			Logger: slog.New(slog.DiscardHandler), DialTimeout: 5 * time.Second},
+		Config: client.Config{Server: s.Addr, PrivateKey: s.ClientKey, ServerKey: s.ServerKey.Public(),
+			Logger: testsupport.Logger(t), DialTimeout: 5 * time.Second},
 		Export:            "disk",
 		IOTimeout:         20 * time.Second,
 		KeepaliveInterval: 100 * time.Millisecond,
@@ -185,8 +111,8 @@ func crashPoints(t *testing.T, replay int64, fua, points int, budget time.Durati
 		go func() { done <- w.Run(context.Background(), d) }()
 		// Anywhere from before the first write to after the last.
 		time.Sleep(time.Duration(r.IntN(40)) * time.Millisecond)
-		s.down()
-		s.start()
+		s.Stop()
+		s.Start()
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
@@ -277,8 +203,8 @@ func TestCrashReplayAfterFUA(t *testing.T) {
 			if err := d.WriteAt(newer, 0, true); err != nil {
 				t.Fatal(err)
 			}
-			s.down()
-			s.start()
+			s.Stop()
+			s.Start()
 			got := make([]byte, 4096)
 			if err := d.ReadAt(got, 0); err != nil {
 				t.Fatal(err)

@@ -149,6 +149,19 @@ const (
 	backoffMax = 5 * time.Second
 )
 
+// backoff is one reconnect's schedule; the zero value starts it.
+type backoff struct{ delay time.Duration }
+
+// next returns how long to wait before the next attempt.
+func (b *backoff) next() time.Duration {
+	var wait time.Duration
+	if b.delay > 0 {
+		wait = b.delay/2 + rand.N(b.delay)
+	}
+	b.delay = min(max(2*b.delay, backoffMin), backoffMax)
+	return wait
+}
+
 // supervise watches the current generation and replaces it when it dies,
 // until the attachment closes or fails.
 func (a *Attachment) supervise(g *generation) {
@@ -182,17 +195,15 @@ var errClosedGen = errors.New("client: attachment closed")
 // attachment's work. It returns nil when the attachment closed or failed.
 func (a *Attachment) reconnect() *generation {
 	ctx := a.ctx
-	delay := time.Duration(0)
+	var b backoff
 	for attempt := 1; ; attempt++ {
-		if delay > 0 {
-			jittered := delay/2 + rand.N(delay)
+		if wait := b.next(); wait > 0 {
 			select {
-			case <-time.After(jittered):
+			case <-time.After(wait):
 			case <-a.ctx.Done():
 				return nil
 			}
 		}
-		delay = min(max(2*delay, backoffMin), backoffMax)
 		g, err := a.connect(ctx, a.epoch.Add(1), false)
 		if err == nil {
 			if err = a.resume(g); err == nil {

@@ -5,104 +5,49 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"net"
 	"os"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dstproject/dst/client/nbd"
-	"github.com/dstproject/dst/crypto"
-	"github.com/dstproject/dst/server"
+	"github.com/dstproject/dst/internal/testsupport"
+	"github.com/dstproject/dst/server/servertest"
 	"github.com/dstproject/dst/wire"
 )
 
-// restartEnv is a server on a fixed TCP address that a test can stop and
-// start again, as a new instance over the same file.
-type restartEnv struct {
-	t        *testing.T
-	path     string
-	volatile bool
-	sk, ck   crypto.PrivateKey
-	auth     *crypto.AuthorizedKeys
-	addr     string
-	srv      *server.Server
-	stopServ func()
-}
+// restartEnv is a server that a test can stop and start again, as a new
+// instance over the same file (servertest.Restartable).
+type restartEnv struct{ *servertest.Restartable }
 
 func newRestartEnv(t *testing.T, size int64, volatile bool) *restartEnv {
 	t.Helper()
-	e := &restartEnv{t: t, path: filepath.Join(t.TempDir(), "disk"), volatile: volatile, sk: mustKey(t), ck: mustKey(t)}
-	if err := os.WriteFile(e.path, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(e.path, size); err != nil {
-		t.Fatal(err)
-	}
-	var err error
-	e.auth, err = crypto.ParseAuthorizedKeys(strings.NewReader(e.ck.Public().String()+"\n"), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.start()
-	t.Cleanup(e.stop)
-	return e
+	return &restartEnv{servertest.NewRestartable(t, servertest.RestartOptions{Size: size, Volatile: volatile})}
 }
 
-func (e *restartEnv) start() {
-	e.t.Helper()
-	srv, err := server.New(&server.Config{
-		PrivateKey: e.sk,
-		Authorized: e.auth,
-		Exports:    []server.ExportConfig{{Name: "disk", Path: e.path, Volatile: e.volatile}},
-		Logger:     quietLogger(),
-	})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	addr := e.addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.addr = l.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l) }()
-	e.srv = srv
-	e.stopServ = func() {
-		cancel()
-		<-done
-		srv.Close()
-	}
-}
-
-// stop ends the server. With a volatile export it is a crash: writes not
-// flushed are gone.
-func (e *restartEnv) stop() {
-	if e.stopServ != nil {
-		e.stopServ()
-		e.stopServ = nil
-	}
-}
-
-func (e *restartEnv) attach(t *testing.T, replay int64) *Attachment {
-	t.Helper()
-	a, err := Attach(context.Background(), &AttachConfig{
-		Config: Config{Server: e.addr, PrivateKey: e.ck, ServerKey: e.sk.Public(), Logger: quietLogger(),
-			DialTimeout: 2 * time.Second},
+// config is how the tests attach: two queues, and a dead session noticed
+// within half a second.
+func (e *restartEnv) config(t *testing.T, replay int64) *AttachConfig {
+	return &AttachConfig{
+		Config: Config{Server: e.Addr, PrivateKey: e.ClientKey, ServerKey: e.ServerKey.Public(),
+			Dialer: e.Dialer(), Logger: testsupport.Logger(t), DialTimeout: 2 * time.Second},
 		Export:            "disk",
 		Connections:       2,
 		IOTimeout:         30 * time.Second,
 		KeepaliveInterval: 50 * time.Millisecond,
 		KeepaliveTimeout:  500 * time.Millisecond,
 		ReplayBuffer:      replay,
-	})
+	}
+}
+
+func (e *restartEnv) attach(t *testing.T, replay int64) *Attachment {
+	t.Helper()
+	return attachWith(t, e.config(t, replay))
+}
+
+func attachWith(t *testing.T, cfg *AttachConfig) *Attachment {
+	t.Helper()
+	a, err := Attach(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,33 +74,81 @@ func wait(t *testing.T, ch chan error, what string) error {
 }
 
 func TestReconnectResends(t *testing.T) {
-	checkGoroutines(t)
-	e := newRestartEnv(t, 1<<20, false)
-	a := e.attach(t, 0)
-	first := bytes.Repeat([]byte{'a'}, 4096)
-	if err := do(a, nbd.CmdWrite, 0, 0, 4096, first); err != nil {
-		t.Fatal(err)
+	testsupport.Synctest(t, func(t *testing.T) {
+		testsupport.LeakCheck(t)
+		e := &restartEnv{servertest.NewRestartable(t, servertest.RestartOptions{Size: 1 << 20, Pipe: true})}
+		cfg := e.config(t, 0)
+		p := newPathDialer(cfg.Dialer)
+		cfg.Dialer = p.Dial
+		a := attachWith(t, cfg)
+		first := bytes.Repeat([]byte{'a'}, 4096)
+		if err := do(a, nbd.CmdWrite, 0, 0, 4096, first); err != nil {
+			t.Fatal(err)
+		}
+		stopped := time.Now()
+		e.Stop()
+		// Submitted while the server is down: it waits, and goes out on
+		// the next session.
+		second := bytes.Repeat([]byte{'b'}, 4096)
+		ch := submit(a, nbd.CmdWrite, 4096, second)
+		time.Sleep(20 * time.Second) // long enough for the redials to back off to the cap
+		started := time.Now()
+		e.Start()
+		if err := wait(t, ch, "write across a restart"); err != nil {
+			t.Fatalf("write across a restart: %v", err)
+		}
+		got := make([]byte, 8192)
+		if err := do(a, nbd.CmdRead, 0, 0, 8192, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got[:4096], first) || !bytes.Equal(got[4096:], second) {
+			t.Fatal("data differs after the reconnect")
+		}
+		if s := a.Stats(); s.Reconnects != 1 || s.Resent != 1 {
+			t.Errorf("stats %+v: want a reconnect and the write resent", s)
+		}
+		checkRedials(t, p.times()[1+cfg.Connections:], stopped, started)
+	})
+}
+
+// checkRedials checks the times of the dials after a server stopped: one
+// per failed attempt, then those of the attempt that reconnected. The
+// first attempt comes at once, the others after the backoff schedule's
+// delays, and the first one after the server started again reconnects.
+func checkRedials(t *testing.T, dials []time.Time, stopped, started time.Time) {
+	t.Helper()
+	var attempts []time.Time
+	for _, d := range dials {
+		if len(attempts) == 0 || !d.Equal(attempts[len(attempts)-1]) {
+			attempts = append(attempts, d)
+		}
 	}
-	e.stop()
-	// Submitted while the server is down: it waits, and goes out on the
-	// next session.
-	second := bytes.Repeat([]byte{'b'}, 4096)
-	ch := submit(a, nbd.CmdWrite, 4096, second)
-	time.Sleep(300 * time.Millisecond)
-	e.start()
-	if err := wait(t, ch, "write across a restart"); err != nil {
-		t.Fatalf("write across a restart: %v", err)
+	t.Logf("redials %v after the stop; server back at %v", sinceEach(attempts, stopped), started.Sub(stopped))
+	if len(attempts) < 2 {
+		t.Fatalf("redials at %v: want failed attempts, then one that reconnects", attempts)
 	}
-	got := make([]byte, 8192)
-	if err := do(a, nbd.CmdRead, 0, 0, 8192, got); err != nil {
-		t.Fatal(err)
+	if !attempts[0].Equal(stopped) {
+		t.Errorf("first redial %v after the server stopped, want at once", attempts[0].Sub(stopped))
 	}
-	if !bytes.Equal(got[:4096], first) || !bytes.Equal(got[4096:], second) {
-		t.Fatal("data differs after the reconnect")
+	nominal := backoffMin
+	for i := 1; i < len(attempts); i++ {
+		if gap := attempts[i].Sub(attempts[i-1]); gap < nominal/2 || gap >= nominal*3/2 {
+			t.Errorf("redial %d came %v after the one before, want [%v, %v)", i, gap, nominal/2, nominal*3/2)
+		}
+		nominal = min(2*nominal, backoffMax)
 	}
-	if s := a.Stats(); s.Reconnects == 0 || s.Resent == 0 {
-		t.Errorf("stats %+v: want a reconnect and a resend", s)
+	if last := attempts[len(attempts)-1]; last.Before(started) || !attempts[len(attempts)-2].Before(started) {
+		t.Errorf("redials at %v after the stop, server back at %v: want the first one after it to reconnect",
+			sinceEach(attempts, stopped), started.Sub(stopped))
 	}
+}
+
+func sinceEach(ts []time.Time, t0 time.Time) []time.Duration {
+	ds := make([]time.Duration, len(ts))
+	for i, t := range ts {
+		ds[i] = t.Sub(t0)
+	}
+	return ds
 }
 
 // TestReplayAfterCrash writes without flushing to a server whose export
@@ -190,8 +183,8 @@ func TestReplayAfterCrash(t *testing.T) {
 					}
 				}
 			}
-			e.stop() // a crash: the volatile cache is lost
-			e.start()
+			e.Stop() // a crash: the volatile cache is lost
+			e.Start()
 			got := make([]byte, len(want))
 			if err := do(a, nbd.CmdRead, 0, 0, uint32(len(got)), got); err != nil {
 				t.Fatal(err)
@@ -222,16 +215,16 @@ func TestIdentityChanged(t *testing.T) {
 	if err := do(a, nbd.CmdWrite, 0, 0, 512, make([]byte, 512)); err != nil {
 		t.Fatal(err)
 	}
-	e.stop()
+	e.Stop()
 	// Another disk at the same path.
-	if err := os.Remove(e.path); err != nil {
+	if err := os.Remove(e.Path); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(e.path, make([]byte, 1<<20), 0o600); err != nil {
+	if err := os.WriteFile(e.Path, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ch := submit(a, nbd.CmdWrite, 0, bytes.Repeat([]byte{'z'}, 512))
-	e.start()
+	e.Start()
 	if err := wait(t, ch, "write pending when the disk changed"); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("write pending when the disk changed: %v, want EIO", err)
 	}
@@ -246,32 +239,8 @@ func TestIdentityChanged(t *testing.T) {
 	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("read after the change: %v, want EIO", err)
 	}
-	if b, _ := os.ReadFile(e.path); b[0] != 0 {
+	if b, _ := os.ReadFile(e.Path); b[0] != 0 {
 		t.Fatal("the pending write reached the new disk")
-	}
-}
-
-func TestClockMapExpires(t *testing.T) {
-	var c clockMap
-	if c.expires(time.Time{}) != 0 {
-		t.Fatal("no deadline must map to 0")
-	}
-	now := time.Now()
-	if c.expires(now) != 1 {
-		t.Fatal("without a sample every deadline has passed")
-	}
-	c.sample(1e12, now)
-	e := c.expires(now.Add(10 * time.Second))
-	lo, hi := uint64(1e12+10e9-10e9/1000-2e6), uint64(1e12+10e9)
-	if e < lo || e > hi {
-		t.Fatalf("expires = %d, want in [%d, %d]: a lower bound, less the rate margin", e, lo, hi)
-	}
-	if got := c.expires(now.Add(-time.Second)); got != 1e12-uint64(time.Second)-uint64(clockSlack) {
-		t.Fatalf("past deadline maps to %d", got)
-	}
-	c.sample(5, now)
-	if got := c.expires(now.Add(-time.Hour)); got != 1 {
-		t.Fatalf("deadline before the server clock's origin maps to %d, want 1", got)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/flynn/noise"
 )
 
@@ -30,7 +31,7 @@ func TestRecordSizes(t *testing.T) {
 	for _, ct := range connTypes {
 		for _, c := range ciphers {
 			t.Run(ct.name+"/"+c.String(), func(t *testing.T) {
-				checkLeaks(t)
+				testsupport.LeakCheck(t)
 				cl, sv := mustPair(t, ct.pair, newTestPeers(c))
 				for i, n := range sizes {
 					msg := pattern(n, uint64(i))
@@ -226,7 +227,7 @@ func TestTamperedRecord(t *testing.T) {
 	for _, ct := range connTypes {
 		for _, tt := range tests {
 			t.Run(ct.name+"/"+tt.name, func(t *testing.T) {
-				checkLeaks(t)
+				testsupport.LeakCheck(t)
 				p := newTestPeers(CipherChaChaPoly)
 				var fc *flipConn
 				pair := func(t testing.TB) (net.Conn, net.Conn) {
@@ -329,7 +330,7 @@ func TestNonceExhaustion(t *testing.T) {
 func TestClose(t *testing.T) {
 	for _, ct := range connTypes {
 		t.Run(ct.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			cl, sv := mustPair(t, ct.pair, newTestPeers(CipherChaChaPoly))
 			readErr := make(chan error, 1)
 			go func() {
@@ -358,7 +359,7 @@ func TestClose(t *testing.T) {
 func TestConcurrentWriters(t *testing.T) {
 	for _, ct := range connTypes {
 		t.Run(ct.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			cl, sv := mustPair(t, ct.pair, newTestPeers(CipherAESGCM))
 			const writers, each, size = 4, 8, 3*MaxRecordPayload + 11
 			var wg sync.WaitGroup
@@ -429,7 +430,7 @@ func TestZeroAllocs(t *testing.T) {
 func TestAppendRecords(t *testing.T) {
 	for _, c := range ciphers {
 		t.Run(c.String(), func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			p := newTestPeers(c)
 			p.ccfg.RekeyAfter, p.scfg.RekeyAfter = 5, 5
 			cl, sv := mustPair(t, connTypes[1].pair, p)

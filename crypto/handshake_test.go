@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dstproject/dst/internal/testsupport"
 )
 
 // recConn records what passes through a net.Conn and can alter writes.
@@ -63,7 +65,7 @@ func TestHandshakeAndData(t *testing.T) {
 	for _, ct := range connTypes {
 		for _, c := range ciphers {
 			t.Run(ct.name+"/"+c.String(), func(t *testing.T) {
-				checkLeaks(t)
+				testsupport.LeakCheck(t)
 				p := newTestPeers(c)
 				cl, sv := mustPair(t, ct.pair, p)
 				if cl.PeerKey() != p.server.Public() || sv.PeerKey() != p.client.Public() {
@@ -165,7 +167,7 @@ func TestGoldenTranscript(t *testing.T) {
 func TestWrongServerKey(t *testing.T) {
 	for _, ct := range connTypes {
 		t.Run(ct.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			p := newTestPeers(CipherChaChaPoly)
 			p.ccfg.ServerKey = testKey("imposter").Public()
 			cc, sc := ct.pair(t)
@@ -187,7 +189,7 @@ func TestWrongServerKey(t *testing.T) {
 func TestUnauthorizedClient(t *testing.T) {
 	for _, ct := range connTypes {
 		t.Run(ct.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			p := newTestPeers(CipherAESGCM)
 			stranger := testKey("stranger")
 			p.ccfg.PrivateKey = stranger
@@ -220,7 +222,7 @@ const hungUpMessage = "connection closed before the handshake completed: the ser
 func TestServerHungUp(t *testing.T) {
 	for _, ct := range connTypes {
 		t.Run(ct.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			p := newTestPeers(CipherChaChaPoly)
 			cc, sc := ct.pair(t)
 			go func() {
@@ -288,8 +290,29 @@ func rawServer(t *testing.T, ctx context.Context, cfg *ServerConfig, data []byte
 	return reply, <-done
 }
 
+// stalledServer feeds data to Server over a connection from pair, then
+// nothing more, and returns what the server sent back and its error.
+func stalledServer(t *testing.T, ctx context.Context, cfg *ServerConfig, pair func(testing.TB) (net.Conn, net.Conn),
+	data []byte) (reply []byte, err error) {
+	cc, sc := pair(t)
+	defer cc.Close()
+	done := make(chan error, 1)
+	go func() {
+		c, err := Server(ctx, sc, cfg)
+		if c != nil {
+			c.Close()
+		}
+		done <- err
+	}()
+	if len(data) > 0 {
+		go cc.Write(data) // over a pipe it returns once the server has read it all
+	}
+	reply, _ = io.ReadAll(cc)
+	return reply, <-done
+}
+
 func TestReplayedFirstMessage(t *testing.T) {
-	checkLeaks(t)
+	testsupport.LeakCheck(t)
 	p := newTestPeers(CipherChaChaPoly)
 	cc, sc := net.Pipe()
 	rc := &recConn{Conn: cc}
@@ -337,7 +360,7 @@ func TestTamperedPreamble(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkLeaks(t)
+			testsupport.LeakCheck(t)
 			p := newTestPeers(tt.client)
 			p.scfg.Ciphers = tt.allowed
 			cc, sc := net.Pipe()
@@ -369,7 +392,7 @@ func TestTruncatedHandshake(t *testing.T) {
 	p := newTestPeers(CipherChaChaPoly)
 	msg1 := captureMsg1(t, p.ccfg)
 	for _, n := range []int{0, 3, preambleLen, preambleLen + 1, preambleLen + 2, 60, len(msg1) - 1} {
-		checkLeaks(t)
+		testsupport.LeakCheck(t)
 		start := time.Now()
 		_, err := rawServer(t, testCtx(t), p.scfg, msg1[:n], true)
 		if !errors.Is(err, ErrHandshake) {
@@ -381,61 +404,82 @@ func TestTruncatedHandshake(t *testing.T) {
 	}
 }
 
+// onClock runs f over net.Pipe in a synctest bubble, where a deadline
+// fires exactly when due (slack 0), or over loopback TCP on the real
+// clock, where it may fire late on a loaded machine (slack 2s).
+func onClock(t *testing.T, name string, f func(t *testing.T, slack time.Duration)) {
+	if name == "pipe" {
+		testsupport.Synctest(t, func(t *testing.T) { f(t, 0) })
+		return
+	}
+	f(t, 2*time.Second)
+}
+
 func TestHandshakeContext(t *testing.T) {
 	p := newTestPeers(CipherChaChaPoly)
 	msg1 := captureMsg1(t, p.ccfg)
 
-	t.Run("server deadline, stalled client", func(t *testing.T) {
-		checkLeaks(t)
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		defer cancel()
-		start := time.Now()
-		_, err := rawServer(t, ctx, p.scfg, msg1[:50], false)
-		if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
-			t.Errorf("err %v after %v, want DeadlineExceeded after ~100ms", err, time.Since(start))
-		}
-	})
+	const deadline = 100 * time.Millisecond
 	for _, ct := range connTypes {
+		t.Run("server deadline, stalled client/"+ct.name, func(t *testing.T) {
+			onClock(t, ct.name, func(t *testing.T, slack time.Duration) {
+				testsupport.LeakCheck(t)
+				start := time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				defer cancel()
+				_, err := stalledServer(t, ctx, p.scfg, ct.pair, msg1[:50])
+				if d := time.Since(start); !errors.Is(err, context.DeadlineExceeded) || d < deadline || d > deadline+slack {
+					t.Errorf("err %v after %v, want DeadlineExceeded after %v", err, d, deadline)
+				}
+			})
+		})
 		t.Run("client deadline/"+ct.name, func(t *testing.T) {
-			checkLeaks(t)
-			cc, sc := ct.pair(t)
-			defer sc.Close()
-			go io.Copy(io.Discard, sc) // a server that never answers
-			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-			defer cancel()
-			start := time.Now()
-			_, err := Client(ctx, cc, p.ccfg)
-			if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
-				t.Errorf("err %v after %v, want DeadlineExceeded after ~100ms", err, time.Since(start))
-			}
+			onClock(t, ct.name, func(t *testing.T, slack time.Duration) {
+				testsupport.LeakCheck(t)
+				cc, sc := ct.pair(t)
+				defer sc.Close()
+				go io.Copy(io.Discard, sc) // a server that never answers
+				start := time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				defer cancel()
+				_, err := Client(ctx, cc, p.ccfg)
+				if d := time.Since(start); !errors.Is(err, context.DeadlineExceeded) || d < deadline || d > deadline+slack {
+					t.Errorf("err %v after %v, want DeadlineExceeded after %v", err, d, deadline)
+				}
+			})
 		})
 		t.Run("client cancel/"+ct.name, func(t *testing.T) {
-			checkLeaks(t)
-			cc, sc := ct.pair(t)
-			defer sc.Close()
-			go io.Copy(io.Discard, sc)
-			ctx, cancel := context.WithCancel(context.Background())
-			time.AfterFunc(50*time.Millisecond, cancel)
-			_, err := Client(ctx, cc, p.ccfg)
-			if !errors.Is(err, context.Canceled) {
-				t.Errorf("err %v, want context.Canceled", err)
-			}
+			onClock(t, ct.name, func(t *testing.T, slack time.Duration) {
+				testsupport.LeakCheck(t)
+				cc, sc := ct.pair(t)
+				defer sc.Close()
+				go io.Copy(io.Discard, sc)
+				ctx, cancel := context.WithCancel(context.Background())
+				start := time.Now()
+				time.AfterFunc(deadline/2, cancel)
+				_, err := Client(ctx, cc, p.ccfg)
+				if d := time.Since(start); !errors.Is(err, context.Canceled) || d < deadline/2 || d > deadline/2+slack {
+					t.Errorf("err %v after %v, want context.Canceled after %v", err, d, deadline/2)
+				}
+			})
 		})
 		t.Run("deadline cleared/"+ct.name, func(t *testing.T) {
-			checkLeaks(t)
-			q := newTestPeers(CipherChaChaPoly)
-			cc, sc := ct.pair(t)
-			ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
-			defer cancel()
-			cl, sv := handshake(ctx, cc, sc, q.ccfg, q.scfg)
-			if cl.err != nil || sv.err != nil {
-				t.Fatalf("handshake: %v / %v", cl.err, sv.err)
-			}
-			defer cl.conn.Close()
-			defer sv.conn.Close()
-			<-ctx.Done()
-			time.Sleep(20 * time.Millisecond)
-			exchange(t, cl.conn, sv.conn, []byte("still alive"))
+			onClock(t, ct.name, func(t *testing.T, _ time.Duration) {
+				testsupport.LeakCheck(t)
+				q := newTestPeers(CipherChaChaPoly)
+				cc, sc := ct.pair(t)
+				ctx, cancel := context.WithTimeout(context.Background(), 4*deadline)
+				defer cancel()
+				cl, sv := handshake(ctx, cc, sc, q.ccfg, q.scfg)
+				if cl.err != nil || sv.err != nil {
+					t.Fatalf("handshake: %v / %v", cl.err, sv.err)
+				}
+				defer cl.conn.Close()
+				defer sv.conn.Close()
+				<-ctx.Done()
+				time.Sleep(20 * time.Millisecond)
+				exchange(t, cl.conn, sv.conn, []byte("still alive"))
+			})
 		})
 	}
 	t.Run("already canceled", func(t *testing.T) {
@@ -459,55 +503,60 @@ func TestHandshakeContext(t *testing.T) {
 func TestFirstMessageTimeout(t *testing.T) {
 	p := newTestPeers(CipherChaChaPoly)
 	msg1 := captureMsg1(t, p.ccfg)
-	for _, n := range []int{0, 5, preambleLen + 1, 50} {
-		t.Run(fmt.Sprintf("stalled after %d bytes", n), func(t *testing.T) {
-			checkLeaks(t)
-			cfg := *p.scfg
-			cfg.FirstMessageTimeout = 100 * time.Millisecond
-			called := false
-			cfg.OnFirstMessage = func() { called = true }
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			start := time.Now()
-			reply, err := rawServer(t, ctx, &cfg, msg1[:n], false)
-			d := time.Since(start)
-			if !errors.Is(err, ErrHandshake) || !errors.Is(err, os.ErrDeadlineExceeded) ||
-				errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "first-message timeout") {
-				t.Errorf("err %v, want ErrHandshake naming the first-message timeout", err)
-			}
-			if d < 100*time.Millisecond || d > 2*time.Second {
-				t.Errorf("server gave up after %v, want ~100ms", d)
-			}
-			if called || len(reply) != 0 {
-				t.Errorf("OnFirstMessage called: %v; reply %q", called, reply)
-			}
-		})
-	}
+	const first = 100 * time.Millisecond
 	for _, ct := range connTypes {
+		for _, n := range []int{0, 5, preambleLen + 1, 50} {
+			t.Run(fmt.Sprintf("stalled after %d bytes/%s", n, ct.name), func(t *testing.T) {
+				onClock(t, ct.name, func(t *testing.T, slack time.Duration) {
+					testsupport.LeakCheck(t)
+					cfg := *p.scfg
+					cfg.FirstMessageTimeout = first
+					called := false
+					cfg.OnFirstMessage = func() { called = true }
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					start := time.Now()
+					reply, err := stalledServer(t, ctx, &cfg, ct.pair, msg1[:n])
+					d := time.Since(start)
+					if !errors.Is(err, ErrHandshake) || !errors.Is(err, os.ErrDeadlineExceeded) ||
+						errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "first-message timeout") {
+						t.Errorf("err %v, want ErrHandshake naming the first-message timeout", err)
+					}
+					if d < first || d > first+slack {
+						t.Errorf("server gave up after %v, want %v", d, first)
+					}
+					if called || len(reply) != 0 {
+						t.Errorf("OnFirstMessage called: %v; reply %q", called, reply)
+					}
+				})
+			})
+		}
 		t.Run("in time/"+ct.name, func(t *testing.T) {
-			checkLeaks(t)
-			q := newTestPeers(CipherAESGCM)
-			q.scfg.FirstMessageTimeout = 50 * time.Millisecond
-			calls := 0
-			q.scfg.OnFirstMessage = func() { calls++ }
-			cc, sc := ct.pair(t)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			cl, sv := handshake(ctx, cc, sc, q.ccfg, q.scfg)
-			if cl.err != nil || sv.err != nil {
-				t.Fatalf("handshake: %v / %v", cl.err, sv.err)
-			}
-			defer cl.conn.Close()
-			defer sv.conn.Close()
-			if calls != 1 {
-				t.Errorf("OnFirstMessage called %d times, want 1", calls)
-			}
-			time.Sleep(100 * time.Millisecond) // past the first-message deadline
-			exchange(t, cl.conn, sv.conn, []byte("still alive"))
+			onClock(t, ct.name, func(t *testing.T, _ time.Duration) {
+				testsupport.LeakCheck(t)
+				q := newTestPeers(CipherAESGCM)
+				q.scfg.FirstMessageTimeout = 50 * time.Millisecond
+				calls := 0
+				q.scfg.OnFirstMessage = func() { calls++ }
+				cc, sc := ct.pair(t)
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				cl, sv := handshake(ctx, cc, sc, q.ccfg, q.scfg)
+				if cl.err != nil || sv.err != nil {
+					t.Fatalf("handshake: %v / %v", cl.err, sv.err)
+				}
+				defer cl.conn.Close()
+				defer sv.conn.Close()
+				if calls != 1 {
+					t.Errorf("OnFirstMessage called %d times, want 1", calls)
+				}
+				time.Sleep(100 * time.Millisecond) // past the first-message deadline
+				exchange(t, cl.conn, sv.conn, []byte("still alive"))
+			})
 		})
 	}
 	t.Run("ctx shorter", func(t *testing.T) {
-		checkLeaks(t)
+		testsupport.LeakCheck(t)
 		cfg := *p.scfg
 		cfg.FirstMessageTimeout = 10 * time.Second
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -518,7 +567,7 @@ func TestFirstMessageTimeout(t *testing.T) {
 		}
 	})
 	t.Run("canceled", func(t *testing.T) {
-		checkLeaks(t)
+		testsupport.LeakCheck(t)
 		cfg := *p.scfg
 		cfg.FirstMessageTimeout = 5 * time.Second
 		ctx, cancel := context.WithCancel(context.Background())

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -135,23 +134,6 @@ func mustPair(t testing.TB, pair func(testing.TB) (net.Conn, net.Conn), p *testP
 	}
 	t.Cleanup(func() { c.conn.Close(); s.conn.Close() })
 	return c.conn, s.conn
-}
-
-// checkLeaks fails the test if goroutines started during it are still
-// running shortly after it ends.
-func checkLeaks(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(2 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<16)
-				t.Errorf("goroutine leak: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
 }
 
 // memConn is a one-way in-memory net.Conn for record-layer tests: writes

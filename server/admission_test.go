@@ -19,6 +19,7 @@ import (
 	dstclient "github.com/dstproject/dst/client"
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/server"
 )
 
@@ -271,7 +272,7 @@ func (e *tcpEnv) attach(t *testing.T) (*dstclient.Attachment, func()) {
 	}
 	a, err := dstclient.Attach(context.Background(), &dstclient.AttachConfig{
 		Config: dstclient.Config{Server: e.addr, PrivateKey: e.clientKey, ServerKey: e.serverKey,
-			Dialer: dial, Logger: testLogger(t)},
+			Dialer: dial, Logger: testsupport.Logger(t)},
 		Export: "disk",
 	})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/server"
 )
 
@@ -152,12 +153,12 @@ func TestNewValidates(t *testing.T) {
 		{"missing file", []server.ExportConfig{{Name: "a", Path: img}, {Name: "b", Path: filepath.Join(dir, "nope")}}, "nope"},
 		{"bad name", []server.ExportConfig{{Name: "a\x00", Path: img}}, "control"},
 	} {
-		_, err := server.New(&server.Config{Exports: tt.exports, Logger: testLogger(t)})
+		_, err := server.New(&server.Config{Exports: tt.exports, Logger: testsupport.Logger(t)})
 		if err == nil || !strings.Contains(err.Error(), tt.err) {
 			t.Errorf("%s: error %v, want %q", tt.name, err, tt.err)
 		}
 	}
-	srv, err := server.New(&server.Config{Exports: []server.ExportConfig{{Name: "a", Path: img}}, Logger: testLogger(t)})
+	srv, err := server.New(&server.Config{Exports: []server.ExportConfig{{Name: "a", Path: img}}, Logger: testsupport.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

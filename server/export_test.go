@@ -13,3 +13,9 @@ const (
 func (s *Server) AdmissionCounts() (inProgress int, evicted, refused uint64) {
 	return s.admission.counts()
 }
+
+// The timeouts of a connection's start, for the external tests.
+const (
+	HandshakeFirstTimeout = handshakeFirstTimeout
+	FirstMessageTimeout   = firstMessageTimeout
+)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/server"
 	"github.com/dstproject/dst/server/servertest"
 	"github.com/dstproject/dst/wire"
@@ -39,7 +40,7 @@ func newHeldEnv(t *testing.T) (*env, *heldBackend) {
 	b.open = func() { once.Do(func() { close(b.release) }) }
 	e := &env{t: t, mem: map[string]*servertest.MemBackend{"disk": b.MemBackend}}
 	e.start(&server.Config{
-		Logger:  testLogger(t),
+		Logger:  testsupport.Logger(t),
 		Workers: 4,
 		Exports: []server.ExportConfig{{Name: "disk", Path: "mem:disk", Backend: b}},
 	})
@@ -222,7 +223,7 @@ func TestRevocationFencesQueuedWrites(t *testing.T) {
 		release: make(chan struct{})}
 	e := &env{t: t, mem: map[string]*servertest.MemBackend{"disk": b.MemBackend}}
 	leakCheck(t)
-	e.start(&server.Config{Logger: testLogger(t), Workers: workers,
+	e.start(&server.Config{Logger: testsupport.Logger(t), Workers: workers,
 		Exports: []server.ExportConfig{{Name: "disk", Path: "mem:disk", Backend: b}}})
 	released := false
 	t.Cleanup(func() {

@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/internal/mux"
+	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/server"
 	"github.com/dstproject/dst/server/servertest"
 	"github.com/dstproject/dst/wire"
@@ -23,44 +22,11 @@ import (
 
 var _ server.Backend = (*servertest.MemBackend)(nil)
 
-// testLogger logs to the test at debug level when -v is given, else only
-// warnings and errors.
-func testLogger(t testing.TB) *slog.Logger {
-	level := slog.LevelWarn
-	if testing.Verbose() {
-		level = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level}))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-// leakCheck fails the test if goroutines of the server or of yamux are
-// still running once the test's cleanups ran.
+// leakCheck fails the test if goroutines of the server, of yamux or of the
+// channel are still running once the test's cleanups ran.
 func leakCheck(t testing.TB) {
-	t.Cleanup(func() {
-		var stacks string
-		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			stacks = ""
-			for g := range strings.SplitSeq(string(buf), "\n\n") {
-				if strings.Contains(g, "dst/server.") || strings.Contains(g, "hashicorp/yamux") ||
-					strings.Contains(g, "dst/crypto.") {
-					stacks += g + "\n\n"
-				}
-			}
-			if stacks == "" {
-				return
-			}
-		}
-		t.Errorf("goroutines leaked:\n%s", stacks)
-	})
+	t.Helper()
+	testsupport.LeakCheck(t, "dst/server.", "hashicorp/yamux", "dst/crypto.")
 }
 
 // env is a server with in-memory exports and one client control session
@@ -90,7 +56,7 @@ func newEnv(t testing.TB, specs ...exportSpec) *env {
 		specs = []exportSpec{{name: "disk", size: 8 << 20}}
 	}
 	e := &env{t: t, mem: make(map[string]*servertest.MemBackend)}
-	cfg := &server.Config{Logger: testLogger(t), Workers: 8}
+	cfg := &server.Config{Logger: testsupport.Logger(t), Workers: 8}
 	for _, s := range specs {
 		m := servertest.NewMemBackend(s.size)
 		e.mem[s.name] = m
@@ -195,7 +161,7 @@ func (e *env) connectAs(key crypto.PrivateKey) *ctl {
 	if _, err := c.Write(wire.AppendMessage(nil, wire.MsgControl, wire.AppendControl(nil, &wire.Control{Version: wire.Version}))); err != nil {
 		e.t.Fatal(err)
 	}
-	cs, err := mux.Client(c, &mux.Options{Logger: testLogger(e.t)})
+	cs, err := mux.Client(c, &mux.Options{Logger: testsupport.Logger(e.t)})
 	if err != nil {
 		e.t.Fatal(err)
 	}

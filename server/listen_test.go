@@ -15,6 +15,7 @@ import (
 
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/internal/mux"
+	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/server"
 	"github.com/dstproject/dst/server/servertest"
 	"github.com/dstproject/dst/wire"
@@ -33,7 +34,7 @@ type tcpEnv struct {
 
 func newTCPEnv(t *testing.T) *tcpEnv {
 	t.Helper()
-	return newTCPEnvLog(t, testLogger(t))
+	return newTCPEnvLog(t, testsupport.Logger(t))
 }
 
 func newTCPEnvLog(t *testing.T, log *slog.Logger) *tcpEnv {
@@ -222,7 +223,7 @@ func TestServeAfterClose(t *testing.T) {
 	leakCheck(t)
 	sk, _ := crypto.GeneratePrivateKey()
 	auth, _ := crypto.ParseAuthorizedKeys(strings.NewReader(""), "empty")
-	srv, err := server.New(&server.Config{PrivateKey: sk, Authorized: auth, Logger: testLogger(t),
+	srv, err := server.New(&server.Config{PrivateKey: sk, Authorized: auth, Logger: testsupport.Logger(t),
 		Exports: []server.ExportConfig{{Name: "d", Backend: servertest.NewMemBackend(4096)}}})
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/server"
 	"github.com/dstproject/dst/server/servertest"
 	"github.com/dstproject/dst/wire"
@@ -57,7 +58,7 @@ func TestInstanceChangesPerStart(t *testing.T) {
 	m := servertest.NewMemBackend(1 << 20)
 	var ids [2]wire.Identity
 	for i := range ids {
-		srv, err := server.New(&server.Config{Logger: testLogger(t),
+		srv, err := server.New(&server.Config{Logger: testsupport.Logger(t),
 			Exports: []server.ExportConfig{{Name: "d", Backend: m}}})
 		if err != nil {
 			t.Fatal(err)

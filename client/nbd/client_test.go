@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -385,20 +384,4 @@ func memExport(size int) (*nbd.Export, *nbdtest.MemDevice) {
 		Flush: true, FUA: true, Trim: true, WriteZeroes: true, MultiConn: true,
 		Device: d,
 	}, d
-}
-
-// checkGoroutines fails if goroutines started during the test outlive it.
-func checkGoroutines(t *testing.T) func() {
-	base := runtime.NumGoroutine()
-	return func() {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > base {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<16)
-				t.Fatalf("goroutines: %d, baseline %d\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
 }

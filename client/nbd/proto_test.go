@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/internal/testsupport"
 )
 
 // Pinned wire values: changing one breaks every client.
@@ -61,7 +62,7 @@ func TestStrings(t *testing.T) {
 
 // ServeTransmission skips the handshake, as for the kernel's socketpair.
 func TestServeTransmission(t *testing.T) {
-	defer checkGoroutines(t)()
+	testsupport.LeakCheck(t)
 	e, dev := memExport(1 << 20)
 	cc, sc := unixPair(t)
 	done := make(chan error, 1)

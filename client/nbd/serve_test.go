@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/internal/testsupport"
 )
 
 // serveUnix runs Server.Serve on a unix socket until the test ends.
@@ -43,7 +44,7 @@ func serveUnix(t testing.TB, s *nbd.Server) (path string, stop func() error) {
 }
 
 func TestServe(t *testing.T) {
-	defer checkGoroutines(t)()
+	testsupport.LeakCheck(t)
 	e, dev := memExport(1 << 20)
 	path, stop := serveUnix(t, &nbd.Server{Exports: []*nbd.Export{e}})
 	var clients []*tclient

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"io"
 	"net"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/dstproject/dst/internal/faultproxy"
+	"github.com/dstproject/dst/internal/testsupport"
 )
 
 // echoServer echoes every connection until the test ends.
@@ -49,7 +49,7 @@ func echoServer(t *testing.T) string {
 func start(t *testing.T) *faultproxy.Proxy {
 	t.Helper()
 	target := echoServer(t)
-	base := runtime.NumGoroutine()
+	testsupport.LeakCheck(t) // registered before Close, so it checks after it
 	p, err := faultproxy.New(target)
 	if err != nil {
 		t.Fatal(err)
@@ -57,14 +57,6 @@ func start(t *testing.T) *faultproxy.Proxy {
 	t.Cleanup(func() {
 		if err := p.Close(); err != nil {
 			t.Errorf("Close: %v", err)
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > base {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<16)
-				t.Fatalf("goroutines: %d, baseline %d\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
-			}
-			time.Sleep(5 * time.Millisecond)
 		}
 	})
 	return p

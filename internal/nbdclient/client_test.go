@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"syscall"
 	"testing"
@@ -22,23 +21,8 @@ import (
 	"github.com/dstproject/dst/internal/faultproxy"
 	"github.com/dstproject/dst/internal/nbdclient"
 	"github.com/dstproject/dst/internal/nbdwire"
+	"github.com/dstproject/dst/internal/testsupport"
 )
-
-// checkGoroutines fails the test if goroutines started after it outlive it.
-func checkGoroutines(t *testing.T) func() {
-	base := runtime.NumGoroutine()
-	return func() {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > base {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<16)
-				t.Fatalf("goroutines: %d, baseline %d\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-}
 
 // serve runs dst's NBD front end over a MemDevice on a unix socket until
 // stop is called or the test ends.
@@ -86,7 +70,7 @@ func dial(t *testing.T, sock, export string) *nbdclient.Client {
 }
 
 func TestRoundTrip(t *testing.T) {
-	defer checkGoroutines(t)()
+	testsupport.LeakCheck(t)
 	sock, dev, stop := serve(t, 1<<20)
 	defer stop()
 	c := dial(t, sock, "mem")
@@ -132,7 +116,7 @@ func TestRoundTrip(t *testing.T) {
 // TestConcurrent keeps many requests in flight while the device completes
 // them out of order.
 func TestConcurrent(t *testing.T) {
-	defer checkGoroutines(t)()
+	testsupport.LeakCheck(t)
 	const workers, ops, block = 16, 40, 4096
 	sock, dev, stop := serve(t, workers*ops*block)
 	defer stop()
@@ -193,7 +177,7 @@ func TestUnknownExport(t *testing.T) {
 }
 
 func TestCloseFailsPending(t *testing.T) {
-	defer checkGoroutines(t)()
+	testsupport.LeakCheck(t)
 	sock, dev, stop := serve(t, 1<<16)
 	defer stop()
 	c := dial(t, sock, "mem")
