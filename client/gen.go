@@ -207,7 +207,6 @@ func (a *Attachment) reconnect() *generation {
 		g, err := a.connect(ctx, a.epoch.Add(1), false)
 		if err == nil {
 			if err = a.resume(g); err == nil {
-				a.stats.reconnects.Add(1)
 				return g
 			}
 			g.shutdown(err, false)
@@ -255,12 +254,15 @@ func (a *Attachment) resume(g *generation) error {
 		byQueue[t.q] = append(byQueue[t.q], t)
 	}
 	tb.mu.Unlock()
-	for q, ts := range byQueue {
-		q.w.SendAll(ts, qconn.Defer)
-	}
+	// Counted before they go out, so that whoever sees a resent request
+	// complete also sees it counted.
+	a.stats.reconnects.Add(1)
 	if len(resend) > 0 {
 		a.stats.resent.Add(uint64(len(resend)))
-		a.log.Info("resent transactions", "count", len(resend), "epoch", g.epoch)
+		a.log.Info("resending transactions", "count", len(resend), "epoch", g.epoch)
+	}
+	for q, ts := range byQueue {
+		q.w.SendAll(ts, qconn.Defer)
 	}
 	return nil
 }
