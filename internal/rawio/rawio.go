@@ -83,7 +83,14 @@ func (c *Conn) Read(p []byte) (int, error) {
 }
 
 // Write writes all of p, waiting on the poller while the socket is full.
-func (c *Conn) Write(p []byte) (int, error) {
+func (c *Conn) Write(p []byte) (int, error) { return c.write(p, true) }
+
+// TryWrite writes what of p the socket takes without waiting.
+func (c *Conn) TryWrite(p []byte) (int, error) { return c.write(p, false) }
+
+// write writes p until it is all written or, unless wait, the socket is
+// full.
+func (c *Conn) write(p []byte, wait bool) (int, error) {
 	written := 0
 	var errno syscall.Errno
 	err := c.rc.Write(func(fd uintptr) bool {
@@ -95,7 +102,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 				written += int(r)
 			case syscall.EINTR:
 			case syscall.EAGAIN:
-				return false
+				return !wait
 			default:
 				errno = e
 				return true
@@ -110,36 +117,6 @@ func (c *Conn) Write(p []byte) (int, error) {
 		return written, c.opError("write", err)
 	}
 	return written, nil
-}
-
-// TryWrite writes what of p the socket takes without waiting.
-func (c *Conn) TryWrite(p []byte) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			q := p[n:]
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&q[0])), uintptr(len(q)))
-			switch e {
-			case 0:
-				n += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return true
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
-	if err == nil && errno != 0 {
-		err = errno
-	}
-	if err != nil {
-		return n, c.opError("write", err)
-	}
-	return n, nil
 }
 
 // maxIovecs bounds the buffers of one writev call (Linux's UIO_MAXIOV).
