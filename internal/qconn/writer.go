@@ -151,18 +151,6 @@ func (w *Writer[T]) Hold() (release func()) {
 	return func() { w.run(Block) }
 }
 
-// Kick has the flusher write whatever is queued, if no one is writing.
-func (w *Writer[T]) Kick() {
-	w.mu.Lock()
-	if w.busy || len(w.queue) == 0 {
-		w.mu.Unlock()
-		return
-	}
-	w.busy = true
-	w.mu.Unlock()
-	w.handOff()
-}
-
 // Close drops what is queued and stops the flusher once it is done with
 // its write; closing the connection ends a write that is stuck. Items sent
 // afterwards are dropped.
