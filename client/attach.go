@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/wire"
 )
@@ -57,8 +56,8 @@ const (
 // failing its checksum.
 const maxTries = 3
 
-// Attachment carries block requests to one export, across reconnects. It
-// implements nbd.Device.
+// Attachment carries block requests to one export, across reconnects.
+// Submit takes Requests; NBDExport puts an NBD front end in front of it.
 //
 // Every request becomes a transaction with an id and a deadline. The table
 // maps ids to pending transactions; a transaction leaves it exactly once:
@@ -153,28 +152,6 @@ func (a *Attachment) Cipher() crypto.Cipher {
 		return crypto.CipherAuto
 	}
 	return a.table.gen.sess.Cipher()
-}
-
-// NBDExport describes the attachment to an NBD front end.
-func (a *Attachment) NBDExport() *nbd.Export {
-	e := a.export
-	maxBlock := min(e.MaxTransfer, wire.MaxPayload)
-	return &nbd.Export{
-		Name:               e.Name,
-		Description:        fmt.Sprintf("dst export %s on %s", e.Name, a.cfg.Server),
-		Size:               e.Size,
-		MinBlockSize:       e.LogicalBlock,
-		PreferredBlockSize: e.PhysicalBlock,
-		MaxBlockSize:       maxBlock,
-		ReadOnly:           e.Flags&wire.ExportReadOnly != 0,
-		Flush:              e.Flags&wire.ExportFlush != 0,
-		FUA:                e.Flags&wire.ExportFUA != 0,
-		Trim:               e.Flags&wire.ExportTrim != 0,
-		WriteZeroes:        e.Flags&wire.ExportWriteZeroes != 0,
-		Rotational:         e.Flags&wire.ExportRotational != 0,
-		MultiConn:          e.Flags&wire.ExportMultiConn != 0,
-		Device:             a,
-	}
 }
 
 // reap completes transactions whose deadline has passed with EIO. They

@@ -2,10 +2,9 @@ package client
 
 import (
 	"fmt"
+	"github.com/dstproject/dst/wire"
 	"sync"
 	"testing"
-
-	"github.com/dstproject/dst/client/nbd"
 )
 
 // BenchmarkRead4K measures 4 KiB reads through an attachment and an
@@ -27,10 +26,10 @@ func BenchmarkRead4K(b *testing.B) {
 					defer wg.Done()
 					buf := make([]byte, 4096)
 					done := make(chan error, 1)
-					cb := func(_ *nbd.Request, err error) { done <- err }
+					cb := CompleteFunc(func(err error) { done <- err })
 					for i := 0; i < per; i++ {
 						off := uint64((w*per+i)%16384) * 4096
-						a.Submit(nbd.NewRequest(nbd.CmdRead, 0, off, 4096, buf, cb))
+						a.Submit(Request{Cmd: wire.CmdRead, Offset: off, Length: 4096, Data: buf, Done: cb})
 						if err := <-done; err != nil {
 							b.Error(err)
 							return

@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/client"
-	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/internal/verify"
 	"github.com/dstproject/dst/server/servertest"
+	"github.com/dstproject/dst/wire"
 )
 
 // crashServer is a server over one file on an address that stays the same
@@ -46,18 +46,18 @@ func (s *crashServer) attach(t *testing.T, replay int64) *client.Attachment {
 	return a
 }
 
-// deviceDisk drives an nbd.Device, such as *client.Attachment, as a
-// verify.Disk: one request at a time per call, waiting for its completion.
-type deviceDisk struct{ d nbd.Device }
+// deviceDisk drives an Attachment as a verify.Disk: one request at a time
+// per call, waiting for its completion.
+type deviceDisk struct{ d *client.Attachment }
 
 // errStuck marks a request that never completed; the attachment's own
 // deadline is shorter, so it means a lost completion.
 var errStuck = errors.New("no completion within a minute")
 
-func (x deviceDisk) do(cmd nbd.Command, flags nbd.CmdFlags, off int64, p []byte) error {
+func (x deviceDisk) do(cmd wire.Cmd, flags wire.ReqFlags, off int64, p []byte) error {
 	ch := make(chan error, 1)
-	x.d.Submit(nbd.NewRequest(cmd, flags, uint64(off), uint32(len(p)), p,
-		func(_ *nbd.Request, err error) { ch <- err }))
+	x.d.Submit(client.Request{Cmd: cmd, Flags: flags, Offset: uint64(off), Length: uint32(len(p)), Data: p,
+		Done: client.CompleteFunc(func(err error) { ch <- err })})
 	select {
 	case err := <-ch:
 		return err
@@ -66,17 +66,17 @@ func (x deviceDisk) do(cmd nbd.Command, flags nbd.CmdFlags, off int64, p []byte)
 	}
 }
 
-func (x deviceDisk) ReadAt(p []byte, off int64) error { return x.do(nbd.CmdRead, 0, off, p) }
+func (x deviceDisk) ReadAt(p []byte, off int64) error { return x.do(wire.CmdRead, 0, off, p) }
 
 func (x deviceDisk) WriteAt(p []byte, off int64, fua bool) error {
-	var f nbd.CmdFlags
+	var f wire.ReqFlags
 	if fua {
-		f = nbd.FlagFUA
+		f = wire.FlagFUA
 	}
-	return x.do(nbd.CmdWrite, f, off, p)
+	return x.do(wire.CmdWrite, f, off, p)
 }
 
-func (x deviceDisk) Flush() error { return x.do(nbd.CmdFlush, 0, 0, nil) }
+func (x deviceDisk) Flush() error { return x.do(wire.CmdFlush, 0, 0, nil) }
 
 // crashRun is the outcome of a series of crash points.
 type crashRun struct {

@@ -3,17 +3,22 @@
 // (autoconfiguration), and runs an Attachment that carries block requests
 // to one export as transactions.
 //
-// An Attachment implements nbd.Device, so any NBD front end can sit on top
-// of it: the local NBD socket of `dst attach --nbd-listen` (package
-// client/nbd), and later the kernel's /dev/nbdX.
+// An Attachment takes Requests, the engine's own type (request.go); the
+// NBD adapter (nbd.go) puts any NBD front end on top of it: the local NBD
+// socket of `dst attach --nbd-listen` (package client/nbd) and the
+// kernel's /dev/nbdX (package client/kernel).
 //
 // Layers, from the socket up:
 //
-//	TCP ─ crypto.Conn (Noise IK records) ─ yamux session (internal/mux)
-//	  ├─ control stream: HELLO → SERVER_INFO
-//	  └─ data streams ("queues"): OPEN → OPENED, then requests and replies
+//	control: TCP ─ crypto.Conn (Noise IK) ─ yamux (internal/mux)
+//	         HELLO → SERVER_INFO (session token), PING/PONG (session.go)
+//	queues:  TCP ─ crypto.Conn (Noise IK), one per queue connection
+//	         QUEUE → OPENED, then requests and replies in records (queue.go)
 //
-// A queue's requests are written by whichever submitter finds it idle, or
-// by its sendLoop under load, many to one stream write; its recvLoop
-// matches replies to transactions by id.
+// Files by job: attach.go (lifecycle), table.go (transactions and their
+// states), submit.go (requests in, results out), gen.go (a generation of
+// connections, reconnect and resend), replay.go (the replay log), dial.go.
+// A queue's requests are sealed and written by whichever submitter finds
+// its writer idle (internal/qconn); its recvLoop completes transactions
+// and writes the NBD reply from the same goroutine.
 package client

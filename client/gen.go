@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/internal/qconn"
 	"github.com/dstproject/dst/wire"
 )
@@ -295,12 +294,12 @@ func (a *Attachment) replayTo(g *generation) error {
 		ids := make([]uint64, 0, len(wave))
 		for i := range wave {
 			wg.Add(1)
-			r := wave[i].request(func(_ *nbd.Request, err error) {
+			r := wave[i].request(CompleteFunc(func(err error) {
 				if err != nil {
 					bad.Add(1)
 				}
 				wg.Done()
-			})
+			}))
 			t := a.newTx(r)
 			t.deadline, t.replay = time.Time{}, true
 			t.hdr.Flags &^= wire.FlagFUA

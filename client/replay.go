@@ -8,7 +8,6 @@ import (
 
 	"github.com/dstproject/dst/internal/bufpool"
 
-	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/wire"
 )
 
@@ -324,18 +323,8 @@ const (
 	waveWide  = 16 << 20
 )
 
-// request makes the NBD request that replays e.
-func (e *replayEntry) request(done func(*nbd.Request, error)) *nbd.Request {
-	cmd := nbd.CmdWrite
-	switch e.cmd {
-	case wire.CmdTrim:
-		cmd = nbd.CmdTrim
-	case wire.CmdWriteZeroes:
-		cmd = nbd.CmdWriteZeroes
-	}
-	var flags nbd.CmdFlags
-	if e.flags&wire.FlagNoHole != 0 {
-		flags |= nbd.FlagNoHole
-	}
-	return nbd.NewRequest(cmd, flags, e.offset, e.length, e.data, done)
+// request makes the Request that replays e.
+func (e *replayEntry) request(done Completer) Request {
+	return Request{Cmd: e.cmd, Flags: e.flags & wire.FlagNoHole, Offset: e.offset, Length: e.length,
+		Data: e.data, Done: done}
 }

@@ -4,25 +4,15 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/internal/qconn"
 	"github.com/dstproject/dst/wire"
 )
 
-// The Attachment as an nbd.Device: requests become transactions, replies
-// complete them.
-
-var cmdToWire = [...]wire.Cmd{
-	nbd.CmdRead:        wire.CmdRead,
-	nbd.CmdWrite:       wire.CmdWrite,
-	nbd.CmdFlush:       wire.CmdFlush,
-	nbd.CmdTrim:        wire.CmdTrim,
-	nbd.CmdWriteZeroes: wire.CmdWriteZeroes,
-}
+// Requests become transactions; replies complete them.
 
 // Submit starts a transaction for r and, if no one is writing on its
-// queue, sends it from the caller's goroutine. It implements nbd.Device.
-func (a *Attachment) Submit(r *nbd.Request) {
+// queue, sends it from the caller's goroutine.
+func (a *Attachment) Submit(r Request) {
 	if t := a.newTx(r); t != nil {
 		a.start(t, qconn.Block)
 	}
@@ -30,12 +20,12 @@ func (a *Attachment) Submit(r *nbd.Request) {
 
 // SubmitBatch starts transactions for requests a client sent together
 // and sends them on one queue, in as few records and writes as the queue
-// allows. It implements nbd.BatchDevice.
-func (a *Attachment) SubmitBatch(rs []*nbd.Request) {
+// allows. rs is not kept.
+func (a *Attachment) SubmitBatch(rs []Request) {
 	var batch []*tx
 	var q *queue
-	for _, r := range rs {
-		t := a.newTx(r)
+	for i := range rs {
+		t := a.newTx(rs[i])
 		if t == nil {
 			continue
 		}
@@ -56,14 +46,21 @@ func (a *Attachment) SubmitBatch(rs []*nbd.Request) {
 }
 
 // newTx makes the transaction for r, or completes r with an error.
-func (a *Attachment) newTx(r *nbd.Request) *tx {
-	if int(r.Cmd) >= len(cmdToWire) || cmdToWire[r.Cmd] == 0 {
-		r.Complete(syscall.EINVAL)
+func (a *Attachment) newTx(r Request) *tx {
+	switch r.Cmd {
+	case wire.CmdRead, wire.CmdWrite:
+		if len(r.Data) != int(r.Length) {
+			r.Done.Complete(syscall.EINVAL)
+			return nil
+		}
+	case wire.CmdFlush, wire.CmdTrim, wire.CmdWriteZeroes:
+	default:
+		r.Done.Complete(syscall.EINVAL)
 		return nil
 	}
 	t := &tx{req: r, tries: 1}
 	t.hdr = wire.Request{
-		Cmd:    cmdToWire[r.Cmd],
+		Cmd:    r.Cmd,
 		Length: r.Length,
 		ID:     a.nextID.Add(1),
 		Offset: r.Offset,
@@ -71,10 +68,10 @@ func (a *Attachment) newTx(r *nbd.Request) *tx {
 	if a.cfg.IOTimeout > 0 {
 		t.deadline = time.Now().Add(a.cfg.IOTimeout)
 	}
-	if r.Flags&nbd.FlagFUA != 0 && t.hdr.Cmd != wire.CmdRead && t.hdr.Cmd != wire.CmdFlush {
+	if r.Flags&wire.FlagFUA != 0 && t.hdr.Cmd != wire.CmdRead && t.hdr.Cmd != wire.CmdFlush {
 		t.hdr.Flags |= wire.FlagFUA
 	}
-	if r.Flags&nbd.FlagNoHole != 0 && t.hdr.Cmd == wire.CmdWriteZeroes {
+	if r.Flags&wire.FlagNoHole != 0 && t.hdr.Cmd == wire.CmdWriteZeroes {
 		t.hdr.Flags |= wire.FlagNoHole
 	}
 	switch t.hdr.Cmd {
@@ -133,7 +130,7 @@ func (a *Attachment) remember(t *tx) {
 	case wire.CmdWrite, wire.CmdTrim, wire.CmdWriteZeroes:
 		if t.hdr.Flags&wire.FlagFUA != 0 {
 			a.replay.durable(t.hdr.Offset, t.hdr.Length)
-		} else if a.replay.add(&t.hdr, t.req.Data, t.req.TakeBuffer()) {
+		} else if a.replay.add(&t.hdr, t.req.Data, takeBuffer(t.req.Done)) {
 			a.autoFlush()
 		}
 	case wire.CmdFlush:
@@ -143,12 +140,12 @@ func (a *Attachment) remember(t *tx) {
 
 // autoFlush sends a FLUSH of the attachment's own to trim the replay log.
 func (a *Attachment) autoFlush() {
-	r := nbd.NewRequest(nbd.CmdFlush, 0, 0, 0, nil, func(_ *nbd.Request, err error) {
+	r := Request{Cmd: wire.CmdFlush, Done: CompleteFunc(func(err error) {
 		a.replay.flushDone()
 		if err != nil {
 			a.log.Warn("flush to trim the replay buffer failed", "err", err)
 		}
-	})
+	})}
 	if t := a.newTx(r); t != nil {
 		// The caller may be a queue's recvLoop, which must not wait on a
 		// socket: the queue's flusher writes it.
@@ -178,6 +175,15 @@ func (a *Attachment) requeue(t *tx) {
 	if q := a.table.reenter(t); q != nil {
 		q.send(t, qconn.Defer)
 	}
+}
+
+// takeBuffer takes the pooled buffer behind a request's Data from its
+// Completer, if it has one to give.
+func takeBuffer(c Completer) *[]byte {
+	if o, ok := c.(BufferOwner); ok {
+		return o.TakeBuffer()
+	}
+	return nil
 }
 
 // statusError maps a reply status to the errno an NBD client sees.

@@ -6,7 +6,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/wire"
 )
 
@@ -23,7 +22,7 @@ import (
 // that writer.
 type tx struct {
 	hdr      wire.Request
-	req      *nbd.Request
+	req      Request
 	q        *queue // where it was last sent; nil while waiting for a session
 	deadline time.Time
 	tries    int    // sends after a checksum failure count here
@@ -51,7 +50,7 @@ func (t *tx) startSending() bool { return t.state.CompareAndSwap(txIdle, txSendi
 func (t *tx) doneSending() {
 	if !t.state.CompareAndSwap(txSending, txIdle) {
 		t.state.Store(txDone)
-		t.req.Complete(t.err)
+		t.req.Done.Complete(t.err)
 	}
 }
 
@@ -63,7 +62,7 @@ func (t *tx) finish(err error) {
 		switch t.state.Load() {
 		case txIdle:
 			if t.state.CompareAndSwap(txIdle, txDone) {
-				t.req.Complete(err)
+				t.req.Done.Complete(err)
 				return
 			}
 		case txSending:

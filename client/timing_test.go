@@ -3,12 +3,12 @@ package client
 import (
 	"bytes"
 	"context"
+	"github.com/dstproject/dst/wire"
 	"net"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/internal/testsupport"
 )
 
@@ -175,7 +175,7 @@ func TestKeepaliveKeepsAnsweredSession(t *testing.T) {
 		}
 		defer a.Close()
 		time.Sleep(5 * time.Minute)
-		if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); err != nil {
+		if err := do(a, wire.CmdRead, 0, 0, 512, make([]byte, 512)); err != nil {
 			t.Fatal(err)
 		}
 		if s, n := a.Stats(), len(p.times()); s.Reconnects != 0 || n != 3 {
@@ -207,7 +207,7 @@ func TestKeepaliveDetectsFrozenServer(t *testing.T) {
 		lastPong := time.Now().Add(-interval / 2)
 		p.stall()
 		data := bytes.Repeat([]byte{'k'}, 4096)
-		ch := submit(a, nbd.CmdWrite, 0, data)
+		ch := submit(a, wire.CmdWrite, 0, data)
 		if err := wait(t, ch, "write to a frozen server"); err != nil {
 			t.Fatalf("write to a frozen server: %v", err)
 		}
@@ -226,7 +226,7 @@ func TestKeepaliveDetectsFrozenServer(t *testing.T) {
 			t.Errorf("stats %+v: want one reconnect and the write resent", s)
 		}
 		got := make([]byte, 4096)
-		if err := do(a, nbd.CmdRead, 0, 0, 4096, got); err != nil || !bytes.Equal(got, data) {
+		if err := do(a, wire.CmdRead, 0, 0, 4096, got); err != nil || !bytes.Equal(got, data) {
 			t.Fatalf("read back after the reconnect: %v, same data %v", err, bytes.Equal(got, data))
 		}
 	})

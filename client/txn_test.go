@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/server/servertest"
 	"github.com/dstproject/dst/wire"
@@ -56,9 +55,10 @@ func attachWith(t *testing.T, cfg *AttachConfig) *Attachment {
 }
 
 // submit starts a request and returns the channel its result arrives on.
-func submit(d nbd.Device, cmd nbd.Command, off uint64, data []byte) chan error {
+func submit(a *Attachment, cmd wire.Cmd, off uint64, data []byte) chan error {
 	ch := make(chan error, 1)
-	d.Submit(nbd.NewRequest(cmd, 0, off, uint32(len(data)), data, func(_ *nbd.Request, err error) { ch <- err }))
+	a.Submit(Request{Cmd: cmd, Offset: off, Length: uint32(len(data)), Data: data,
+		Done: CompleteFunc(func(err error) { ch <- err })})
 	return ch
 }
 
@@ -82,7 +82,7 @@ func TestReconnectResends(t *testing.T) {
 		cfg.Dialer = p.Dial
 		a := attachWith(t, cfg)
 		first := bytes.Repeat([]byte{'a'}, 4096)
-		if err := do(a, nbd.CmdWrite, 0, 0, 4096, first); err != nil {
+		if err := do(a, wire.CmdWrite, 0, 0, 4096, first); err != nil {
 			t.Fatal(err)
 		}
 		stopped := time.Now()
@@ -90,7 +90,7 @@ func TestReconnectResends(t *testing.T) {
 		// Submitted while the server is down: it waits, and goes out on
 		// the next session.
 		second := bytes.Repeat([]byte{'b'}, 4096)
-		ch := submit(a, nbd.CmdWrite, 4096, second)
+		ch := submit(a, wire.CmdWrite, 4096, second)
 		time.Sleep(20 * time.Second) // long enough for the redials to back off to the cap
 		started := time.Now()
 		e.Start()
@@ -98,7 +98,7 @@ func TestReconnectResends(t *testing.T) {
 			t.Fatalf("write across a restart: %v", err)
 		}
 		got := make([]byte, 8192)
-		if err := do(a, nbd.CmdRead, 0, 0, 8192, got); err != nil {
+		if err := do(a, wire.CmdRead, 0, 0, 8192, got); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(got[:4096], first) || !bytes.Equal(got[4096:], second) {
@@ -173,12 +173,12 @@ func TestReplayAfterCrash(t *testing.T) {
 				for j := range p {
 					p[j] = byte(rnd.Uint32())
 				}
-				if err := do(a, nbd.CmdWrite, 0, uint64(b)*4096, 4096, p); err != nil {
+				if err := do(a, wire.CmdWrite, 0, uint64(b)*4096, 4096, p); err != nil {
 					t.Fatal(err)
 				}
 				copy(want[b*4096:], p)
 				if i == 300 {
-					if err := do(a, nbd.CmdFlush, 0, 0, 0, nil); err != nil {
+					if err := do(a, wire.CmdFlush, 0, 0, 0, nil); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -186,7 +186,7 @@ func TestReplayAfterCrash(t *testing.T) {
 			e.Stop() // a crash: the volatile cache is lost
 			e.Start()
 			got := make([]byte, len(want))
-			if err := do(a, nbd.CmdRead, 0, 0, uint32(len(got)), got); err != nil {
+			if err := do(a, wire.CmdRead, 0, 0, uint32(len(got)), got); err != nil {
 				t.Fatal(err)
 			}
 			lost := 0
@@ -212,7 +212,7 @@ func TestReplayAfterCrash(t *testing.T) {
 func TestIdentityChanged(t *testing.T) {
 	e := newRestartEnv(t, 1<<20, false)
 	a := e.attach(t, 0)
-	if err := do(a, nbd.CmdWrite, 0, 0, 512, make([]byte, 512)); err != nil {
+	if err := do(a, wire.CmdWrite, 0, 0, 512, make([]byte, 512)); err != nil {
 		t.Fatal(err)
 	}
 	e.Stop()
@@ -223,7 +223,7 @@ func TestIdentityChanged(t *testing.T) {
 	if err := os.WriteFile(e.Path, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ch := submit(a, nbd.CmdWrite, 0, bytes.Repeat([]byte{'z'}, 512))
+	ch := submit(a, wire.CmdWrite, 0, bytes.Repeat([]byte{'z'}, 512))
 	e.Start()
 	if err := wait(t, ch, "write pending when the disk changed"); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("write pending when the disk changed: %v, want EIO", err)
@@ -236,7 +236,7 @@ func TestIdentityChanged(t *testing.T) {
 	if !errors.Is(a.Err(), ErrIdentityChanged) {
 		t.Fatalf("Err() = %v, want ErrIdentityChanged", a.Err())
 	}
-	if err := do(a, nbd.CmdRead, 0, 0, 512, make([]byte, 512)); !errors.Is(err, syscall.EIO) {
+	if err := do(a, wire.CmdRead, 0, 0, 512, make([]byte, 512)); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("read after the change: %v, want EIO", err)
 	}
 	if b, _ := os.ReadFile(e.Path); b[0] != 0 {

@@ -1,0 +1,40 @@
+package client
+
+import "github.com/dstproject/dst/wire"
+
+// Request is one block operation handed to an Attachment: the engine's own
+// request type. Front ends adapt theirs to it (nbd.go does for the NBD
+// front end); the attachment's own flushes and replayed writes are
+// Requests too.
+type Request struct {
+	Cmd    wire.Cmd
+	Flags  wire.ReqFlags // FUA, NO_HOLE; others are ignored
+	Offset uint64
+	Length uint32
+	// Data is the payload of a WRITE and the buffer a READ fills
+	// (len == Length); nil for other commands. It belongs to the
+	// attachment until Done is called.
+	Data []byte
+	// Done receives the result, exactly once, from any goroutine.
+	Done Completer
+}
+
+// A Completer receives a request's result: nil, or an error carrying a
+// syscall.Errno.
+type Completer interface {
+	Complete(err error)
+}
+
+// A BufferOwner is a Completer that can give up the pooled buffer behind a
+// WRITE's Data (one from bufpool.Payloads), so the replay log may keep the
+// payload after Done without copying it. TakeBuffer returns nil when there
+// is no such buffer.
+type BufferOwner interface {
+	TakeBuffer() *[]byte
+}
+
+// CompleteFunc adapts a function to a Completer.
+type CompleteFunc func(err error)
+
+// Complete calls f(err).
+func (f CompleteFunc) Complete(err error) { f(err) }
