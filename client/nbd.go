@@ -5,6 +5,7 @@ import (
 	"syscall"
 
 	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/internal/nbdwire"
 	"github.com/dstproject/dst/wire"
 )
 
@@ -38,11 +39,11 @@ func (a *Attachment) NBDExport() *nbd.Export {
 type nbdDevice struct{ a *Attachment }
 
 var cmdFromNBD = [...]wire.Cmd{
-	nbd.CmdRead:        wire.CmdRead,
-	nbd.CmdWrite:       wire.CmdWrite,
-	nbd.CmdFlush:       wire.CmdFlush,
-	nbd.CmdTrim:        wire.CmdTrim,
-	nbd.CmdWriteZeroes: wire.CmdWriteZeroes,
+	nbdwire.CmdRead:        wire.CmdRead,
+	nbdwire.CmdWrite:       wire.CmdWrite,
+	nbdwire.CmdFlush:       wire.CmdFlush,
+	nbdwire.CmdTrim:        wire.CmdTrim,
+	nbdwire.CmdWriteZeroes: wire.CmdWriteZeroes,
 }
 
 // fromNBD translates r, or completes it with EINVAL and returns false.
@@ -52,10 +53,10 @@ func fromNBD(r *nbd.Request) (Request, bool) {
 		return Request{}, false
 	}
 	var f wire.ReqFlags
-	if r.Flags&nbd.FlagFUA != 0 {
+	if r.Flags&nbdwire.FlagFUA != 0 {
 		f |= wire.FlagFUA
 	}
-	if r.Flags&nbd.FlagNoHole != 0 {
+	if r.Flags&nbdwire.FlagNoHole != 0 {
 		f |= wire.FlagNoHole
 	}
 	return Request{Cmd: cmdFromNBD[r.Cmd], Flags: f, Offset: r.Offset, Length: r.Length,

@@ -8,10 +8,11 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 // nbdDo runs one request through the NBD adapter, as the front end would.
-func nbdDo(t *testing.T, d nbd.Device, cmd nbd.Command, flags nbd.CmdFlags, off uint64, data []byte) error {
+func nbdDo(t *testing.T, d nbd.Device, cmd nbdwire.Command, flags nbdwire.CmdFlags, off uint64, data []byte) error {
 	t.Helper()
 	ch := make(chan error, 1)
 	d.Submit(nbd.NewRequest(cmd, flags, off, uint32(len(data)), data, func(_ *nbd.Request, err error) { ch <- err }))
@@ -38,10 +39,10 @@ func TestNBDAdapter(t *testing.T) {
 	}
 
 	data := bytes.Repeat([]byte{0x5a}, 40*512)
-	if err := nbdDo(t, dev, nbd.CmdWrite, nbd.FlagFUA, 4096, data); err != nil {
+	if err := nbdDo(t, dev, nbdwire.CmdWrite, nbdwire.FlagFUA, 4096, data); err != nil {
 		t.Fatalf("FUA write: %v", err)
 	}
-	if err := nbdDo(t, dev, nbd.Command(99), 0, 0, nil); !errors.Is(err, syscall.EINVAL) {
+	if err := nbdDo(t, dev, nbdwire.Command(99), 0, 0, nil); !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("unknown command: %v, want EINVAL", err)
 	}
 
@@ -52,7 +53,7 @@ func TestNBDAdapter(t *testing.T) {
 	var rs []*nbd.Request
 	for i := range n {
 		got[i] = make([]byte, 512)
-		rs = append(rs, nbd.NewRequest(nbd.CmdRead, 0, 4096+uint64(i)*512, 512, got[i],
+		rs = append(rs, nbd.NewRequest(nbdwire.CmdRead, 0, 4096+uint64(i)*512, 512, got[i],
 			func(_ *nbd.Request, err error) { errs <- err }))
 	}
 	bd.SubmitBatch(rs)

@@ -17,10 +17,10 @@ import (
 	"time"
 
 	dstclient "github.com/dstproject/dst/client"
-	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/server"
+	"github.com/dstproject/dst/wire"
 )
 
 // flood plays an attacker that holds connections open at a server's port
@@ -487,9 +487,10 @@ func TestAdmissionLogRateLimited(t *testing.T) {
 }
 
 // readBlock reads the first block of the attachment's export.
-func readBlock(d nbd.Device) error {
+func readBlock(a *dstclient.Attachment) error {
 	done := make(chan error, 1)
-	d.Submit(nbd.NewRequest(nbd.CmdRead, 0, 0, 4096, make([]byte, 4096), func(_ *nbd.Request, err error) { done <- err }))
+	a.Submit(dstclient.Request{Cmd: wire.CmdRead, Length: 4096, Data: make([]byte, 4096),
+		Done: dstclient.CompleteFunc(func(err error) { done <- err })})
 	select {
 	case err := <-done:
 		return err

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 // nla builds one netlink attribute by hand: length, type, data, padding.
@@ -52,13 +53,13 @@ func TestConstants(t *testing.T) {
 		{"NBD_ATTR_BACKEND_IDENTIFIER", attrBackend, 10},
 		{"NBD_CFLAG_DESTROY_ON_DISCONNECT", cflagDestroyOnDisconnect, 1},
 		{"NBD_CFLAG_DISCONNECT_ON_CLOSE", cflagDisconnectOnClose, 2},
-		{"NBD_FLAG_HAS_FLAGS", int(nbd.TransHasFlags), 1 << 0},
-		{"NBD_FLAG_READ_ONLY", int(nbd.TransReadOnly), 1 << 1},
-		{"NBD_FLAG_SEND_FLUSH", int(nbd.TransSendFlush), 1 << 2},
-		{"NBD_FLAG_SEND_FUA", int(nbd.TransSendFUA), 1 << 3},
-		{"NBD_FLAG_SEND_TRIM", int(nbd.TransSendTrim), 1 << 5},
-		{"NBD_FLAG_SEND_WRITE_ZEROES", int(nbd.TransSendWriteZeroes), 1 << 6},
-		{"NBD_FLAG_CAN_MULTI_CONN", int(nbd.TransCanMultiConn), 1 << 8},
+		{"NBD_FLAG_HAS_FLAGS", int(nbdwire.TransHasFlags), 1 << 0},
+		{"NBD_FLAG_READ_ONLY", int(nbdwire.TransReadOnly), 1 << 1},
+		{"NBD_FLAG_SEND_FLUSH", int(nbdwire.TransSendFlush), 1 << 2},
+		{"NBD_FLAG_SEND_FUA", int(nbdwire.TransSendFUA), 1 << 3},
+		{"NBD_FLAG_SEND_TRIM", int(nbdwire.TransSendTrim), 1 << 5},
+		{"NBD_FLAG_SEND_WRITE_ZEROES", int(nbdwire.TransSendWriteZeroes), 1 << 6},
+		{"NBD_FLAG_CAN_MULTI_CONN", int(nbdwire.TransCanMultiConn), 1 << 8},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)

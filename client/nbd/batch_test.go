@@ -7,6 +7,7 @@ import (
 
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/client/nbd/nbdtest"
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 // batchDevice is a MemDevice that takes batches and records their sizes.
@@ -56,12 +57,12 @@ func TestSubmitBatch(t *testing.T) {
 		if i >= size/block {
 			// Second pass over the disk: reads, so nothing races the writes.
 			calls[i].read = make([]byte, block)
-			if err := c.start(calls[i], nbd.CmdRead, 0, off, block, nil); err != nil {
+			if err := c.start(calls[i], nbdwire.CmdRead, 0, off, block, nil); err != nil {
 				t.Fatal(err)
 			}
 			continue
 		}
-		if err := c.start(calls[i], nbd.CmdWrite, 0, off, block, data); err != nil {
+		if err := c.start(calls[i], nbdwire.CmdWrite, 0, off, block, data); err != nil {
 			t.Fatal(err)
 		}
 	}

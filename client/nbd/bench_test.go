@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 // benchClient connects a tclient to a Server over a unix socket.
@@ -30,7 +31,7 @@ func readLoop4K(b *testing.B, c *tclient, seed uint64, more func() bool) {
 	off := seed * 4096
 	for more() {
 		off = (off + 7*4096) % (64 << 20)
-		if err := c.start(cl, nbd.CmdRead, 0, off, 4096, nil); err != nil {
+		if err := c.start(cl, nbdwire.CmdRead, 0, off, 4096, nil); err != nil {
 			b.Error(err)
 			return
 		}
@@ -75,7 +76,7 @@ func BenchmarkRead256KQD8(b *testing.B) {
 		off := seed.Add(1) * (256 << 10)
 		for pb.Next() {
 			off = (off + 3*(256<<10)) % (64 << 20)
-			if err := c.start(cl, nbd.CmdRead, 0, off, 256<<10, nil); err != nil {
+			if err := c.start(cl, nbdwire.CmdRead, 0, off, 256<<10, nil); err != nil {
 				b.Error(err)
 				return
 			}
@@ -101,7 +102,7 @@ func BenchmarkWrite256KQD8(b *testing.B) {
 		off := seed.Add(1) * (256 << 10)
 		for pb.Next() {
 			off = (off + 3*(256<<10)) % (64 << 20)
-			if err := c.start(cl, nbd.CmdWrite, 0, off, 256<<10, data); err != nil {
+			if err := c.start(cl, nbdwire.CmdWrite, 0, off, 256<<10, data); err != nil {
 				b.Error(err)
 				return
 			}

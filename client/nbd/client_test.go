@@ -45,7 +45,7 @@ type tclient struct {
 type call struct {
 	cookie uint64
 	read   []byte // destination of a successful read's data
-	errno  nbd.Errno
+	errno  nbdwire.Errno
 	done   chan struct{}
 }
 
@@ -178,7 +178,7 @@ func (c *tclient) mustWrite(b []byte) {
 }
 
 // start sends one request; cl is completed when its reply arrives.
-func (c *tclient) start(cl *call, cmd nbd.Command, flags nbd.CmdFlags, off uint64, length uint32, payload []byte) error {
+func (c *tclient) start(cl *call, cmd nbdwire.Command, flags nbdwire.CmdFlags, off uint64, length uint32, payload []byte) error {
 	c.mu.Lock()
 	if c.rerr != nil {
 		c.mu.Unlock()
@@ -204,7 +204,7 @@ func (c *tclient) start(cl *call, cmd nbd.Command, flags nbd.CmdFlags, off uint6
 
 // wait returns the errno of a started call, or an error if the connection
 // ended first.
-func (c *tclient) wait(cl *call) (nbd.Errno, error) {
+func (c *tclient) wait(cl *call) (nbdwire.Errno, error) {
 	select {
 	case <-cl.done:
 		return cl.errno, nil
@@ -219,7 +219,7 @@ func (c *tclient) wait(cl *call) (nbd.Errno, error) {
 }
 
 // do runs one request synchronously. read receives a read's data.
-func (c *tclient) do(cmd nbd.Command, flags nbd.CmdFlags, off uint64, length uint32, payload, read []byte) (nbd.Errno, error) {
+func (c *tclient) do(cmd nbdwire.Command, flags nbdwire.CmdFlags, off uint64, length uint32, payload, read []byte) (nbdwire.Errno, error) {
 	cl := newCall()
 	cl.read = read
 	if err := c.start(cl, cmd, flags, off, length, payload); err != nil {
@@ -228,7 +228,7 @@ func (c *tclient) do(cmd nbd.Command, flags nbd.CmdFlags, off uint64, length uin
 	return c.wait(cl)
 }
 
-func (c *tclient) mustDo(cmd nbd.Command, flags nbd.CmdFlags, off uint64, length uint32, payload, read []byte) nbd.Errno {
+func (c *tclient) mustDo(cmd nbdwire.Command, flags nbdwire.CmdFlags, off uint64, length uint32, payload, read []byte) nbdwire.Errno {
 	c.t.Helper()
 	e, err := c.do(cmd, flags, off, length, payload, read)
 	if err != nil {
@@ -279,7 +279,7 @@ func (c *tclient) readReplies() error {
 // disc sends NBD_CMD_DISC.
 func (c *tclient) disc() {
 	c.t.Helper()
-	if err := c.start(newCall(), nbd.CmdDisc, 0, 0, 0, nil); err != nil {
+	if err := c.start(newCall(), nbdwire.CmdDisc, 0, 0, 0, nil); err != nil {
 		c.t.Fatalf("send DISC: %v", err)
 	}
 }

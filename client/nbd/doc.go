@@ -7,8 +7,8 @@
 // (handshake.go), the transmission phase with many requests in flight per
 // connection (conn.go), request validation (validate.go), the errno mapping
 // (errno.go) and the accept loop (server.go). The protocol's values and byte
-// layouts are declared in internal/nbdwire, which the test clients share;
-// Command, CmdFlags, Errno and their constants here are aliases of nbdwire's.
+// layouts (commands, flags, errnos) are declared once, in internal/nbdwire,
+// which the front end, the test clients and the raw-protocol tests share.
 // The package knows nothing about where the blocks live; that is the
 // Device's business.
 //

@@ -7,54 +7,39 @@ import (
 	"github.com/dstproject/dst/internal/nbdwire"
 )
 
-// Errno is the error field of a transmission reply. An Errno is an error,
-// so a Device may pass one to Complete.
-type Errno = nbdwire.Errno
-
-const (
-	EPERM     = nbdwire.EPERM
-	EIO       = nbdwire.EIO
-	ENOMEM    = nbdwire.ENOMEM
-	EINVAL    = nbdwire.EINVAL
-	ENOSPC    = nbdwire.ENOSPC
-	EOVERFLOW = nbdwire.EOVERFLOW
-	ENOTSUP   = nbdwire.ENOTSUP
-	ESHUTDOWN = nbdwire.ESHUTDOWN
-)
-
 // errnoOf maps a Device error to the errno a client sees. Only the values the
 // protocol defines may go on the wire; everything unknown becomes EIO, which
 // every client treats as a plain I/O failure.
-func errnoOf(err error) Errno {
+func errnoOf(err error) nbdwire.Errno {
 	if err == nil {
 		return 0
 	}
-	var ne Errno
+	var ne nbdwire.Errno
 	if errors.As(err, &ne) {
 		if ne.Valid() {
 			return ne
 		}
-		return EIO
+		return nbdwire.EIO
 	}
 	var se syscall.Errno
 	if !errors.As(err, &se) {
-		return EIO
+		return nbdwire.EIO
 	}
 	switch se {
 	case syscall.EPERM:
-		return EPERM
+		return nbdwire.EPERM
 	case syscall.ENOMEM:
-		return ENOMEM
+		return nbdwire.ENOMEM
 	case syscall.EINVAL:
-		return EINVAL
+		return nbdwire.EINVAL
 	case syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG: // the spec asks for this folding
-		return ENOSPC
+		return nbdwire.ENOSPC
 	case syscall.EOVERFLOW:
-		return EOVERFLOW
+		return nbdwire.EOVERFLOW
 	case syscall.ENOTSUP: // == EOPNOTSUPP on Linux
-		return ENOTSUP
+		return nbdwire.ENOTSUP
 	case syscall.ESHUTDOWN:
-		return ESHUTDOWN
+		return nbdwire.ESHUTDOWN
 	}
-	return EIO
+	return nbdwire.EIO
 }

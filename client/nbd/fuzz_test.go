@@ -12,7 +12,7 @@ import (
 	"github.com/dstproject/dst/internal/nbdwire"
 )
 
-func reqBytes(cmd nbd.Command, flags nbd.CmdFlags, cookie, off uint64, length uint32, payload []byte) []byte {
+func reqBytes(cmd nbdwire.Command, flags nbdwire.CmdFlags, cookie, off uint64, length uint32, payload []byte) []byte {
 	b := nbdwire.Request{Flags: flags, Cmd: cmd, Cookie: cookie, Offset: off, Length: length}.Append(nil)
 	return append(b, payload...)
 }
@@ -23,18 +23,18 @@ func FuzzServeConn(f *testing.F) {
 	flags := (nbdwire.ClientFixedNewstyle | nbdwire.ClientNoZeroes).Append(nil)
 	goMem := optBytes(nbdwire.OptGo, infoPayload("", nbdwire.InfoBlockSize))
 	valid := append(append([]byte{}, flags...), goMem...)
-	valid = append(valid, reqBytes(nbd.CmdWrite, nbd.FlagFUA, 1, 0, 512, make([]byte, 512))...)
-	valid = append(valid, reqBytes(nbd.CmdRead, 0, 2, 0, 4096, nil)...)
-	valid = append(valid, reqBytes(nbd.CmdFlush, 0, 3, 0, 0, nil)...)
-	valid = append(valid, reqBytes(nbd.CmdWriteZeroes, nbd.FlagNoHole, 4, 512, 512, nil)...)
-	valid = append(valid, reqBytes(nbd.CmdDisc, 0, 5, 0, 0, nil)...)
+	valid = append(valid, reqBytes(nbdwire.CmdWrite, nbdwire.FlagFUA, 1, 0, 512, make([]byte, 512))...)
+	valid = append(valid, reqBytes(nbdwire.CmdRead, 0, 2, 0, 4096, nil)...)
+	valid = append(valid, reqBytes(nbdwire.CmdFlush, 0, 3, 0, 0, nil)...)
+	valid = append(valid, reqBytes(nbdwire.CmdWriteZeroes, nbdwire.FlagNoHole, 4, 512, 512, nil)...)
+	valid = append(valid, reqBytes(nbdwire.CmdDisc, 0, 5, 0, 0, nil)...)
 	f.Add(valid)
 	f.Add(valid[:len(valid)/2])
 	f.Add(append(append([]byte{}, flags...), optBytes(nbdwire.OptList, nil)...))
 	f.Add(append(append([]byte{}, flags...), optBytes(nbdwire.OptInfo, make([]byte, 70000))...))
 	f.Add(append(append([]byte{}, flags...), optBytes(nbdwire.OptExportName, []byte("mem"))...))
-	f.Add(append(append(append([]byte{}, flags...), goMem...), reqBytes(nbd.CmdWrite, 0, 1, 1<<64-1, 1<<31, nil)...))
-	f.Add(append(append(append([]byte{}, flags...), goMem...), reqBytes(nbd.CmdRead, 0, 1, 1<<20, 1<<20, nil)...))
+	f.Add(append(append(append([]byte{}, flags...), goMem...), reqBytes(nbdwire.CmdWrite, 0, 1, 1<<64-1, 1<<31, nil)...))
+	f.Add(append(append(append([]byte{}, flags...), goMem...), reqBytes(nbdwire.CmdRead, 0, 1, 1<<20, 1<<20, nil)...))
 
 	f.Fuzz(func(t *testing.T, in []byte) {
 		e, _ := memExport(64 << 10)

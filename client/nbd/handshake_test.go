@@ -86,7 +86,7 @@ func TestHandshakeOptions(t *testing.T) {
 				t.Errorf("GO \"\" = %+v, want %+v", ei, wantMem)
 			}
 			buf := make([]byte, 512)
-			if e := c.mustDo(nbd.CmdRead, 0, 0, 512, nil, buf); e != 0 {
+			if e := c.mustDo(nbdwire.CmdRead, 0, 0, 512, nil, buf); e != 0 {
 				t.Errorf("read after GO: %v", e)
 			}
 		}},
@@ -94,7 +94,7 @@ func TestHandshakeOptions(t *testing.T) {
 			if ei := c.goTransmission("ro"); ei != wantRO {
 				t.Errorf("GO ro = %+v, want %+v", ei, wantRO)
 			}
-			if e := c.mustDo(nbd.CmdWrite, 0, 0, 512, make([]byte, 512), nil); e != nbd.EPERM {
+			if e := c.mustDo(nbdwire.CmdWrite, 0, 0, 512, make([]byte, 512), nil); e != nbdwire.EPERM {
 				t.Errorf("write to ro: %v, want EPERM", e)
 			}
 		}},
@@ -155,7 +155,7 @@ func TestHandshakeOptions(t *testing.T) {
 				t.Errorf("EXPORT_NAME reply %x", b)
 			}
 			go c.readLoop()
-			if e := c.mustDo(nbd.CmdRead, 0, 512, 512, nil, make([]byte, 512)); e != 0 {
+			if e := c.mustDo(nbdwire.CmdRead, 0, 512, 512, nil, make([]byte, 512)); e != 0 {
 				t.Errorf("read: %v", e)
 			}
 		}},
@@ -168,7 +168,7 @@ func TestHandshakeOptions(t *testing.T) {
 				t.Errorf("EXPORT_NAME reply %x", b)
 			}
 			go c.readLoop()
-			if e := c.mustDo(nbd.CmdFlush, 0, 0, 0, nil, nil); e != 0 {
+			if e := c.mustDo(nbdwire.CmdFlush, 0, 0, 0, nil, nil); e != 0 {
 				t.Errorf("flush: %v", e)
 			}
 		}},

@@ -24,7 +24,7 @@ func (c *conn) readLoop() error {
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrProtocol, err)
 		}
-		if req.Cmd == CmdDisc {
+		if req.Cmd == nbdwire.CmdDisc {
 			return errDisc
 		}
 		if err = c.handle(req.Cmd, req.Flags, req.Cookie, req.Offset, req.Length); err != nil {
@@ -48,7 +48,7 @@ func (c *conn) nextBuffered() bool {
 	}
 	hdr, _ := c.br.Peek(nbdwire.RequestSize)
 	req, err := nbdwire.DecodeRequest(hdr)
-	if err != nil || req.Cmd != CmdWrite {
+	if err != nil || req.Cmd != nbdwire.CmdWrite {
 		return true // a bad one fails at once, without waiting either
 	}
 	return n >= nbdwire.RequestSize+int(req.Length)
@@ -66,14 +66,14 @@ func (c *conn) submitHeld() {
 
 // handle admits, validates and submits one request. Only session errors are
 // returned; a rejected request just gets its errno in the reply.
-func (c *conn) handle(cmd Command, flags CmdFlags, cookie, off uint64, length uint32) error {
+func (c *conn) handle(cmd nbdwire.Command, flags nbdwire.CmdFlags, cookie, off uint64, length uint32) error {
 	errno := c.check(cmd, flags, off, length)
-	if errno != 0 && cmd == CmdWrite && length > maxPayload {
+	if errno != 0 && cmd == nbdwire.CmdWrite && length > maxPayload {
 		// Skipping this much payload is an invitation to be flooded.
 		return fmt.Errorf("%w: %v of %d bytes at offset %d (limit %d)", ErrProtocol, cmd, length, off, maxPayload)
 	}
 	var cost int64
-	if errno == 0 && (cmd == CmdRead || cmd == CmdWrite) {
+	if errno == 0 && (cmd == nbdwire.CmdRead || cmd == nbdwire.CmdWrite) {
 		cost = int64(length)
 	}
 	if !c.acquire(cost) {
@@ -85,7 +85,7 @@ func (c *conn) handle(cmd Command, flags CmdFlags, cookie, off uint64, length ui
 
 	if errno != 0 {
 		c.logInvalid(r, errno)
-		if cmd == CmdWrite {
+		if cmd == nbdwire.CmdWrite {
 			if _, err := io.CopyN(io.Discard, c.br, int64(length)); err != nil {
 				c.abandon(r)
 				return fmt.Errorf("nbd: skip rejected write payload at offset %d: %w", off, err)
@@ -95,15 +95,15 @@ func (c *conn) handle(cmd Command, flags CmdFlags, cookie, off uint64, length ui
 		c.enqueue(r)
 		return nil
 	}
-	if length == 0 && cmd != CmdFlush {
+	if length == 0 && cmd != nbdwire.CmdFlush {
 		c.enqueue(r) // nothing to do; the spec leaves it to us, succeed
 		return nil
 	}
-	if cmd == CmdRead || cmd == CmdWrite {
+	if cmd == nbdwire.CmdRead || cmd == nbdwire.CmdWrite {
 		r.buf = bufs.Get(int(length))
 		r.Data = *r.buf
 	}
-	if cmd == CmdWrite {
+	if cmd == nbdwire.CmdWrite {
 		if _, err := io.ReadFull(c.br, r.Data); err != nil {
 			c.abandon(r)
 			return fmt.Errorf("nbd: read write payload at offset %d: %w", off, err)
@@ -125,7 +125,7 @@ func (c *conn) abandon(r *Request) {
 	c.release(1, cost)
 }
 
-func (c *conn) logInvalid(r *Request, errno Errno) {
+func (c *conn) logInvalid(r *Request, errno nbdwire.Errno) {
 	log := c.log.Debug
 	if c.warned.CompareAndSwap(false, true) {
 		log = c.log.Warn // the first one tells the operator a client misbehaves
@@ -208,7 +208,7 @@ func (c *conn) send(batch []*Request) error {
 		binary.BigEndian.PutUint32(h[4:], uint32(r.errno))
 		binary.BigEndian.PutUint64(h[8:], r.cookie)
 		iov = append(iov, h)
-		if r.Cmd == CmdRead && r.errno == 0 && len(r.Data) > 0 {
+		if r.Cmd == nbdwire.CmdRead && r.errno == 0 && len(r.Data) > 0 {
 			iov = append(iov, r.Data)
 		}
 	}

@@ -5,26 +5,27 @@ import (
 	"testing"
 
 	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/internal/nbdwire"
 	"github.com/dstproject/dst/internal/testsupport"
 )
 
 // Pinned wire values: changing one breaks every client.
 func TestConstants(t *testing.T) {
-	cmds := map[nbd.Command]uint16{nbd.CmdRead: 0, nbd.CmdWrite: 1, nbd.CmdDisc: 2, nbd.CmdFlush: 3, nbd.CmdTrim: 4, nbd.CmdWriteZeroes: 6}
+	cmds := map[nbdwire.Command]uint16{nbdwire.CmdRead: 0, nbdwire.CmdWrite: 1, nbdwire.CmdDisc: 2, nbdwire.CmdFlush: 3, nbdwire.CmdTrim: 4, nbdwire.CmdWriteZeroes: 6}
 	for c, v := range cmds {
 		if uint16(c) != v {
 			t.Errorf("%v = %d, want %d", c, c, v)
 		}
 	}
-	errnos := map[nbd.Errno]uint32{nbd.EPERM: 1, nbd.EIO: 5, nbd.ENOMEM: 12, nbd.EINVAL: 22, nbd.ENOSPC: 28,
-		nbd.EOVERFLOW: 75, nbd.ENOTSUP: 95, nbd.ESHUTDOWN: 108}
+	errnos := map[nbdwire.Errno]uint32{nbdwire.EPERM: 1, nbdwire.EIO: 5, nbdwire.ENOMEM: 12, nbdwire.EINVAL: 22, nbdwire.ENOSPC: 28,
+		nbdwire.EOVERFLOW: 75, nbdwire.ENOTSUP: 95, nbdwire.ESHUTDOWN: 108}
 	for e, v := range errnos {
 		if uint32(e) != v {
 			t.Errorf("%v = %d, want %d", e, e, v)
 		}
 	}
-	if nbd.FlagFUA != 1 || nbd.FlagNoHole != 2 {
-		t.Errorf("flags FUA=%d NO_HOLE=%d", nbd.FlagFUA, nbd.FlagNoHole)
+	if nbdwire.FlagFUA != 1 || nbdwire.FlagNoHole != 2 {
+		t.Errorf("flags FUA=%d NO_HOLE=%d", nbdwire.FlagFUA, nbdwire.FlagNoHole)
 	}
 	e := nbd.Export{}
 	if f := e.TransmissionFlags(); f != 1 {
@@ -41,21 +42,21 @@ func TestStrings(t *testing.T) {
 		got  interface{ String() string }
 		want string
 	}{
-		{nbd.CmdWriteZeroes, "WRITE_ZEROES"},
-		{nbd.Command(5), "CACHE"},
-		{nbd.Command(99), "CMD_99"},
-		{nbd.CmdFlags(0), "0"},
-		{nbd.FlagFUA | nbd.FlagNoHole, "FUA|NO_HOLE"},
-		{nbd.FlagFUA | 1<<9, "FUA|0x200"},
-		{nbd.ENOSPC, "ENOSPC"},
-		{nbd.Errno(7), "ERRNO_7"},
+		{nbdwire.CmdWriteZeroes, "WRITE_ZEROES"},
+		{nbdwire.Command(5), "CACHE"},
+		{nbdwire.Command(99), "CMD_99"},
+		{nbdwire.CmdFlags(0), "0"},
+		{nbdwire.FlagFUA | nbdwire.FlagNoHole, "FUA|NO_HOLE"},
+		{nbdwire.FlagFUA | 1<<9, "FUA|0x200"},
+		{nbdwire.ENOSPC, "ENOSPC"},
+		{nbdwire.Errno(7), "ERRNO_7"},
 	}
 	for _, tt := range tests {
 		if s := tt.got.String(); s != tt.want {
 			t.Errorf("String() = %q, want %q", s, tt.want)
 		}
 	}
-	if s := nbd.EIO.Error(); s != "nbd: EIO" {
+	if s := nbdwire.EIO.Error(); s != "nbd: EIO" {
 		t.Errorf("Error() = %q", s)
 	}
 }
@@ -73,7 +74,7 @@ func TestServeTransmission(t *testing.T) {
 	for i := range data {
 		data[i] = byte(i)
 	}
-	if got := c.mustDo(nbd.CmdWrite, 0, 4096, 4096, data, nil); got != 0 || dev.Bytes()[4096+77] != 77 {
+	if got := c.mustDo(nbdwire.CmdWrite, 0, 4096, 4096, data, nil); got != 0 || dev.Bytes()[4096+77] != 77 {
 		t.Errorf("write: %v", got)
 	}
 	c.disc()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/internal/nbdwire"
 	"github.com/dstproject/dst/internal/testsupport"
 )
 
@@ -55,7 +56,7 @@ func TestServe(t *testing.T) {
 		}
 		c := newTClient(t, nc)
 		c.goTransmission("mem")
-		if got := c.mustDo(nbd.CmdWrite, 0, uint64(i)*4096, 4096, make([]byte, 4096), nil); got != 0 {
+		if got := c.mustDo(nbdwire.CmdWrite, 0, uint64(i)*4096, 4096, make([]byte, 4096), nil); got != 0 {
 			t.Errorf("client %d write: %v", i, got)
 		}
 		clients = append(clients, c)

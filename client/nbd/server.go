@@ -34,8 +34,8 @@ const (
 // Complete exactly once, from any goroutine, and must not touch the Request
 // or its Data after that: both are recycled for later requests.
 type Request struct {
-	Cmd    Command
-	Flags  CmdFlags
+	Cmd    nbdwire.Command
+	Flags  nbdwire.CmdFlags
 	Offset uint64
 	Length uint32
 	// Data is the payload for CmdWrite and the buffer to fill for CmdRead
@@ -47,7 +47,7 @@ type Request struct {
 	conn    *conn
 	pending atomic.Bool // set while the Device owns the request
 	buf     *[]byte     // pooled backing array of Data, nil if none
-	errno   Errno
+	errno   nbdwire.Errno
 	cost    int64 // in-flight budget held until the reply is written
 	hdr     [nbdwire.SimpleReplySize]byte
 	done    func(*Request, error) // set by NewRequest instead of conn
@@ -57,7 +57,7 @@ type Request struct {
 // that drive a Device directly (an engine's own tests, tools): Complete
 // calls done with the result instead of queueing an NBD reply. length is
 // the request's length; data must be len(length) for reads and writes.
-func NewRequest(cmd Command, flags CmdFlags, offset uint64, length uint32, data []byte,
+func NewRequest(cmd nbdwire.Command, flags nbdwire.CmdFlags, offset uint64, length uint32, data []byte,
 	done func(*Request, error)) *Request {
 	r := &Request{Cmd: cmd, Flags: flags, Offset: offset, Length: length, Data: data, done: done}
 	r.pending.Store(true)
@@ -97,19 +97,19 @@ type Export struct {
 func (e *Export) TransmissionFlags() uint16 { return uint16(e.transFlags()) }
 
 func (e *Export) transFlags() nbdwire.TransFlags {
-	f := TransHasFlags
+	f := nbdwire.TransHasFlags
 	set := func(b bool, bit nbdwire.TransFlags) {
 		if b {
 			f |= bit
 		}
 	}
-	set(e.ReadOnly, TransReadOnly)
-	set(e.Flush, TransSendFlush)
-	set(e.FUA, TransSendFUA)
-	set(e.Rotational, TransRotational)
-	set(e.Trim, TransSendTrim)
-	set(e.WriteZeroes, TransSendWriteZeroes)
-	set(e.MultiConn, TransCanMultiConn)
+	set(e.ReadOnly, nbdwire.TransReadOnly)
+	set(e.Flush, nbdwire.TransSendFlush)
+	set(e.FUA, nbdwire.TransSendFUA)
+	set(e.Rotational, nbdwire.TransRotational)
+	set(e.Trim, nbdwire.TransSendTrim)
+	set(e.WriteZeroes, nbdwire.TransSendWriteZeroes)
+	set(e.MultiConn, nbdwire.TransCanMultiConn)
 	return f
 }
 

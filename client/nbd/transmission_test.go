@@ -13,6 +13,7 @@ import (
 
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/client/nbd/nbdtest"
+	"github.com/dstproject/dst/internal/nbdwire"
 	"github.com/dstproject/dst/internal/testsupport"
 )
 
@@ -37,7 +38,7 @@ func TestConcurrentRandomIO(t *testing.T) {
 				data := bytes.Repeat([]byte{byte(i + 1)}, block)
 				copy(want[blk*block:], data)
 				wg.Go(func() {
-					if e, err := c.do(nbd.CmdWrite, nbd.FlagFUA, blk*block, block, data, nil); e != 0 || err != nil {
+					if e, err := c.do(nbdwire.CmdWrite, nbdwire.FlagFUA, blk*block, block, data, nil); e != 0 || err != nil {
 						t.Errorf("write %d: %v %v", blk, e, err)
 					}
 				})
@@ -49,7 +50,7 @@ func TestConcurrentRandomIO(t *testing.T) {
 				length = min(length, uint32(size-off))
 				wg.Go(func() {
 					got := make([]byte, length)
-					if e, err := c.do(nbd.CmdRead, 0, off, length, nil, got); e != 0 || err != nil {
+					if e, err := c.do(nbdwire.CmdRead, 0, off, length, nil, got); e != 0 || err != nil {
 						t.Errorf("read %d: %v %v", i, e, err)
 					} else if !bytes.Equal(got, want[off:off+uint64(length)]) {
 						t.Errorf("read %d at %d: wrong data", i, off)
@@ -87,7 +88,7 @@ func TestOutOfOrderReplies(t *testing.T) {
 			for i := range calls {
 				calls[i] = newCall()
 				calls[i].read = make([]byte, 4096)
-				if err := c.start(calls[i], nbd.CmdRead, 0, uint64(i*4096), 4096, nil); err != nil {
+				if err := c.start(calls[i], nbdwire.CmdRead, 0, uint64(i*4096), 4096, nil); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -149,8 +150,8 @@ func TestValidation(t *testing.T) {
 		return e
 	}
 	type req struct {
-		cmd     nbd.Command
-		flags   nbd.CmdFlags
+		cmd     nbdwire.Command
+		flags   nbdwire.CmdFlags
 		off     uint64
 		length  uint32
 		payload bool
@@ -159,31 +160,31 @@ func TestValidation(t *testing.T) {
 		name   string
 		export func() *nbd.Export
 		req    req
-		want   nbd.Errno
+		want   nbdwire.Errno
 	}{
-		{"unknown command", full, req{cmd: 5, length: 512}, nbd.EINVAL},
-		{"block status", full, req{cmd: 7, length: 512}, nbd.EINVAL},
-		{"read past end", full, req{cmd: nbd.CmdRead, off: size - 512, length: 1024}, nbd.EINVAL},
-		{"read offset past end", full, req{cmd: nbd.CmdRead, off: size + 4096, length: 512}, nbd.EINVAL},
-		{"read offset overflow", full, req{cmd: nbd.CmdRead, off: 1<<64 - 512, length: 1024}, nbd.EINVAL},
-		{"write past end", full, req{cmd: nbd.CmdWrite, off: size - 512, length: 1024, payload: true}, nbd.ENOSPC},
-		{"write zeroes past end", full, req{cmd: nbd.CmdWriteZeroes, off: size, length: 1}, nbd.ENOSPC},
-		{"trim past end", full, req{cmd: nbd.CmdTrim, off: size - 1, length: 2}, nbd.EINVAL},
-		{"read too long", full, req{cmd: nbd.CmdRead, length: 64<<10 + 1}, nbd.EINVAL},
-		{"write too long", full, req{cmd: nbd.CmdWrite, length: 128 << 10, payload: true}, nbd.EINVAL},
-		{"flush not advertised", bare, req{cmd: nbd.CmdFlush}, nbd.EINVAL},
-		{"fua not advertised", bare, req{cmd: nbd.CmdWrite, flags: nbd.FlagFUA, length: 512, payload: true}, nbd.EINVAL},
-		{"trim not advertised", bare, req{cmd: nbd.CmdTrim, length: 512}, nbd.EINVAL},
-		{"write zeroes not advertised", bare, req{cmd: nbd.CmdWriteZeroes, length: 512}, nbd.EINVAL},
-		{"unknown flag", full, req{cmd: nbd.CmdRead, flags: 1 << 12, length: 512}, nbd.EINVAL},
-		{"DF without structured replies", full, req{cmd: nbd.CmdRead, flags: nbd.FlagDF, length: 512}, nbd.EINVAL},
-		{"no hole on write", full, req{cmd: nbd.CmdWrite, flags: nbd.FlagNoHole, length: 512, payload: true}, nbd.EINVAL},
-		{"fast zero not advertised", full, req{cmd: nbd.CmdWriteZeroes, flags: nbd.FlagFastZero, length: 512}, nbd.EINVAL},
-		{"read only write", readOnly, req{cmd: nbd.CmdWrite, length: 4096, payload: true}, nbd.EPERM},
-		{"read only trim", readOnly, req{cmd: nbd.CmdTrim, length: 4096}, nbd.EPERM},
-		{"read only write zeroes", readOnly, req{cmd: nbd.CmdWriteZeroes, length: 4096}, nbd.EPERM},
-		{"unaligned offset", aligned, req{cmd: nbd.CmdRead, off: 100, length: 512}, nbd.EINVAL},
-		{"unaligned length", aligned, req{cmd: nbd.CmdWrite, length: 100, payload: true}, nbd.EINVAL},
+		{"unknown command", full, req{cmd: 5, length: 512}, nbdwire.EINVAL},
+		{"block status", full, req{cmd: 7, length: 512}, nbdwire.EINVAL},
+		{"read past end", full, req{cmd: nbdwire.CmdRead, off: size - 512, length: 1024}, nbdwire.EINVAL},
+		{"read offset past end", full, req{cmd: nbdwire.CmdRead, off: size + 4096, length: 512}, nbdwire.EINVAL},
+		{"read offset overflow", full, req{cmd: nbdwire.CmdRead, off: 1<<64 - 512, length: 1024}, nbdwire.EINVAL},
+		{"write past end", full, req{cmd: nbdwire.CmdWrite, off: size - 512, length: 1024, payload: true}, nbdwire.ENOSPC},
+		{"write zeroes past end", full, req{cmd: nbdwire.CmdWriteZeroes, off: size, length: 1}, nbdwire.ENOSPC},
+		{"trim past end", full, req{cmd: nbdwire.CmdTrim, off: size - 1, length: 2}, nbdwire.EINVAL},
+		{"read too long", full, req{cmd: nbdwire.CmdRead, length: 64<<10 + 1}, nbdwire.EINVAL},
+		{"write too long", full, req{cmd: nbdwire.CmdWrite, length: 128 << 10, payload: true}, nbdwire.EINVAL},
+		{"flush not advertised", bare, req{cmd: nbdwire.CmdFlush}, nbdwire.EINVAL},
+		{"fua not advertised", bare, req{cmd: nbdwire.CmdWrite, flags: nbdwire.FlagFUA, length: 512, payload: true}, nbdwire.EINVAL},
+		{"trim not advertised", bare, req{cmd: nbdwire.CmdTrim, length: 512}, nbdwire.EINVAL},
+		{"write zeroes not advertised", bare, req{cmd: nbdwire.CmdWriteZeroes, length: 512}, nbdwire.EINVAL},
+		{"unknown flag", full, req{cmd: nbdwire.CmdRead, flags: 1 << 12, length: 512}, nbdwire.EINVAL},
+		{"DF without structured replies", full, req{cmd: nbdwire.CmdRead, flags: nbdwire.FlagDF, length: 512}, nbdwire.EINVAL},
+		{"no hole on write", full, req{cmd: nbdwire.CmdWrite, flags: nbdwire.FlagNoHole, length: 512, payload: true}, nbdwire.EINVAL},
+		{"fast zero not advertised", full, req{cmd: nbdwire.CmdWriteZeroes, flags: nbdwire.FlagFastZero, length: 512}, nbdwire.EINVAL},
+		{"read only write", readOnly, req{cmd: nbdwire.CmdWrite, length: 4096, payload: true}, nbdwire.EPERM},
+		{"read only trim", readOnly, req{cmd: nbdwire.CmdTrim, length: 4096}, nbdwire.EPERM},
+		{"read only write zeroes", readOnly, req{cmd: nbdwire.CmdWriteZeroes, length: 4096}, nbdwire.EPERM},
+		{"unaligned offset", aligned, req{cmd: nbdwire.CmdRead, off: 100, length: 512}, nbdwire.EINVAL},
+		{"unaligned length", aligned, req{cmd: nbdwire.CmdWrite, length: 100, payload: true}, nbdwire.EINVAL},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -206,14 +207,14 @@ func TestValidation(t *testing.T) {
 			// The stream is still in sync: valid requests round-trip.
 			data := bytes.Repeat([]byte{0x5a}, 4096)
 			if !e.ReadOnly {
-				if got := c.mustDo(nbd.CmdWrite, 0, 8192, 4096, data, nil); got != 0 {
+				if got := c.mustDo(nbdwire.CmdWrite, 0, 8192, 4096, data, nil); got != 0 {
 					t.Fatalf("write after rejection: %v", got)
 				}
 			} else {
 				dev.WriteAt(data, 8192)
 			}
 			got := make([]byte, 4096)
-			if e := c.mustDo(nbd.CmdRead, 0, 8192, 4096, nil, got); e != 0 || !bytes.Equal(got, data) {
+			if e := c.mustDo(nbdwire.CmdRead, 0, 8192, 4096, nil, got); e != 0 || !bytes.Equal(got, data) {
 				t.Errorf("read after rejection: %v, data ok %v", e, bytes.Equal(got, data))
 			}
 		})
@@ -225,7 +226,7 @@ func TestZeroLengthAndFlush(t *testing.T) {
 	ts := startConn(t, kindUnix, &nbd.Server{Exports: []*nbd.Export{e}})
 	c := ts.cli
 	c.goTransmission("")
-	for _, cmd := range []nbd.Command{nbd.CmdRead, nbd.CmdWrite, nbd.CmdTrim, nbd.CmdWriteZeroes} {
+	for _, cmd := range []nbdwire.Command{nbdwire.CmdRead, nbdwire.CmdWrite, nbdwire.CmdTrim, nbdwire.CmdWriteZeroes} {
 		if got := c.mustDo(cmd, 0, 4096, 0, nil, nil); got != 0 {
 			t.Errorf("zero-length %v: %v", cmd, got)
 		}
@@ -233,19 +234,19 @@ func TestZeroLengthAndFlush(t *testing.T) {
 	if n := dev.Submitted(); n != 0 {
 		t.Errorf("zero-length requests reached the device: %d", n)
 	}
-	if got := c.mustDo(nbd.CmdFlush, 0, 0, 0, nil, nil); got != 0 || dev.Flushes() != 1 {
+	if got := c.mustDo(nbdwire.CmdFlush, 0, 0, 0, nil, nil); got != 0 || dev.Flushes() != 1 {
 		t.Errorf("flush: %v, device flushes %d", got, dev.Flushes())
 	}
 	// FUA on a read is accepted (clients are known to send it) and NO_HOLE
 	// on WRITE_ZEROES too.
-	if got := c.mustDo(nbd.CmdRead, nbd.FlagFUA, 0, 512, nil, make([]byte, 512)); got != 0 {
+	if got := c.mustDo(nbdwire.CmdRead, nbdwire.FlagFUA, 0, 512, nil, make([]byte, 512)); got != 0 {
 		t.Errorf("read with FUA: %v", got)
 	}
 	dev.WriteAt(bytes.Repeat([]byte{1}, 4096), 0)
-	if got := c.mustDo(nbd.CmdWriteZeroes, nbd.FlagNoHole|nbd.FlagFUA, 0, 4096, nil, nil); got != 0 {
+	if got := c.mustDo(nbdwire.CmdWriteZeroes, nbdwire.FlagNoHole|nbdwire.FlagFUA, 0, 4096, nil, nil); got != 0 {
 		t.Errorf("write zeroes: %v", got)
 	}
-	if got := c.mustDo(nbd.CmdTrim, 0, 4096, 4096, nil, nil); got != 0 {
+	if got := c.mustDo(nbdwire.CmdTrim, 0, 4096, 4096, nil, nil); got != 0 {
 		t.Errorf("trim: %v", got)
 	}
 	if !bytes.Equal(dev.Bytes()[:4096], make([]byte, 4096)) || dev.Zeroes() != 1 || dev.Trims() != 1 || dev.FUAWrites() != 1 {
@@ -256,22 +257,22 @@ func TestZeroLengthAndFlush(t *testing.T) {
 func TestDeviceErrorMapping(t *testing.T) {
 	tests := []struct {
 		err  error
-		want nbd.Errno
+		want nbdwire.Errno
 	}{
-		{syscall.EIO, nbd.EIO},
-		{syscall.ENOSPC, nbd.ENOSPC},
-		{syscall.EDQUOT, nbd.ENOSPC},
-		{syscall.EFBIG, nbd.ENOSPC},
-		{syscall.EPERM, nbd.EPERM},
-		{syscall.ENOMEM, nbd.ENOMEM},
-		{syscall.EINVAL, nbd.EINVAL},
-		{syscall.EOPNOTSUPP, nbd.ENOTSUP},
-		{syscall.ESHUTDOWN, nbd.ESHUTDOWN},
-		{fmt.Errorf("engine: read block 7: %w", syscall.EOVERFLOW), nbd.EOVERFLOW},
-		{syscall.ECONNRESET, nbd.EIO},
-		{errors.New("anything"), nbd.EIO},
-		{nbd.ENOSPC, nbd.ENOSPC},
-		{nbd.Errno(4242), nbd.EIO},
+		{syscall.EIO, nbdwire.EIO},
+		{syscall.ENOSPC, nbdwire.ENOSPC},
+		{syscall.EDQUOT, nbdwire.ENOSPC},
+		{syscall.EFBIG, nbdwire.ENOSPC},
+		{syscall.EPERM, nbdwire.EPERM},
+		{syscall.ENOMEM, nbdwire.ENOMEM},
+		{syscall.EINVAL, nbdwire.EINVAL},
+		{syscall.EOPNOTSUPP, nbdwire.ENOTSUP},
+		{syscall.ESHUTDOWN, nbdwire.ESHUTDOWN},
+		{fmt.Errorf("engine: read block 7: %w", syscall.EOVERFLOW), nbdwire.EOVERFLOW},
+		{syscall.ECONNRESET, nbdwire.EIO},
+		{errors.New("anything"), nbdwire.EIO},
+		{nbdwire.ENOSPC, nbdwire.ENOSPC},
+		{nbdwire.Errno(4242), nbdwire.EIO},
 	}
 	for _, tt := range tests {
 		if got := nbd.ErrnoOf(tt.err); got != tt.want {
@@ -292,12 +293,12 @@ func TestDeviceErrorMapping(t *testing.T) {
 	for i := range 50 {
 		wg.Go(func() {
 			off := uint64(64<<10 + (i%3)*(64<<10))
-			want := []nbd.Errno{nbd.EIO, nbd.ENOSPC, 0}[i%3]
-			got, err := c.do(nbd.CmdRead, 0, off, 4096, nil, make([]byte, 4096))
+			want := []nbdwire.Errno{nbdwire.EIO, nbdwire.ENOSPC, 0}[i%3]
+			got, err := c.do(nbdwire.CmdRead, 0, off, 4096, nil, make([]byte, 4096))
 			if err != nil || got != want {
 				t.Errorf("read at %d: %v %v, want %v", off, got, err, want)
 			}
-			got, err = c.do(nbd.CmdWrite, 0, off, 4096, make([]byte, 4096), nil)
+			got, err = c.do(nbdwire.CmdWrite, 0, off, 4096, make([]byte, 4096), nil)
 			if err != nil || got != want {
 				t.Errorf("write at %d: %v %v, want %v", off, got, err, want)
 			}
@@ -305,7 +306,7 @@ func TestDeviceErrorMapping(t *testing.T) {
 	}
 	wg.Wait()
 	dev.ClearErrors()
-	if got := c.mustDo(nbd.CmdRead, 0, 64<<10, 4096, nil, make([]byte, 4096)); got != 0 {
+	if got := c.mustDo(nbdwire.CmdRead, 0, 64<<10, 4096, nil, make([]byte, 4096)); got != 0 {
 		t.Errorf("read after clearing: %v", got)
 	}
 }
@@ -318,7 +319,7 @@ func TestTransmissionHangsUp(t *testing.T) {
 	}{
 		{"bad request magic", func(c *tclient) { c.mustWrite(make([]byte, 28)) }},
 		{"oversized invalid write", func(c *tclient) {
-			c.mustWrite(reqBytes(nbd.CmdWrite, 0, 1, 0, 64<<20, nil))
+			c.mustWrite(reqBytes(nbdwire.CmdWrite, 0, 1, 0, 64<<20, nil))
 		}},
 	}
 	for _, tt := range tests {
@@ -351,7 +352,7 @@ func TestDiscDrains(t *testing.T) {
 			for i := range calls {
 				calls[i] = newCall()
 				data := bytes.Repeat([]byte{byte(i + 1)}, 4096)
-				if err := c.start(calls[i], nbd.CmdWrite, 0, uint64(i)*4096, 4096, data); err != nil {
+				if err := c.start(calls[i], nbdwire.CmdWrite, 0, uint64(i)*4096, 4096, data); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -394,9 +395,9 @@ func TestAbruptClose(t *testing.T) {
 			c.goTransmission("")
 			dev.Pause()
 			for i := range 40 {
-				cmd, payload := nbd.CmdRead, []byte(nil)
+				cmd, payload := nbdwire.CmdRead, []byte(nil)
 				if i%2 == 1 {
-					cmd, payload = nbd.CmdWrite, make([]byte, 8192)
+					cmd, payload = nbdwire.CmdWrite, make([]byte, 8192)
 				}
 				cl := newCall()
 				cl.read = make([]byte, 8192)
@@ -427,7 +428,7 @@ func TestCancelDrains(t *testing.T) {
 	for i := range calls {
 		calls[i] = newCall()
 		calls[i].read = make([]byte, 4096)
-		if err := c.start(calls[i], nbd.CmdRead, 0, uint64(i)*4096, 4096, nil); err != nil {
+		if err := c.start(calls[i], nbdwire.CmdRead, 0, uint64(i)*4096, 4096, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -472,7 +473,7 @@ func testDrainTimeout(t *testing.T, kind connKind, lo, slack time.Duration) {
 	c.goTransmission("")
 	dev.Pause()
 	for i := range 8 {
-		if err := c.start(newCall(), nbd.CmdWrite, 0, uint64(i)*4096, 4096, make([]byte, 4096)); err != nil {
+		if err := c.start(newCall(), nbdwire.CmdWrite, 0, uint64(i)*4096, 4096, make([]byte, 4096)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -503,7 +504,7 @@ func TestDoubleComplete(t *testing.T) {
 	c := ts.cli
 	c.goTransmission("")
 	for range 10 {
-		if got := c.mustDo(nbd.CmdFlush, 0, 0, 0, nil, nil); got != 0 {
+		if got := c.mustDo(nbdwire.CmdFlush, 0, 0, 0, nil, nil); got != 0 {
 			t.Errorf("flush: %v", got)
 		}
 	}

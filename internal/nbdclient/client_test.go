@@ -149,7 +149,7 @@ func TestConcurrent(t *testing.T) {
 func TestErrnoReply(t *testing.T) {
 	sock, dev, _ := serve(t, 1<<16)
 	c := dial(t, sock, "mem")
-	dev.InjectError(8192, 4096, nbd.ENOSPC)
+	dev.InjectError(8192, 4096, nbdwire.ENOSPC)
 	err := c.WriteAt(make([]byte, 4096), 8192, false)
 	if !errors.Is(err, syscall.ENOSPC) {
 		t.Errorf("write = %v, want ENOSPC", err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 // MemDevice is an nbd.Device backed by a byte slice. By default it completes
@@ -153,25 +154,25 @@ func (d *MemDevice) execute(r *nbd.Request) {
 		return
 	}
 	end := r.Offset + uint64(r.Length)
-	if r.Cmd != nbd.CmdFlush && end > uint64(len(d.data)) {
-		r.Complete(nbd.EINVAL) // the front end should have caught this
+	if r.Cmd != nbdwire.CmdFlush && end > uint64(len(d.data)) {
+		r.Complete(nbdwire.EINVAL) // the front end should have caught this
 		return
 	}
 	switch r.Cmd {
-	case nbd.CmdRead:
+	case nbdwire.CmdRead:
 		d.reads.Add(1)
 		d.mu.RLock()
 		copy(r.Data, d.data[r.Offset:end])
 		d.mu.RUnlock()
-	case nbd.CmdWrite:
+	case nbdwire.CmdWrite:
 		d.writes.Add(1)
 		d.mu.Lock()
 		copy(d.data[r.Offset:end], r.Data)
 		d.mu.Unlock()
-	case nbd.CmdFlush:
+	case nbdwire.CmdFlush:
 		d.flushes.Add(1)
-	case nbd.CmdTrim, nbd.CmdWriteZeroes:
-		if r.Cmd == nbd.CmdTrim {
+	case nbdwire.CmdTrim, nbdwire.CmdWriteZeroes:
+		if r.Cmd == nbdwire.CmdTrim {
 			d.trims.Add(1)
 		} else {
 			d.zeroes.Add(1)
@@ -180,10 +181,10 @@ func (d *MemDevice) execute(r *nbd.Request) {
 		clear(d.data[r.Offset:end]) // a trimmed range reads back as zeroes here
 		d.mu.Unlock()
 	default:
-		r.Complete(nbd.EINVAL)
+		r.Complete(nbdwire.EINVAL)
 		return
 	}
-	if r.Flags&nbd.FlagFUA != 0 && r.Cmd != nbd.CmdRead {
+	if r.Flags&nbdwire.FlagFUA != 0 && r.Cmd != nbdwire.CmdRead {
 		d.fuaWrites.Add(1)
 	}
 	r.Complete(nil)
@@ -194,7 +195,7 @@ func (d *MemDevice) fault(r *nbd.Request) error {
 	defer d.ctl.Unlock()
 	end := r.Offset + uint64(r.Length)
 	for _, f := range d.faults {
-		if r.Cmd == nbd.CmdFlush || (r.Offset < f.end && f.off < end) {
+		if r.Cmd == nbdwire.CmdFlush || (r.Offset < f.end && f.off < end) {
 			return f.err
 		}
 	}
