@@ -424,3 +424,39 @@ func TestExpiredWriteWaitingForWriter(t *testing.T) {
 		}
 	})
 }
+
+// TestMorePins: with the server's key on the second pin only, attach works;
+// the first pin costs one refused handshake, and the queue connections go
+// straight to the pin the control connection proved.
+func TestMorePins(t *testing.T) {
+	env := newEnv(t, "tcp", 1<<20)
+	cfg := env.config()
+	other, err := crypto.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ServerKey, cfg.MoreServerKeys = other.Public(), []crypto.PublicKey{env.serverKey}
+	var dials atomic.Int32
+	cfg.Dialer = func(ctx context.Context, addr string) (net.Conn, error) {
+		dials.Add(1)
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	const conns = 3
+	a, err := Attach(context.Background(), &AttachConfig{Config: *cfg, Export: "disk", Connections: conns})
+	if err != nil {
+		t.Fatalf("Attach with the server's key on the second pin: %v", err)
+	}
+	defer a.Close()
+	if err := do(a, wire.CmdWrite, 0, 0, 4096, make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	if n := dials.Load(); n != 2+conns {
+		t.Fatalf("%d dials; want %d: one refused under the first pin, the control connection, %d queues", n, 2+conns, conns)
+	}
+
+	cfg.MoreServerKeys = nil
+	if _, err := Dial(context.Background(), cfg); err == nil || !errors.Is(err, crypto.ErrHandshake) {
+		t.Fatalf("Dial under a wrong pin alone: %v, want a handshake error", err)
+	}
+}

@@ -20,7 +20,12 @@ type Config struct {
 	Server     string // host:port
 	PrivateKey crypto.PrivateKey
 	ServerKey  crypto.PublicKey
-	Cipher     crypto.Cipher // CipherAuto picks by CPU
+	// MoreServerKeys are further pins, for a server rotating its key: a
+	// handshake the server refuses under one pin is tried under the next.
+	// Queue connections use the pin their session's control connection
+	// proved.
+	MoreServerKeys []crypto.PublicKey
+	Cipher         crypto.Cipher // CipherAuto picks by CPU
 	// DialTimeout bounds TCP connect, handshake and autoconfiguration.
 	// Zero means 15s.
 	DialTimeout time.Duration
@@ -53,9 +58,41 @@ func (c *Config) dialTimeout() time.Duration {
 	return c.DialTimeout
 }
 
+// pins returns the server keys to try, in order.
+func (c *Config) pins() []crypto.PublicKey {
+	return append([]crypto.PublicKey{c.ServerKey}, c.MoreServerKeys...)
+}
+
+// pinned returns a copy of c that pins only k, the key a session proved.
+func (c *Config) pinned(k crypto.PublicKey) *Config {
+	p := *c
+	p.ServerKey, p.MoreServerKeys = k, nil
+	return &p
+}
+
 // channel dials TCP and runs the handshake: an encrypted connection to the
-// server, and the TCP connection under it.
+// server, and the TCP connection under it. With several pins, a handshake
+// that fails under one is tried again, on a new connection, under the
+// next: an IK handshake to a key the server does not hold ends with the
+// server hanging up, which looks the same as a refused client key.
 func channel(ctx context.Context, cfg *Config) (*crypto.Conn, net.Conn, error) {
+	pins := cfg.pins()
+	var errs []error
+	for i, k := range pins {
+		conn, raw, err := channelTo(ctx, cfg, k)
+		if err == nil {
+			return conn, raw, nil
+		}
+		if len(pins) == 1 || ctx.Err() != nil || !errors.Is(err, crypto.ErrHandshake) {
+			return nil, nil, err
+		}
+		errs = append(errs, fmt.Errorf("pin %d (%s): %w", i+1, k, err))
+	}
+	return nil, nil, fmt.Errorf("client: no pinned server key was accepted by %s: %w", cfg.Server, errors.Join(errs...))
+}
+
+// channelTo is channel under one pin.
+func channelTo(ctx context.Context, cfg *Config, serverKey crypto.PublicKey) (*crypto.Conn, net.Conn, error) {
 	dial := cfg.Dialer
 	if dial == nil {
 		var d net.Dialer
@@ -73,7 +110,7 @@ func channel(ctx context.Context, cfg *Config) (*crypto.Conn, net.Conn, error) {
 	raw = rawio.Wrap(raw)
 	conn, err := crypto.Client(ctx, raw, &crypto.ClientConfig{
 		PrivateKey: cfg.PrivateKey,
-		ServerKey:  cfg.ServerKey,
+		ServerKey:  serverKey,
 		Cipher:     cfg.Cipher,
 	})
 	if err != nil {
@@ -101,7 +138,7 @@ func dial(ctx context.Context, cfg *Config, attachment wire.Identity, epoch uint
 		abort(raw)
 		return nil, err
 	}
-	s := &Session{mux: sess, raw: raw, cipher: conn.Cipher(), dead: make(chan struct{})}
+	s := &Session{mux: sess, raw: raw, cipher: conn.Cipher(), serverKey: conn.PeerKey(), dead: make(chan struct{})}
 	h := &wire.Hello{Version: wire.Version, Attachment: attachment, Epoch: epoch}
 	if err := s.hello(ctx, h); err != nil {
 		s.abort()
@@ -145,7 +182,7 @@ func (s *Session) hello(ctx context.Context, h *wire.Hello) error {
 func dialQueue(ctx context.Context, cfg *Config, s *Session, export wire.ExportInfo) (*crypto.Conn, net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.dialTimeout())
 	defer cancel()
-	conn, raw, err := channel(ctx, cfg)
+	conn, raw, err := channel(ctx, cfg.pinned(s.serverKey))
 	if err != nil {
 		return nil, nil, err
 	}

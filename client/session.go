@@ -22,8 +22,11 @@ type Session struct {
 	info   wire.ServerInfo
 	said   wire.Hello // what this session said in HELLO
 	cipher crypto.Cipher
-	ctl    *yamux.Stream // control stream: PING and PONG after HELLO
-	clock  clockMap
+	// serverKey is the pin the handshake proved; queue connections of
+	// the session use it.
+	serverKey crypto.PublicKey
+	ctl       *yamux.Stream // control stream: PING and PONG after HELLO
+	clock     clockMap
 
 	dead     chan struct{} // closed by kill
 	deadOnce sync.Once
@@ -36,6 +39,10 @@ func (s *Session) Info() wire.ServerInfo { return s.info }
 
 // Cipher is the channel's AEAD.
 func (s *Session) Cipher() crypto.Cipher { return s.cipher }
+
+// ServerKey is the server's public key, as the handshake proved it: one
+// of the pins.
+func (s *Session) ServerKey() crypto.PublicKey { return s.serverKey }
 
 // Close ends the session.
 func (s *Session) Close() error { return s.mux.Close() }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -56,6 +57,10 @@ type ClientConfig struct {
 // ServerConfig configures the responder side of the handshake.
 type ServerConfig struct {
 	PrivateKey PrivateKey
+	// MoreKeys are further private keys the server answers to, for a
+	// rotation in progress: a client may pin PrivateKey's public key or any
+	// of these. The first message is tried against each in turn.
+	MoreKeys []PrivateKey
 	// Authorize decides whether a client key may connect; a non-nil error
 	// refuses it. (*AuthorizedKeys).Authorize fits here.
 	Authorize  func(PublicKey) error
@@ -138,6 +143,8 @@ func (cfg *ServerConfig) check() error {
 		return errors.New("crypto: ServerConfig.PrivateKey is not set")
 	case cfg.Authorize == nil:
 		return errors.New("crypto: ServerConfig.Authorize is nil")
+	case slices.ContainsFunc(cfg.MoreKeys, PrivateKey.IsZero):
+		return errors.New("crypto: ServerConfig.MoreKeys holds a zero key")
 	case cfg.Replay == nil:
 		return errors.New("crypto: ServerConfig.Replay is nil")
 	}
@@ -301,21 +308,11 @@ func serverHandshake(ctx context.Context, c net.Conn, cfg *ServerConfig) (*Conn,
 	if cfg.OnFirstMessage != nil {
 		cfg.OnFirstMessage()
 	}
-	hs, err := noise.NewHandshakeState(noise.Config{
-		CipherSuite:   cipher.suite(),
-		Random:        cfg.Random,
-		Pattern:       noise.HandshakeIK,
-		Prologue:      prologue(pre),
-		StaticKeypair: keypair(cfg.PrivateKey),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("crypto: starting handshake: %w", err)
-	}
-	payload, _, _, err := hs.ReadMessage(nil, msg)
+	hs, payload, err := cfg.readFirst(cipher, pre, msg)
 	if err != nil {
 		return nil, fmt.Errorf("crypto: first handshake message from %s failed to decrypt: "+
 			"the client pinned a server key that is not %s, or the message was corrupted: %w: %w",
-			c.RemoteAddr(), cfg.PrivateKey.Public(), ErrHandshake, err)
+			c.RemoteAddr(), cfg.publicKeys(), ErrHandshake, err)
 	}
 	peer := PublicKey(hs.PeerStatic())
 	if err := cfg.Authorize(peer); err != nil {
@@ -342,6 +339,44 @@ func serverHandshake(ctx context.Context, c net.Conn, cfg *ServerConfig) (*Conn,
 		return nil, fmt.Errorf("crypto: sending handshake response to %s: %w", c.RemoteAddr(), err)
 	}
 	return newConn(c, peer, cipher, send, recv, cfg.RekeyAfter)
+}
+
+// readFirst opens the first handshake message with whichever of the
+// server's keys the client encrypted it to, and returns the handshake
+// state that succeeded with the message's payload.
+func (cfg *ServerConfig) readFirst(cipher Cipher, pre [preambleLen]byte, msg []byte) (*noise.HandshakeState, []byte, error) {
+	var err error
+	for i := -1; i < len(cfg.MoreKeys); i++ {
+		k := cfg.PrivateKey
+		if i >= 0 {
+			k = cfg.MoreKeys[i]
+		}
+		var hs *noise.HandshakeState
+		hs, err = noise.NewHandshakeState(noise.Config{
+			CipherSuite:   cipher.suite(),
+			Random:        cfg.Random,
+			Pattern:       noise.HandshakeIK,
+			Prologue:      prologue(pre),
+			StaticKeypair: keypair(k),
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("starting handshake: %w", err)
+		}
+		var payload []byte
+		if payload, _, _, err = hs.ReadMessage(nil, msg); err == nil {
+			return hs, payload, nil
+		}
+	}
+	return nil, nil, err
+}
+
+// publicKeys names the keys the server answers to, for error messages.
+func (cfg *ServerConfig) publicKeys() string {
+	names := []string{cfg.PrivateKey.Public().String()}
+	for _, k := range cfg.MoreKeys {
+		names = append(names, k.Public().String())
+	}
+	return strings.Join(names, " or ")
 }
 
 // setFirstDeadline applies FirstMessageTimeout to c's reads when it ends

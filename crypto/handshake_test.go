@@ -640,3 +640,38 @@ func TestCipherNames(t *testing.T) {
 		t.Errorf("PreferredCipher() = %v", c)
 	}
 }
+
+// TestMoreKeys: a server rotating its key answers clients pinned to any of
+// its keys, and a client pinned to none gets nothing; the error names every
+// key the server holds.
+func TestMoreKeys(t *testing.T) {
+	p := newTestPeers(CipherAuto)
+	next := testKey("next")
+	p.scfg.MoreKeys = []PrivateKey{next}
+	for _, pin := range []PrivateKey{p.server, next} {
+		ccfg := *p.ccfg
+		ccfg.ServerKey = pin.Public()
+		cc, sc := tcpPair(t)
+		c, s := handshake(context.Background(), cc, sc, &ccfg, p.scfg)
+		if c.err != nil || s.err != nil {
+			t.Fatalf("pinned to %s: client %v, server %v", pin.Public(), c.err, s.err)
+		}
+		c.conn.Close()
+		s.conn.Close()
+	}
+	ccfg := *p.ccfg
+	ccfg.ServerKey = testKey("stranger").Public()
+	cc, sc := tcpPair(t)
+	c, s := handshake(context.Background(), cc, sc, &ccfg, p.scfg)
+	if c.err == nil || s.err == nil {
+		t.Fatal("a client pinned to a key the server does not hold completed the handshake")
+	}
+	if msg := s.err.Error(); !strings.Contains(msg, p.server.Public().String()) || !strings.Contains(msg, next.Public().String()) {
+		t.Fatalf("server error %q does not name both of its keys", msg)
+	}
+	p.scfg.MoreKeys = []PrivateKey{{}}
+	cc, sc = tcpPair(t)
+	if _, s := handshake(context.Background(), cc, sc, p.ccfg, p.scfg); s.err == nil {
+		t.Fatal("a zero key in MoreKeys was accepted")
+	}
+}

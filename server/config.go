@@ -37,6 +37,9 @@ type ExportConfig struct {
 type Config struct {
 	Listen     string // host:port for the command; Serve takes a listener
 	PrivateKey crypto.PrivateKey
+	// MoreKeys are further private keys the server answers to while its
+	// key is being rotated (crypto.ServerConfig.MoreKeys).
+	MoreKeys   []crypto.PrivateKey
 	Authorized *crypto.AuthorizedKeys
 	Ciphers    []crypto.Cipher // nil allows all
 	Exports    []ExportConfig
@@ -91,6 +94,7 @@ func checkVolatile(e ExportConfig) error {
 type configFile struct {
 	Listen               string       `toml:"listen"`
 	Key                  string       `toml:"key"`
+	MoreKeys             []string     `toml:"more_keys"`
 	AuthorizedKeys       string       `toml:"authorized_keys"`
 	Ciphers              []string     `toml:"ciphers"`
 	Workers              int          `toml:"workers"`
@@ -109,6 +113,7 @@ type exportFile struct {
 //
 //	listen = ":7700"
 //	key = "server.key"                  # private key file
+//	more_keys = ["next.key"]            # optional: keys of a rotation in progress
 //	authorized_keys = "authorized_keys"
 //	ciphers = ["chacha20-poly1305"]     # optional; default all
 //	workers = 64                        # optional
@@ -153,6 +158,13 @@ func LoadConfig(path string, keyMode crypto.KeyModePolicy) (*Config, error) {
 	}
 	if err := loadKeys(c, rel(f.Key), rel(f.AuthorizedKeys), keyMode); err != nil {
 		return nil, fmt.Errorf("server: config %s: %w", path, err)
+	}
+	for _, m := range f.MoreKeys {
+		k, err := crypto.LoadPrivateKey(rel(m), keyMode)
+		if err != nil {
+			return nil, fmt.Errorf("server: config %s: more_keys: %w", path, err)
+		}
+		c.MoreKeys = append(c.MoreKeys, k)
 	}
 	for _, s := range f.Ciphers {
 		ci, err := crypto.ParseCipher(s)

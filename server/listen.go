@@ -20,7 +20,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	if s.authorized.Load() == nil {
 		return errors.New("server: no authorized keys configured")
 	}
-	if s.cfg.PrivateKey.IsZero() {
+	if s.keys.Load().current.IsZero() {
 		return errors.New("server: no private key configured")
 	}
 	if !s.enter() {
@@ -167,8 +167,10 @@ func (s *Server) ServeConn(ctx context.Context, conn *crypto.Conn) error {
 func (s *Server) handshake(ctx context.Context, c net.Conn, t *ticket) (*crypto.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
+	keys := s.keys.Load()
 	return crypto.Server(ctx, c, &crypto.ServerConfig{
-		PrivateKey:          s.cfg.PrivateKey,
+		PrivateKey:          keys.current,
+		MoreKeys:            keys.more,
 		Authorize:           func(k crypto.PublicKey) error { return s.authorized.Load().Authorize(k) },
 		Ciphers:             s.cfg.Ciphers,
 		Replay:              s.replay,

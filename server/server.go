@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,6 +35,7 @@ type Server struct {
 	info    wire.ServerInfo
 
 	replay     *crypto.ReplayFilter
+	keys       atomic.Pointer[keyring]
 	authorized atomic.Pointer[crypto.AuthorizedKeys]
 	// sessions holds every live control session, so that SetAuthorized
 	// can end those of keys it no longer lists; tokens finds a session by
@@ -98,6 +100,7 @@ func New(cfg *Config) (*Server, error) {
 		return nil, err
 	}
 	s.replay = crypto.NewReplayFilter()
+	s.keys.Store(&keyring{c.PrivateKey, c.MoreKeys})
 	s.authorized.Store(c.Authorized)
 	s.sessions = make(map[*session]struct{})
 	s.tokens = make(map[wire.Identity]*session)
@@ -293,6 +296,24 @@ func (s *Server) closeExports() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// keyring is the server's own keys: the current one and those of a
+// rotation in progress.
+type keyring struct {
+	current crypto.PrivateKey
+	more    []crypto.PrivateKey
+}
+
+// SetKeys replaces the server's private keys, as on a reload during a key
+// rotation: new handshakes answer to current and to each of more; live
+// sessions are not touched (their channels keep their session keys).
+func (s *Server) SetKeys(current crypto.PrivateKey, more []crypto.PrivateKey) error {
+	if current.IsZero() || slices.ContainsFunc(more, crypto.PrivateKey.IsZero) {
+		return errors.New("server: SetKeys: a key is zero")
+	}
+	s.keys.Store(&keyring{current, slices.Clone(more)})
+	return nil
 }
 
 // SetAuthorized replaces the authorized client keys, as on a reload of the

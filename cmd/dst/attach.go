@@ -31,11 +31,12 @@ type clientFlags struct {
 
 func addClientFlags(fs *flag.FlagSet) *clientFlags {
 	return &clientFlags{
-		key:       fs.String("key", "", "this client's private key `FILE`"),
-		serverKey: fs.String("server-key", "", "the server's public `KEY` (base64), or @FILE"),
-		cipher:    fs.String("cipher", "auto", "channel cipher: auto, aes-256-gcm, chacha20-poly1305"),
-		timeout:   fs.Duration("connect-timeout", 15*time.Second, "bound on connecting, handshake and autoconfiguration"),
-		keyMode:   keyModeFlag(fs),
+		key: fs.String("key", "", "this client's private key `FILE`"),
+		serverKey: fs.String("server-key", "", "the server's public `KEY` (base64), or @FILE; "+
+			"several, comma-separated, while the server rotates its key"),
+		cipher:  fs.String("cipher", "auto", "channel cipher: auto, aes-256-gcm, chacha20-poly1305"),
+		timeout: fs.Duration("connect-timeout", 15*time.Second, "bound on connecting, handshake and autoconfiguration"),
+		keyMode: keyModeFlag(fs),
 	}
 }
 
@@ -51,9 +52,13 @@ func (f *clientFlags) config(addr string, log *slog.Logger) (*client.Config, err
 		return nil, err
 	}
 	warnUnclamped(log, k, *f.key)
-	sk, err := crypto.LoadPublicKey(*f.serverKey)
-	if err != nil {
-		return nil, usageError{fmt.Errorf("--server-key: %w", err)}
+	var pins []crypto.PublicKey
+	for _, s := range strings.Split(*f.serverKey, ",") {
+		sk, err := crypto.LoadPublicKey(strings.TrimSpace(s))
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--server-key: %w", err)}
+		}
+		pins = append(pins, sk)
 	}
 	c, err := crypto.ParseCipher(*f.cipher)
 	if err != nil {
@@ -63,12 +68,13 @@ func (f *clientFlags) config(addr string, log *slog.Logger) (*client.Config, err
 		return nil, usagef("server address %q: want HOST:PORT", addr)
 	}
 	return &client.Config{
-		Server:      addr,
-		PrivateKey:  k,
-		ServerKey:   sk,
-		Cipher:      c,
-		DialTimeout: *f.timeout,
-		Logger:      log,
+		Server:         addr,
+		PrivateKey:     k,
+		ServerKey:      pins[0],
+		MoreServerKeys: pins[1:],
+		Cipher:         c,
+		DialTimeout:    *f.timeout,
+		Logger:         log,
 	}, nil
 }
 

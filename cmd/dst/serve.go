@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/dstproject/dst/crypto"
@@ -19,7 +20,9 @@ func cmdServe(ctx context.Context, args []string) error {
 	fs := newFlagSet("serve", "[--config FILE] [--listen HOST:PORT --key FILE --authorized-keys FILE --export NAME=PATH[,ro]...]")
 	config := fs.String("config", "", "TOML config `FILE` (flags given too override it)")
 	listen := fs.String("listen", "", "address to listen on, `HOST:PORT` (default \":7700\")")
-	keyFile := fs.String("key", "", "the server's private key `FILE`")
+	var keyFiles listFlag
+	fs.Var(&keyFiles, "key", "the server's private key `FILE`; repeat it while rotating keys: the first is current, "+
+		"clients may pin any")
 	authFile := fs.String("authorized-keys", "", "`FILE` of client public keys allowed to connect, one per line")
 	var exports, ciphers listFlag
 	fs.Var(&exports, "export", "export a file or block device: `NAME=PATH[,ro]` (repeatable)")
@@ -55,12 +58,12 @@ func cmdServe(ctx context.Context, args []string) error {
 	if cfg.Listen == "" {
 		cfg.Listen = ":7700"
 	}
-	if *keyFile != "" {
-		k, err := crypto.LoadPrivateKey(*keyFile, keyPolicy)
+	if len(keyFiles) > 0 {
+		k, more, err := loadServerKeys(keyFiles, keyPolicy)
 		if err != nil {
 			return err
 		}
-		cfg.PrivateKey = k
+		cfg.PrivateKey, cfg.MoreKeys = k, more
 	}
 	if *authFile != "" {
 		a, err := crypto.LoadAuthorizedKeys(*authFile)
@@ -98,7 +101,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	case len(cfg.Exports) == 0:
 		return usagef("nothing to export: give --export NAME=PATH[,ro]")
 	}
-	warnUnclamped(log, cfg.PrivateKey, cmp.Or(*keyFile, "key of "+*config))
+	warnUnclamped(log, cfg.PrivateKey, cmp.Or(strings.Join(keyFiles, ", "), "key of "+*config))
 
 	srv, err := server.New(cfg)
 	if err != nil {
@@ -116,29 +119,70 @@ func cmdServe(ctx context.Context, args []string) error {
 	}
 	log.Info("listening", "addr", l.Addr().String(), "public_key", cfg.PrivateKey.Public().String(),
 		"exports", names, "instance", info.Instance.String())
+	for _, k := range cfg.MoreKeys {
+		log.Info("also answering to a key of a rotation", "public_key", k.Public().String())
+	}
 	notify(log, sdnotify.Ready)
 	notify(log, func() error {
 		return sdnotify.Status(fmt.Sprintf("serving %d exports on %s", len(names), l.Addr()))
 	})
-	go reloadOnHangup(ctx, log, srv, hup, func() (*crypto.AuthorizedKeys, error) {
+	go reloadOnHangup(ctx, log, srv, hup, func() (*reloaded, error) {
+		var r reloaded
+		var c *server.Config
+		if *authFile == "" || len(keyFiles) == 0 {
+			var err error
+			if c, err = server.LoadConfig(*config, keyPolicy); err != nil {
+				return nil, err
+			}
+			r.authorized, r.key, r.more = c.Authorized, c.PrivateKey, c.MoreKeys
+		}
 		if *authFile != "" {
-			return crypto.LoadAuthorizedKeys(*authFile)
+			a, err := crypto.LoadAuthorizedKeys(*authFile)
+			if err != nil {
+				return nil, err
+			}
+			r.authorized = a
 		}
-		c, err := server.LoadConfig(*config, keyPolicy)
-		if err != nil {
-			return nil, err
+		if len(keyFiles) > 0 {
+			k, more, err := loadServerKeys(keyFiles, keyPolicy)
+			if err != nil {
+				return nil, err
+			}
+			r.key, r.more = k, more
 		}
-		return c.Authorized, nil
+		return &r, nil
 	})
 	return srv.Serve(ctx, l)
 }
 
-// reloadOnHangup re-reads the authorized keys on each SIGHUP that arrives
-// on hup, as sshd and WireGuard's syncconf let one do: sessions of keys no
-// longer listed end, new connections are checked against the new list. A
-// file that fails to parse changes nothing.
+// loadServerKeys loads the server's key files: the first is the current
+// key, the others those of a rotation in progress.
+func loadServerKeys(files []string, policy crypto.KeyModePolicy) (crypto.PrivateKey, []crypto.PrivateKey, error) {
+	var keys []crypto.PrivateKey
+	for _, f := range files {
+		k, err := crypto.LoadPrivateKey(f, policy)
+		if err != nil {
+			return crypto.PrivateKey{}, nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys[0], keys[1:], nil
+}
+
+// reloaded is what a reload reads again.
+type reloaded struct {
+	authorized *crypto.AuthorizedKeys
+	key        crypto.PrivateKey
+	more       []crypto.PrivateKey
+}
+
+// reloadOnHangup re-reads the authorized keys and the server's own keys on
+// each SIGHUP that arrives on hup, as sshd and WireGuard's syncconf let one
+// do: sessions of client keys no longer listed end, new connections are
+// checked against the new list and answered under the new server keys
+// (live sessions keep theirs). A file that fails to load changes nothing.
 func reloadOnHangup(ctx context.Context, log *slog.Logger, srv *server.Server, hup <-chan os.Signal,
-	load func() (*crypto.AuthorizedKeys, error)) {
+	load func() (*reloaded, error)) {
 	for {
 		select {
 		case <-hup:
@@ -146,12 +190,19 @@ func reloadOnHangup(ctx context.Context, log *slog.Logger, srv *server.Server, h
 			return
 		}
 		notify(log, sdnotify.Reloading)
-		a, err := load()
+		r, err := load()
+		if err == nil {
+			err = srv.SetKeys(r.key, r.more)
+		}
 		if err != nil {
-			log.Error("reloading authorized keys failed; keeping the current ones", "err", err)
+			log.Error("reloading keys failed; keeping the current ones", "err", err)
 		} else {
-			srv.SetAuthorized(a)
-			log.Info("reloaded authorized keys", "keys", a.Len())
+			srv.SetAuthorized(r.authorized)
+			pubs := []string{r.key.Public().String()}
+			for _, k := range r.more {
+				pubs = append(pubs, k.Public().String())
+			}
+			log.Info("reloaded authorized keys", "keys", r.authorized.Len(), "server_keys", pubs)
 		}
 		notify(log, sdnotify.Ready) // after a failed reload too: systemd waits for it
 	}
