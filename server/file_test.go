@@ -11,10 +11,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/dstproject/dst/wire"
-	"golang.org/x/sys/unix"
 )
 
 func makeFile(t *testing.T, size int64) string {
@@ -279,48 +279,6 @@ func TestErrStatus(t *testing.T) {
 			t.Errorf("errStatus(%v) = %v, want %v", tt.err, got, tt.want)
 		}
 	}
-}
-
-func TestLimiter(t *testing.T) {
-	l := newLimiter(2, 100)
-	admitted := make(chan bool)
-	try := func(cost int) {
-		go func() {
-			l.acquire(cost)
-			admitted <- true
-		}()
-	}
-	blocked := func(what string) {
-		t.Helper()
-		select {
-		case <-admitted:
-			t.Fatalf("%s not enforced", what)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	l.acquire(60)
-	try(50) // 110 bytes > 100
-	blocked("byte bound")
-	l.release(60)
-	<-admitted
-	l.acquire(0) // two in flight
-	try(0)
-	blocked("count bound")
-	l.release(0)
-	<-admitted
-	l.release(50)
-	l.release(0)
-	// An oversized request is admitted alone, and drain waits for it.
-	l.acquire(1000)
-	drained := make(chan struct{})
-	go func() { l.drain(); close(drained) }()
-	select {
-	case <-drained:
-		t.Fatal("drain returned with a request in flight")
-	case <-time.After(20 * time.Millisecond):
-	}
-	l.release(1000)
-	<-drained
 }
 
 func TestExportLocks(t *testing.T) {

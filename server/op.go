@@ -16,14 +16,14 @@ import (
 type op struct {
 	q      *queueConn
 	req    wire.Request
-	cost   int         // budget taken by the reader
+	cost   int64       // budget taken by the reader
 	buf    *[]byte     // WRITE payload, or READ reply header and data
 	status wire.Status // the reply's status
 }
 
 var opPool = sync.Pool{New: func() any { return new(op) }}
 
-func getOp(q *queueConn, req wire.Request, cost int) *op {
+func getOp(q *queueConn, req wire.Request, cost int64) *op {
 	o := opPool.Get().(*op)
 	o.q, o.req, o.cost = q, req, cost
 	return o

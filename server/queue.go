@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/inflight"
 	"github.com/dstproject/dst/internal/qconn"
 	"github.com/dstproject/dst/wire"
 )
@@ -46,7 +47,7 @@ type queueConn struct {
 	exp    *export
 	log    *slog.Logger
 	w      *qconn.Writer[*op]
-	budget *limiter // requests and bytes in flight on this connection
+	budget *inflight.Limiter // requests and bytes in flight on this connection
 	hdr    [wire.RequestSize]byte
 	discID uint64 // the DISCONNECT request's id, for its reply
 
@@ -89,7 +90,7 @@ func (s *Server) serveQueue(conn *crypto.Conn, body []byte, log *slog.Logger) {
 		conn:   conn,
 		exp:    e,
 		log:    se.log.With("export", q.Export),
-		budget: newLimiter(maxInflight, maxInflightBytes),
+		budget: inflight.New(maxInflight, maxInflightBytes),
 	}
 	qc.w = qconn.NewWriter(conn, qc.encodeReply, qc.done, qc.writeFailed)
 	if !se.bind(qc) {
@@ -125,10 +126,10 @@ func (q *queueConn) serve() {
 		q.log.Debug("queue ended", "err", err)
 		q.close()
 	}
-	q.budget.drain()
+	q.budget.Drain()
 	if errors.Is(err, errDisconnect) {
-		q.budget.acquire(0)
-		q.se.bytes.acquire(0)
+		q.budget.Acquire(0)
+		q.se.bytes.Acquire(0)
 		o := getOp(q, wire.Request{Cmd: wire.CmdDisconnect, ID: q.discID}, 0)
 		q.w.Send(o, qconn.Block)
 	}
@@ -177,12 +178,12 @@ func (q *queueConn) readLoop() error {
 // dispatch reads the request's payload and runs it, inline or on a
 // worker, or answers it at once when no I/O is needed.
 func (q *queueConn) dispatch(req wire.Request) error {
-	cost := 0
+	var cost int64
 	if req.Cmd == wire.CmdRead || req.Cmd == wire.CmdWrite {
-		cost = int(req.Length)
+		cost = int64(req.Length)
 	}
-	q.budget.acquire(cost)
-	q.se.bytes.acquire(cost)
+	q.budget.Acquire(cost)
+	q.se.bytes.Acquire(cost)
 	o := getOp(q, req, cost)
 	if n := req.PayloadLen(); n > 0 {
 		o.buf = bufs.Get(n)
@@ -195,7 +196,7 @@ func (q *queueConn) dispatch(req wire.Request) error {
 		q.w.Send(o, qconn.NoBlock)
 		return nil
 	}
-	if q.budget.count() == 1 && q.conn.Buffered() == 0 {
+	if q.budget.InFlight() == 1 && q.conn.Buffered() == 0 {
 		o.run()
 		q.w.Send(o, qconn.NoBlock)
 		return nil
@@ -252,6 +253,6 @@ func (q *queueConn) encodeReply(b *qconn.Batch, o *op) {
 func (q *queueConn) done(o *op) {
 	cost := o.cost
 	putOp(o)
-	q.se.bytes.release(cost)
-	q.budget.release(cost)
+	q.se.bytes.Release(1, cost)
+	q.budget.Release(1, cost)
 }

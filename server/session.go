@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/inflight"
 	"github.com/dstproject/dst/internal/mux"
 	"github.com/dstproject/dst/wire"
 	"github.com/hashicorp/yamux"
@@ -44,7 +44,7 @@ type session struct {
 	mux   *yamux.Session
 	key   crypto.PublicKey
 	log   *slog.Logger
-	bytes *limiter // payload bytes in flight, all queues
+	bytes *inflight.Limiter // payload bytes in flight, all queues
 
 	mu     sync.Mutex
 	token  wire.Identity // SERVER_INFO's session token, set once HELLO is answered
@@ -67,7 +67,7 @@ func (s *Server) serveControl(ctx context.Context, conn *crypto.Conn, peer strin
 		mux:    sess,
 		key:    conn.PeerKey(),
 		log:    s.log.With("peer", peer),
-		bytes:  newLimiter(math.MaxInt, sessionBytes),
+		bytes:  inflight.New(0, sessionBytes),
 		queues: make(map[*queueConn]struct{}),
 	}
 	untrack := s.track(se)

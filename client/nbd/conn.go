@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dstproject/dst/internal/inflight"
 	"github.com/dstproject/dst/internal/rawio"
 )
 
@@ -36,8 +37,8 @@ var errStopped = errors.New("nbd: connection stopping")
 
 // conn is the transmission phase of one connection.
 //
-// Locking: mu guards the reply queue, the writer token, the in-flight
-// accounting and the lifecycle flags. Whoever queues a reply and finds the
+// Locking: mu guards the reply queue, the writer token and the lifecycle
+// flags; budget has its own lock. Whoever queues a reply and finds the
 // token free takes it and writes (writeQueued): it swaps the queue out under
 // mu and writes with mu released, again until the queue is empty, so a reply
 // queued meanwhile is always written by the token holder.
@@ -49,17 +50,18 @@ type conn struct {
 	minLen uint32 // advertised minimum block size
 	maxLen uint32 // advertised maximum payload
 
-	mu            sync.Mutex
-	cond          sync.Cond  // the reader waits here for in-flight budget
-	queue         []*Request // completed, not yet written
-	inflight      int        // admitted and not yet written (or abandoned)
-	inflightBytes int64
-	readerDone    bool // no more requests will be admitted
-	writing       bool // the writer token: someone is writing replies
-	stopping      bool // ctx cancelled: the reader must not wait for budget
-	finished      bool // the writer is gone; Complete just recycles
-	wake          chan struct{}
-	quit          chan struct{} // closed by finish
+	// budget counts requests admitted and not yet written (or abandoned);
+	// the reader waits in it for room. Stopped when the connection stops
+	// for a shutdown (interrupt) or is abandoned (finish).
+	budget *inflight.Limiter
+
+	mu         sync.Mutex
+	queue      []*Request // completed, not yet written
+	readerDone bool       // no more requests will be admitted
+	writing    bool       // the writer token: someone is writing replies
+	finished   bool       // the writer is gone; Complete just recycles
+	wake       chan struct{}
+	quit       chan struct{} // closed by finish
 
 	warned atomic.Bool // first invalid request logged at Warn, later at Debug
 
@@ -96,10 +98,10 @@ func serveTransmission(ctx context.Context, nc net.Conn, br *bufio.Reader, e *Ex
 	lo, _, hi := e.blockSizes()
 	c := &conn{
 		nc: nc, br: br, e: e, log: log, minLen: lo, maxLen: hi,
-		wake: make(chan struct{}, 1),
-		quit: make(chan struct{}),
+		budget: inflight.New(maxInflight, maxInflightBytes),
+		wake:   make(chan struct{}, 1),
+		quit:   make(chan struct{}),
 	}
-	c.cond.L = &c.mu
 	switch nc.(type) {
 	case *rawio.Conn:
 	default:
@@ -140,13 +142,10 @@ func serveTransmission(ctx context.Context, nc net.Conn, br *bufio.Reader, e *Ex
 }
 
 // interrupt stops the reader for a shutdown: a past read deadline ends a
-// blocked read and stopping ends a wait for in-flight budget.
+// blocked read and a stopped budget ends a wait for room.
 func (c *conn) interrupt() {
 	c.nc.SetReadDeadline(time.Now())
-	c.mu.Lock()
-	c.stopping = true
-	c.cond.Broadcast()
-	c.mu.Unlock()
+	c.budget.Stop()
 }
 
 // stopReading tells the writer no more requests are coming, so it can exit
@@ -196,7 +195,8 @@ func (c *conn) drain(ctx context.Context, writerDone <-chan struct{}, patient bo
 func (c *conn) finish() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := c.inflight
+	n := c.budget.InFlight()
+	c.budget.Stop()
 	c.finished = true
 	for i, r := range c.queue {
 		recycle(r)
@@ -204,7 +204,6 @@ func (c *conn) finish() int {
 	}
 	c.queue = c.queue[:0]
 	close(c.quit)
-	c.cond.Broadcast()
 	return n
 }
 
@@ -258,32 +257,15 @@ func (c *conn) enqueue(r *Request) {
 // Requests held in the reader's batch are submitted before it waits: their
 // replies may be what frees the budget.
 func (c *conn) acquire(cost int64) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for !c.stopping && !c.finished &&
-		(c.inflight >= maxInflight || (c.inflight > 0 && c.inflightBytes+cost > maxInflightBytes)) {
-		if len(c.held) > 0 {
-			c.mu.Unlock()
-			c.submitHeld()
-			c.mu.Lock()
-			continue
+	for !c.budget.TryAcquire(cost) {
+		if len(c.held) == 0 {
+			return c.budget.Acquire(cost)
 		}
-		c.cond.Wait()
+		c.submitHeld()
 	}
-	if c.stopping || c.finished {
-		return false
-	}
-	c.inflight++
-	c.inflightBytes += cost
 	return true
 }
 
 // release returns the budget of n requests whose replies are written or that
 // will never get one.
-func (c *conn) release(n int, cost int64) {
-	c.mu.Lock()
-	c.inflight -= n
-	c.inflightBytes -= cost
-	c.cond.Broadcast()
-	c.mu.Unlock()
-}
+func (c *conn) release(n int, cost int64) { c.budget.Release(n, cost) }

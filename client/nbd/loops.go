@@ -1,13 +1,12 @@
 package nbd
 
 import (
-	"github.com/dstproject/dst/internal/rawio"
-
 	"encoding/binary"
 	"fmt"
 	"io"
 
 	"github.com/dstproject/dst/internal/nbdwire"
+	"github.com/dstproject/dst/internal/rawio"
 )
 
 // readLoop reads requests until NBD_CMD_DISC (errDisc), a protocol
@@ -156,8 +155,9 @@ func (c *conn) writeLoop() {
 			c.writeQueued()
 		}
 		c.mu.Lock()
-		done := c.readerDone && c.inflight == 0 && !c.writing
+		done := c.readerDone && !c.writing
 		c.mu.Unlock()
+		done = done && c.budget.InFlight() == 0
 		if done {
 			return
 		}
