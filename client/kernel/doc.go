@@ -10,6 +10,10 @@
 // client/nbd.ServeTransmission serving the other. The kernel speaks only the
 // transmission phase on these sockets; there is no handshake.
 //
+// state.go keeps what a serving process records about its device (Store,
+// State) and decides, from that record and the kernel's view, whether a
+// new attach connects a device or takes one back (Decide).
+//
 // # Restart without unmounting
 //
 // The device is configured with a dead-connection timeout. When the serving

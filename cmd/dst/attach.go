@@ -126,7 +126,7 @@ func cmdAttach(ctx context.Context, args []string) error {
 		return err
 	}
 	if kopt != nil {
-		if err := kopt.plan(pos[0], pos[1]); err != nil {
+		if err := kopt.plan(log, pos[0], pos[1]); err != nil {
 			return err
 		}
 	}

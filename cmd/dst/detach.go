@@ -24,7 +24,7 @@ func cmdDetach(ctx context.Context, args []string) error {
 		return err
 	}
 	if !st.Connected {
-		removeState(index, 0)
+		states().Remove(index, 0)
 		return fmt.Errorf("%s is not attached", kernel.Path(index))
 	}
 	if err := kernel.Disconnect(index); err != nil {
@@ -32,15 +32,15 @@ func cmdDetach(ctx context.Context, args []string) error {
 	}
 	// The attach process sees its sockets end and exits; wait for it so
 	// that detach returning means the device is free.
-	if s, err := readState(index); err == nil {
+	if s, err := states().Read(index); err == nil {
 		deadline := time.Now().Add(*wait)
-		for s.alive() && time.Now().Before(deadline) && ctx.Err() == nil {
+		for s.Alive() && time.Now().Before(deadline) && ctx.Err() == nil {
 			time.Sleep(50 * time.Millisecond)
 		}
-		if s.alive() {
+		if s.Alive() {
 			return fmt.Errorf("%s is detached but dst attach (pid %d) has not exited after %v", kernel.Path(index), s.PID, *wait)
 		}
-		removeState(index, s.PID)
+		states().Remove(index, s.PID)
 	}
 	return nil
 }

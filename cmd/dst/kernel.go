@@ -2,17 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
-	"strconv"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/dstproject/dst/client"
@@ -29,6 +24,7 @@ const kernelTimeoutMargin = 30 * time.Second
 type kernelOptions struct {
 	index           int // -1: --device auto
 	queues          int
+	queuesAsked     bool // --queues was given, not defaulted
 	timeout         time.Duration
 	deadConnTimeout time.Duration
 	reconfigure     bool   // the device waits for us after a crash
@@ -36,7 +32,7 @@ type kernelOptions struct {
 }
 
 func newKernelOptions(device string, queues int, ioTimeout, deadConn time.Duration) (*kernelOptions, error) {
-	k := &kernelOptions{index: -1, queues: queues, deadConnTimeout: deadConn}
+	k := &kernelOptions{index: -1, queues: queues, queuesAsked: queues != 0, deadConnTimeout: deadConn}
 	if device != "auto" {
 		i, err := kernel.ParsePath(device)
 		if err != nil {
@@ -62,10 +58,10 @@ func newKernelOptions(device string, queues int, ioTimeout, deadConn time.Durati
 func (k *kernelOptions) backend() string { return "dst:" + k.server + "/" + k.export }
 
 // plan decides between connecting and reconfiguring a named device before
-// anything is dialed: a device still configured but served by nobody is
-// one whose dst attach died, and gets its sockets back; any other
-// configured device is refused.
-func (k *kernelOptions) plan(server, export string) error {
+// anything is dialed (kernel.Decide). A reconfigure keeps the socket count
+// the device was connected with; a different --queues is logged and
+// ignored.
+func (k *kernelOptions) plan(log *slog.Logger, server, export string) error {
 	k.server, k.export = server, export
 	if _, err := kernel.List(); errors.Is(err, kernel.ErrNoDriver) {
 		loadDriver()
@@ -80,22 +76,21 @@ func (k *kernelOptions) plan(server, export string) error {
 	if err != nil {
 		return err
 	}
-	if !st.Connected {
-		return nil
+	var saved *kernel.State
+	var readErr error
+	if st.Connected {
+		saved, readErr = states().Read(k.index)
 	}
-	path := kernel.Path(k.index)
-	s, err := readState(k.index)
+	p, err := kernel.Decide(k.index, st.Connected, saved, readErr,
+		kernel.Want{Server: server, Export: export, Queues: k.queues}, (*kernel.State).Alive)
 	if err != nil {
-		return fmt.Errorf("%s is attached by another program (no dst state: %v)", path, err)
+		return err
 	}
-	if s.alive() {
-		return fmt.Errorf("%s is served by dst attach (pid %d); run dst detach %s first", path, s.PID, path)
+	if p.Queues != k.queues && k.queuesAsked {
+		log.Warn("the device keeps the sockets it was connected with", "device", kernel.Path(k.index),
+			"queues", p.Queues, "asked", k.queues)
 	}
-	if s.Server != server || s.Export != export {
-		return fmt.Errorf("%s waits for %s on %s, not %s on %s; run dst detach %s first",
-			path, s.Export, s.Server, export, server, path)
-	}
-	k.reconfigure = true
+	k.reconfigure, k.queues = p.Reconfigure, p.Queues
 	return nil
 }
 
@@ -130,9 +125,9 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 	if err != nil {
 		return err
 	}
-	st := &deviceState{Device: dev.Path, Server: cfg.Server, Export: k.export, PID: os.Getpid(),
+	st := &kernel.State{Device: dev.Path, Server: cfg.Server, Export: k.export, PID: os.Getpid(),
 		Queues: k.queues, Started: time.Now().UTC().Format(time.RFC3339)}
-	if err := writeState(dev.Index, st); err != nil {
+	if err := states().Write(dev.Index, st); err != nil {
 		log.Warn("cannot record the device; dst list will not know it", "err", err)
 	}
 	if k.index < 0 {
@@ -150,72 +145,11 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 	if err != nil {
 		return fmt.Errorf("%w; %s waits %v for dst attach to restart", err, dev.Path, k.deadConnTimeout)
 	}
-	removeState(dev.Index, os.Getpid())
+	states().Remove(dev.Index, os.Getpid())
 	log.Info("detached", "device", dev.Path)
 	return nil
 }
 
-// deviceState is /run/dst/nbdN.json: what dst list shows and what a
-// restarted attach checks before reconfiguring.
-type deviceState struct {
-	Device  string `json:"device"`
-	Server  string `json:"server"`
-	Export  string `json:"export"`
-	PID     int    `json:"pid"`
-	Queues  int    `json:"queues"`
-	Started string `json:"started"`
-}
-
-// stateDir holds the state files; DST_RUN_DIR moves it (tests).
-func stateDir() string { return envOr("DST_RUN_DIR", "/run/dst") }
-
-func statePath(index int) string {
-	return filepath.Join(stateDir(), "nbd"+strconv.Itoa(index)+".json")
-}
-
-func writeState(index int, s *deviceState) error {
-	if err := os.MkdirAll(stateDir(), 0o755); err != nil {
-		return err
-	}
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := statePath(index) + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, statePath(index))
-}
-
-func readState(index int) (*deviceState, error) {
-	b, err := os.ReadFile(statePath(index))
-	if err != nil {
-		return nil, err
-	}
-	var s deviceState
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("%s: %w", statePath(index), err)
-	}
-	return &s, nil
-}
-
-// removeState removes the state file if it still names pid (0: any).
-func removeState(index, pid int) {
-	if s, err := readState(index); err == nil && (pid == 0 || s.PID == pid) {
-		os.Remove(statePath(index))
-	}
-}
-
-// alive reports whether the recorded process still runs and is a dst:
-// after a reboot or a crash its pid may belong to something else.
-func (s *deviceState) alive() bool {
-	if s.PID <= 0 {
-		return false
-	}
-	if err := syscall.Kill(s.PID, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return false
-	}
-	comm, err := os.ReadFile("/proc/" + strconv.Itoa(s.PID) + "/comm")
-	return err != nil || strings.HasPrefix(strings.TrimSpace(string(comm)), "dst")
-}
+// states is where device records are kept (kernel.Store): /run/dst, or
+// DST_RUN_DIR (tests).
+func states() kernel.Store { return kernel.Store{Dir: envOr("DST_RUN_DIR", "/run/dst")} }

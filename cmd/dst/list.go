@@ -32,13 +32,13 @@ func cmdList(ctx context.Context, args []string) error {
 			continue
 		}
 		path := kernel.Path(d.Index)
-		s, err := readState(d.Index)
+		s, err := states().Read(d.Index)
 		if err != nil {
 			fmt.Fprintf(w, "%s\t-\t-\t%s\t-\n", path, stateForeign)
 			continue
 		}
 		state := stateServing
-		if !s.alive() {
+		if !s.Alive() {
 			state = stateDead
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", path, s.Export, s.Server, state, s.PID)
