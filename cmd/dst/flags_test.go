@@ -76,3 +76,25 @@ func TestHuman(t *testing.T) {
 		}
 	}
 }
+
+func TestAttachProcs(t *testing.T) {
+	for _, tt := range []struct {
+		flag int
+		env  string
+		want int
+		err  bool
+	}{
+		{flag: 0, env: "", want: 1},
+		{flag: 0, env: "3", want: 3},
+		{flag: 2, env: "3", want: 2},
+		{flag: 4, env: "", want: 4},
+		{flag: -1, err: true},
+		{flag: 0, env: "zero", err: true},
+		{flag: 0, env: "0", err: true},
+	} {
+		got, err := attachProcs(tt.flag, tt.env)
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("attachProcs(%d, %q) = %d, %v; want %d, error %v", tt.flag, tt.env, got, err, tt.want, tt.err)
+		}
+	}
+}
