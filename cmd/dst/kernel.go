@@ -41,7 +41,7 @@ func newKernelOptions(device string, queues int, ioTimeout, deadConn time.Durati
 		k.index = i
 	}
 	if k.queues == 0 {
-		k.queues = min(runtime.NumCPU(), 4)
+		k.queues = defaultQueues()
 	}
 	if k.queues < 0 || k.queues > 64 {
 		return nil, usagef("--queues %d: want 1 to 64", queues)
@@ -55,6 +55,18 @@ func newKernelOptions(device string, queues int, ioTimeout, deadConn time.Durati
 	return k, nil
 }
 
+// defaultQueues is the number of kernel sockets a device gets when
+// --queues is not given: one per CPU up to 4 where the kernel's nbd
+// receive workers cannot starve each other (kernel.SafeSockets), one
+// elsewhere. Either way the queue connections behind the device carry
+// requests in parallel.
+func defaultQueues() int {
+	if safe, _ := kernel.SafeSockets(); safe {
+		return min(runtime.NumCPU(), 4)
+	}
+	return 1
+}
+
 func (k *kernelOptions) backend() string { return "dst:" + k.server + "/" + k.export }
 
 // plan decides between connecting and reconfiguring a named device before
@@ -65,6 +77,12 @@ func (k *kernelOptions) plan(log *slog.Logger, server, export string) error {
 	k.server, k.export = server, export
 	if _, err := kernel.List(); errors.Is(err, kernel.ErrNoDriver) {
 		loadDriver()
+	}
+	if safe, rel := kernel.SafeSockets(); !safe && k.queues > 1 {
+		log.Warn("more than one socket per device can hang a fresh device on this kernel: the nbd driver's "+
+			"receive work for one socket may wait behind another's until the kernel times out; "+
+			"--queues 1 avoids it, and dst's --connections still carry requests in parallel",
+			"kernel", rel, "queues", k.queues)
 	}
 	if k.index < 0 {
 		return nil
