@@ -44,7 +44,10 @@ type Config struct {
 	Ciphers    []crypto.Cipher // nil allows all
 	Exports    []ExportConfig
 	Workers    int // I/O workers shared by all clients; 0 means DefaultWorkers
-	Logger     *slog.Logger
+	// MaxSessionsPerKey bounds the control sessions one client key may
+	// hold at once; 0 means DefaultMaxSessionsPerKey.
+	MaxSessionsPerKey int
+	Logger            *slog.Logger
 }
 
 // ParseExportFlag parses the command line form of an export:
@@ -98,6 +101,7 @@ type configFile struct {
 	AuthorizedKeys       string       `toml:"authorized_keys"`
 	Ciphers              []string     `toml:"ciphers"`
 	Workers              int          `toml:"workers"`
+	MaxSessionsPerKey    int          `toml:"max_sessions_per_key"`
 	AllowInsecureKeyMode bool         `toml:"allow_insecure_key_mode"`
 	Export               []exportFile `toml:"export"`
 }
@@ -117,6 +121,7 @@ type exportFile struct {
 //	authorized_keys = "authorized_keys"
 //	ciphers = ["chacha20-poly1305"]     # optional; default all
 //	workers = 64                        # optional
+//	max_sessions_per_key = 64           # optional
 //	allow_insecure_key_mode = false     # optional; see crypto.KeyModePolicy
 //
 //	[[export]]
@@ -149,7 +154,10 @@ func LoadConfig(path string, keyMode crypto.KeyModePolicy) (*Config, error) {
 		}
 		return filepath.Join(dir, p)
 	}
-	c := &Config{Listen: f.Listen, Workers: f.Workers}
+	c := &Config{Listen: f.Listen, Workers: f.Workers, MaxSessionsPerKey: f.MaxSessionsPerKey}
+	if f.MaxSessionsPerKey < 0 {
+		return nil, fmt.Errorf("server: config %s: max_sessions_per_key = %d: want a positive number", path, f.MaxSessionsPerKey)
+	}
 	if f.Workers < 0 {
 		return nil, fmt.Errorf("server: config %s: workers = %d: want a positive number", path, f.Workers)
 	}

@@ -71,6 +71,7 @@ key = "server.key"
 authorized_keys = "authorized_keys"
 ciphers = ["chacha20-poly1305"]
 workers = 16
+max_sessions_per_key = 8
 
 [[export]]
 name = "data"
@@ -90,7 +91,7 @@ volatile = true
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != "127.0.0.1:7701" || c.Workers != 16 || !c.PrivateKey.Equal(sk) {
+	if c.Listen != "127.0.0.1:7701" || c.Workers != 16 || c.MaxSessionsPerKey != 8 || !c.PrivateKey.Equal(sk) {
 		t.Errorf("config %+v", c)
 	}
 	if _, ok := c.Authorized.Contains(ck); !ok {
@@ -128,6 +129,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"export without path", keys + "[[export]]\nname = \"d\"\n", "has no path"},
 		{"syntax", keys + "workers = \n", "dst.toml"},
 		{"negative workers", keys + "workers = -1\n" + export, "workers"},
+		{"negative session bound", keys + "max_sessions_per_key = -1\n" + export, "max_sessions_per_key"},
 		{"volatile read-only", keys + export + "read_only = true\nvolatile = true\n", "volatile and read-only"},
 	} {
 		path := filepath.Join(dir, "dst.toml")

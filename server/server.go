@@ -22,6 +22,11 @@ import (
 // zero.
 const DefaultWorkers = 64
 
+// DefaultMaxSessionsPerKey bounds the control sessions of one client key
+// (Config.MaxSessionsPerKey). An attachment holds one at a time; a host
+// with a few dozen devices, each reconnecting, stays well under it.
+const DefaultMaxSessionsPerKey = 64
+
 // ErrServerClosed is returned by Serve and ServeConn after Close.
 var ErrServerClosed = errors.New("server: closed")
 
@@ -42,6 +47,9 @@ type Server struct {
 	// the token its queue connections present. Both under mu.
 	sessions map[*session]struct{}
 	tokens   map[wire.Identity]*session
+	perKey   map[crypto.PublicKey]int // live sessions of each client key
+	// keyCapLog reports sessions refused for their key's bound.
+	keyCapLog *rateLog
 	// admission bounds the connections in their handshake (admission.go).
 	admission *admission
 
@@ -78,6 +86,9 @@ func New(cfg *Config) (*Server, error) {
 	if c.Workers <= 0 {
 		c.Workers = DefaultWorkers
 	}
+	if c.MaxSessionsPerKey <= 0 {
+		c.MaxSessionsPerKey = DefaultMaxSessionsPerKey
+	}
 	if c.Listen == "" {
 		c.Listen = DefaultListen
 	}
@@ -104,6 +115,8 @@ func New(cfg *Config) (*Server, error) {
 	s.authorized.Store(c.Authorized)
 	s.sessions = make(map[*session]struct{})
 	s.tokens = make(map[wire.Identity]*session)
+	s.perKey = make(map[crypto.PublicKey]int)
+	s.keyCapLog = newRateLog(s.log, logEvery, "refusing session: too many sessions for its key")
 	s.attach = make(map[attachKey]*attachment)
 	s.admission = newAdmission(s.log, maxHandshakes, maxHandshakesPerSource)
 	s.jobs = make(chan *op)
@@ -344,16 +357,21 @@ func (s *Server) SetAuthorized(a *crypto.AuthorizedKeys) {
 }
 
 // track registers a live control session until the returned function is
-// called.
-func (s *Server) track(se *session) (untrack func()) {
+// called. n counts the live sessions of se's key, se included.
+func (s *Server) track(se *session) (untrack func(), n int) {
 	s.mu.Lock()
 	s.sessions[se] = struct{}{}
+	s.perKey[se.key]++
+	n = s.perKey[se.key]
 	s.mu.Unlock()
 	return func() {
 		s.mu.Lock()
 		delete(s.sessions, se)
+		if s.perKey[se.key]--; s.perKey[se.key] == 0 {
+			delete(s.perKey, se.key)
+		}
 		s.mu.Unlock()
-	}
+	}, n
 }
 
 // register makes se findable by its session token.

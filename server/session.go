@@ -43,6 +43,10 @@ type session struct {
 	conn  *crypto.Conn
 	mux   *yamux.Session
 	key   crypto.PublicKey
+	// overKeyCap is the key's session count when it exceeded
+	// Config.MaxSessionsPerKey at this session's start (0: within it); the
+	// session's HELLO is refused.
+	overKeyCap int
 	log   *slog.Logger
 	bytes *inflight.Limiter // payload bytes in flight, all queues
 
@@ -70,8 +74,17 @@ func (s *Server) serveControl(ctx context.Context, conn *crypto.Conn, peer strin
 		bytes:  inflight.New(0, sessionBytes),
 		queues: make(map[*queueConn]struct{}),
 	}
-	untrack := s.track(se)
+	untrack, n := s.track(se)
 	defer untrack()
+	if limit := s.cfg.MaxSessionsPerKey; n > limit {
+		// Answered at HELLO, so the client can say why; a key far over its
+		// bound is not worth a stream.
+		se.overKeyCap = n
+		s.keyCapLog.warn("peer", peer, "key", se.key.String(), "sessions", n, "max", limit)
+		if n > 2*limit {
+			sess.Close()
+		}
+	}
 	// A reload may have revoked the key while the handshake ran.
 	if _, ok := s.authorized.Load().Contains(se.key); !ok {
 		sess.Close()
@@ -166,6 +179,13 @@ func (se *session) serveHello(st *yamux.Stream, body []byte, log *slog.Logger) {
 	if h.Version != wire.Version {
 		log.Warn("refusing client: unsupported protocol version", "client", h.Client, "version", h.Version)
 		refuse(st, log, wire.StatusEINVAL, versionMessage(h.Version))
+		return
+	}
+	if se.overKeyCap > 0 {
+		refuse(st, log, wire.StatusENOMEM, fmt.Sprintf(
+			"too many sessions for this client key: %d open, the server allows %d (max_sessions_per_key)",
+			se.overKeyCap, se.srv.cfg.MaxSessionsPerKey))
+		se.close()
 		return
 	}
 	se.mu.Lock()

@@ -557,3 +557,54 @@ func TestLargeTransfers(t *testing.T) {
 		t.Fatal("32 MiB round trip differs")
 	}
 }
+
+// TestSessionsPerKey: a key's sessions beyond MaxSessionsPerKey are
+// refused at HELLO with a message naming the bound, the key's other
+// sessions keep working, and a session that ends makes room.
+func TestSessionsPerKey(t *testing.T) {
+	leakCheck(t)
+	e := &env{t: t, mem: map[string]*servertest.MemBackend{"disk": servertest.NewMemBackend(1 << 20)}}
+	e.start(&server.Config{Logger: testsupport.Logger(t), Workers: 4, MaxSessionsPerKey: 3,
+		Exports: []server.ExportConfig{{Name: "disk", Path: "mem:disk", Backend: e.mem["disk"]}}})
+	sessions := []*ctl{e.cli, e.connect(), e.connect()}
+	for i, c := range sessions {
+		if _, typ, _ := hello(t, c, wire.Identity{byte(i + 1)}, 1); typ != wire.MsgServerInfo {
+			t.Fatalf("session %d of 3: HELLO answered with %v", i+1, typ)
+		}
+	}
+	over := e.connect()
+	_, typ, body := hello(t, over, wire.Identity{9}, 1)
+	if typ != wire.MsgError {
+		t.Fatalf("a fourth session of the key: HELLO answered with %v, want ERROR", typ)
+	}
+	m, err := wire.DecodeError(body)
+	if err != nil || m.Status != wire.StatusENOMEM || !strings.Contains(m.Message, "max_sessions_per_key") ||
+		!strings.Contains(m.Message, "allows 3") {
+		t.Fatalf("refusal %+v, %v; want ENOMEM naming max_sessions_per_key and its value", m, err)
+	}
+	c := e.open(e.cli, "disk")
+	if _, st := c.read(0, 512); st != wire.StatusOK {
+		t.Fatalf("the key's first session, after the refusal: read %v", st)
+	}
+	// The refused session is closed by the server, and one ended by its
+	// client makes room for another.
+	select {
+	case <-over.mux.CloseChan():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the refused session is still open")
+	}
+	sessions[2].mux.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		again := e.connect()
+		_, typ, _ := hello(t, again, wire.Identity{10}, 1)
+		if typ == wire.MsgServerInfo {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no room for a new session after one of the key's sessions ended")
+		}
+		again.mux.Close()
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -28,6 +28,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	fs.Var(&exports, "export", "export a file or block device: `NAME=PATH[,ro]` (repeatable)")
 	fs.Var(&ciphers, "cipher", "allow only this `CIPHER` (aes-256-gcm, chacha20-poly1305; repeatable)")
 	workers := fs.Int("workers", 0, "bound on concurrently running I/O requests (default 64)")
+	perKey := fs.Int("max-sessions-per-key", 0, "bound on the sessions one client key may hold at once (default 64)")
 	keyMode := keyModeFlag(fs)
 	logger := logFlag(fs)
 	if _, err := parse(fs, args, 0, 0); err != nil {
@@ -91,6 +92,12 @@ func cmdServe(ctx context.Context, args []string) error {
 	}
 	if *workers > 0 {
 		cfg.Workers = *workers
+	}
+	if *perKey < 0 {
+		return usagef("--max-sessions-per-key %d: want a positive number", *perKey)
+	}
+	if *perKey > 0 {
+		cfg.MaxSessionsPerKey = *perKey
 	}
 	cfg.Logger = log
 	switch {
