@@ -8,4 +8,10 @@
 // through the session's send loop and every read through its receive loop,
 // and on a small machine those two goroutine hand-offs per frame cost more
 // than the encryption.
+//
+// A server's session reads the peer through a guard (guard.go) that follows
+// yamux's frame headers and ends the session of a peer that pings or opens
+// streams faster than a client ever needs: yamux answers every ping from a
+// goroutine of its own, which a peer that stops reading would otherwise
+// multiply without bound.
 package mux

@@ -35,12 +35,15 @@ func (o *Options) config() *yamux.Config {
 	c.StreamOpenTimeout = 30 * time.Second
 	c.StreamCloseTimeout = 30 * time.Second
 	c.LogOutput = nil
-	log := o.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	c.Logger = logAdapter{log.With("layer", "yamux")}
+	c.Logger = logAdapter{o.logger().With("layer", "yamux")}
 	return c
+}
+
+func (o *Options) logger() *slog.Logger {
+	if o.Logger != nil {
+		return o.Logger
+	}
+	return slog.Default()
 }
 
 // Client starts the client side of a session over conn, which carries the
@@ -56,12 +59,16 @@ func Client(conn net.Conn, o *Options) (*yamux.Session, error) {
 	return s, nil
 }
 
-// Server starts the server side of a session over conn.
+// Server starts the server side of a session over conn. The peer is held
+// to bounds on pings and new streams that yamux does not enforce (guard.go):
+// one that breaks them loses the session.
 func Server(conn net.Conn, o *Options) (*yamux.Session, error) {
 	if o == nil {
 		o = &Options{}
 	}
-	s, err := yamux.Server(conn, o.config())
+	c := o.config()
+	c.AcceptBacklog = serverBacklog
+	s, err := yamux.Server(newGuard(conn, o.logger()), c)
 	if err != nil {
 		return nil, fmt.Errorf("mux: starting server session: %w", err)
 	}
