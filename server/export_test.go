@@ -19,3 +19,11 @@ const (
 	HandshakeFirstTimeout = handshakeFirstTimeout
 	FirstMessageTimeout   = firstMessageTimeout
 )
+
+// SetKeyBytes lowers the per-key byte budget of sessions started from now
+// on, until restore is called.
+func SetKeyBytes(n int64) (restore func()) {
+	old := keyBytes
+	keyBytes = n
+	return func() { keyBytes = old }
+}

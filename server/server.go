@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/inflight"
 	"github.com/dstproject/dst/wire"
 )
 
@@ -47,7 +48,7 @@ type Server struct {
 	// the token its queue connections present. Both under mu.
 	sessions map[*session]struct{}
 	tokens   map[wire.Identity]*session
-	perKey   map[crypto.PublicKey]int // live sessions of each client key
+	perKey   map[crypto.PublicKey]*keyState // live sessions of each client key
 	// keyCapLog reports sessions refused for their key's bound.
 	keyCapLog *rateLog
 	// admission bounds the connections in their handshake (admission.go).
@@ -115,7 +116,7 @@ func New(cfg *Config) (*Server, error) {
 	s.authorized.Store(c.Authorized)
 	s.sessions = make(map[*session]struct{})
 	s.tokens = make(map[wire.Identity]*session)
-	s.perKey = make(map[crypto.PublicKey]int)
+	s.perKey = make(map[crypto.PublicKey]*keyState)
 	s.keyCapLog = newRateLog(s.log, logEvery, "refusing session: too many sessions for its key")
 	s.attach = make(map[attachKey]*attachment)
 	s.admission = newAdmission(s.log, maxHandshakes, maxHandshakesPerSource)
@@ -356,18 +357,31 @@ func (s *Server) SetAuthorized(a *crypto.AuthorizedKeys) {
 	wg.Wait()
 }
 
+// keyState is what the live sessions of one client key share.
+type keyState struct {
+	sessions int
+	bytes    *inflight.Limiter // payload bytes in flight, all the key's sessions
+}
+
 // track registers a live control session until the returned function is
-// called. n counts the live sessions of se's key, se included.
+// called, and gives it its key's byte budget. n counts the live sessions
+// of se's key, se included.
 func (s *Server) track(se *session) (untrack func(), n int) {
 	s.mu.Lock()
 	s.sessions[se] = struct{}{}
-	s.perKey[se.key]++
-	n = s.perKey[se.key]
+	k := s.perKey[se.key]
+	if k == nil {
+		k = &keyState{bytes: inflight.New(0, keyBytes)}
+		s.perKey[se.key] = k
+	}
+	k.sessions++
+	n = k.sessions
+	se.keyBytes = k.bytes
 	s.mu.Unlock()
 	return func() {
 		s.mu.Lock()
 		delete(s.sessions, se)
-		if s.perKey[se.key]--; s.perKey[se.key] == 0 {
+		if k.sessions--; k.sessions == 0 {
 			delete(s.perKey, se.key)
 		}
 		s.mu.Unlock()

@@ -34,21 +34,27 @@ const (
 	firstMessageTimeout = 30 * time.Second
 )
 
+// keyBytes bounds payload bytes in flight on all sessions of one client
+// key, so that opening more sessions does not multiply what one key can make
+// the server hold. A variable so tests can lower it.
+var keyBytes int64 = 256 << 20
+
 // session is one client's control connection: its yamux session, the
 // state its queue connections share (the fence gate, the byte budget) and
 // those connections.
 type session struct {
 	sessionGate
-	srv   *Server
-	conn  *crypto.Conn
-	mux   *yamux.Session
-	key   crypto.PublicKey
+	srv  *Server
+	conn *crypto.Conn
+	mux  *yamux.Session
+	key  crypto.PublicKey
 	// overKeyCap is the key's session count when it exceeded
 	// Config.MaxSessionsPerKey at this session's start (0: within it); the
 	// session's HELLO is refused.
 	overKeyCap int
-	log   *slog.Logger
-	bytes *inflight.Limiter // payload bytes in flight, all queues
+	log        *slog.Logger
+	bytes      *inflight.Limiter // payload bytes in flight, all queues
+	keyBytes   *inflight.Limiter // payload bytes in flight, all sessions of the key
 
 	mu     sync.Mutex
 	token  wire.Identity // SERVER_INFO's session token, set once HELLO is answered

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -606,5 +607,39 @@ func TestSessionsPerKey(t *testing.T) {
 		}
 		again.mux.Close()
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestKeyBudget: payload buffers announced by WRITE headers whose bodies
+// never come are bounded by the key's budget across all its sessions, not
+// only by each session's: more sessions do not buy a key more memory.
+func TestKeyBudget(t *testing.T) {
+	defer server.SetKeyBytes(16 << 20)()
+	e := newEnv(t, exportSpec{name: "disk", size: 4 << 20})
+	sessions := []*ctl{e.cli, e.connect()}
+	for i, c := range sessions {
+		if _, typ, _ := hello(t, c, wire.Identity{byte(i + 1)}, 1); typ != wire.MsgServerInfo {
+			t.Fatalf("HELLO answered with %v", typ)
+		}
+	}
+	heap := func() int64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+	before := heap()
+	for _, s := range sessions {
+		for range 8 {
+			// A 3 MiB WRITE's header alone: the server sets a buffer
+			// aside for the body and waits for it.
+			e.openRaw(s, "disk").send(wire.Request{Cmd: wire.CmdWrite, Length: 3 << 20}, nil)
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // let every reader get as far as it can
+	grown := heap() - before
+	t.Logf("heap grew %d MiB for 16 announced 3 MiB bodies, key budget 16 MiB", grown>>20)
+	if grown > 40<<20 {
+		t.Fatalf("heap grew %d MiB: announced bodies beyond the key's 16 MiB budget were allocated", grown>>20)
 	}
 }
