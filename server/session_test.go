@@ -3,12 +3,14 @@ package server_test
 import (
 	"bytes"
 	"encoding/binary"
+	"io"
 	"math/rand/v2"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -642,4 +644,45 @@ func TestKeyBudget(t *testing.T) {
 	if grown > 40<<20 {
 		t.Fatalf("heap grew %d MiB: announced bodies beyond the key's 16 MiB budget were allocated", grown>>20)
 	}
+}
+
+// TestHangUpStartsNothingMore: a client queues some 320 KB of 1 MiB READ
+// headers on a queue connection, reading the replies, then hangs up its
+// control session. What it had queued is not run afterwards (the server's
+// CPU time stays small), and the server shuts down at once.
+func TestHangUpStartsNothingMore(t *testing.T) {
+	e := newEnv(t, exportSpec{name: "disk", size: 64 << 20})
+	e.tcp = true // the kernel buffers what the server has not read yet
+	c := e.openRaw(e.cli, "disk")
+	go io.Copy(io.Discard, c.st)
+	var hdrs []byte
+	for i := range 10000 {
+		r := wire.Request{Cmd: wire.CmdRead, ID: uint64(i + 1), Offset: uint64(i%64) << 20, Length: 1 << 20}
+		hdrs = append(hdrs, make([]byte, wire.RequestSize)...)
+		r.Encode(hdrs[len(hdrs)-wire.RequestSize:])
+	}
+	go c.st.Write(hdrs) // ends when the server closes the connection
+	time.Sleep(200 * time.Millisecond)
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	before := cpu()
+	e.cli.mux.Close()
+	time.Sleep(time.Second)
+	start := time.Now()
+	if err := e.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	took, used := time.Since(start), cpu()-before
+	t.Logf("after the hang-up: %v of CPU; Close took %v", used, took)
+	if took > 3*time.Second {
+		t.Errorf("Close took %v after the client hung up", took)
+	}
+	// What was queued is up to 10 GB of copies and checksums.
+	if used > 500*time.Millisecond {
+		t.Errorf("%v of CPU in the second after the hang-up: the server ran what the client had queued", used)
+	}
+	c.st.Close()
 }
