@@ -77,3 +77,19 @@ func TestVMMirror(t *testing.T) {
 		},
 	})
 }
+
+// TestVMRaid1 builds dst-mirror's default raid1 (dm-raid with metadata and
+// a write-intent bitmap) over two dst devices, kills one leg's server,
+// and checks that the repair copies only what was written meanwhile.
+func TestVMRaid1(t *testing.T) {
+	leg := func(n string) exportSpec { return exportSpec{name: n, size: 256 << 20} }
+	runScenario(t, scenario{
+		script:  "raid1.sh",
+		timeout: 8 * time.Minute,
+		files:   []string{"scripts/dst-mirror"},
+		servers: []serverSpec{
+			{name: "a", exports: []exportSpec{leg("disk")}},
+			{name: "b", exports: []exportSpec{leg("disk")}},
+		},
+	})
+}

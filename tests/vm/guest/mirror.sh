@@ -30,7 +30,7 @@ attach a disk /dev/nbd0 --io-timeout "$IOT"
 attach b disk /dev/nbd1 --io-timeout "$IOT"
 
 # Fresh sparse exports read as zeros on both legs: no initial copy needed.
-t mirror create mir --nosync /dev/nbd0 /dev/nbd1
+t mirror create mir --type mirror --nosync /dev/nbd0 /dev/nbd1
 mirror status mir
 mirror status mir | head -1 | grep -q ', in sync$' || fail "new mirror not in sync"
 mkfs.ext4 -q -F /dev/mapper/mir
