@@ -3,10 +3,12 @@ package vm
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -226,8 +228,9 @@ func (s *server) flushes() (int, error) {
 	return n, nil
 }
 
-// writeEnv writes the guest's /opt/vm.env.
-func (h *host) writeEnv() string {
+// writeEnv writes the guest's /opt/vm.env, with the scenario's own
+// variables last.
+func (h *host) writeEnv(more map[string]string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "DST_KEY=/opt/%s\n", filepath.Base(h.clientKey))
 	fmt.Fprintf(&b, "DST_VMCTL=10.0.2.2:%d\n", h.ctlAddr.Port)
@@ -236,6 +239,9 @@ func (h *host) writeEnv() string {
 		_, port, _ := net.SplitHostPort(s.addr)
 		fmt.Fprintf(&b, "DST_SERVER_%s=10.0.2.2:%s\n", name, port)
 		fmt.Fprintf(&b, "DST_SERVER_KEY_%s='%s'\n", name, s.pub)
+	}
+	for _, k := range slices.Sorted(maps.Keys(more)) {
+		fmt.Fprintf(&b, "%s='%s'\n", k, more[k])
 	}
 	p := filepath.Join(h.dir, "vm.env")
 	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"os"
 	"os/exec"
 	"testing"
 	"time"
@@ -91,5 +92,24 @@ func TestVMRaid1(t *testing.T) {
 			{name: "a", exports: []exportSpec{leg("disk")}},
 			{name: "b", exports: []exportSpec{leg("disk")}},
 		},
+	})
+}
+
+// TestVMFreshDevice is the guard against the nbd driver's receive-work
+// starvation: attach, partition scan, a burst of pinned O_DIRECT reads and
+// detach, with real-time spinners on every CPU while the device starts.
+// CI runs 5 cycles; DST_VM_LONG=1 (scripts/test --long) runs 100.
+// DST_VM_QUEUES passes --queues, to show what more sockets do on a
+// kernel without the workqueue fix.
+func TestVMFreshDevice(t *testing.T) {
+	cycles, timeout := "5", 4*time.Minute
+	if os.Getenv("DST_VM_LONG") == "1" {
+		cycles, timeout = "100", 40*time.Minute
+	}
+	runScenario(t, scenario{
+		script:  "freshdev.sh",
+		timeout: timeout,
+		servers: []serverSpec{{name: "a", exports: []exportSpec{disk("disk")}}},
+		env:     map[string]string{"CYCLES": cycles, "QUEUES": os.Getenv("DST_VM_QUEUES")},
 	})
 }

@@ -28,6 +28,8 @@ type scenario struct {
 	files []string
 	// check runs on the host after the guest script succeeded.
 	check func(t *testing.T, h *host)
+	// env is more variables for the guest's /opt/vm.env.
+	env map[string]string
 }
 
 // serverSpec declares a host dst server. The guest finds it as
@@ -111,7 +113,7 @@ func runScenario(t *testing.T, sc scenario) {
 		h.addServer(s)
 	}
 	h.serveControl()
-	env := h.writeEnv()
+	env := h.writeEnv(sc.env)
 
 	timeout := sc.timeout
 	if timeout == 0 {

@@ -1,0 +1,56 @@
+# The fresh-device guard: attach, partition scan and a burst of reads
+# right after the device starts, detach, $CYCLES times, with real-time
+# spinners on every CPU while the device starts (the forcing recipe of the
+# nbd receive-work starvation: the kernel is slow to create a worker, and
+# the workqueue's rescuer takes over). Every cycle: as many threads in
+# recv_work as the device has sockets, and an O_DIRECT read pinned to each
+# CPU returns within 2 s. $QUEUES, if set, is passed as --queues.
+# shellcheck shell=sh source=SCRIPTDIR/vmlib.sh
+. /opt/vmlib.sh
+: "${CYCLES:=5}"
+ncpu=$(nproc)
+
+# spin SECONDS: a SCHED_FIFO busy loop on each CPU. The device starts
+# while they run: dst attach, kthreadd and the kernel's workers get only
+# what real-time throttling leaves (5%).
+spin() {
+	spinners=""
+	for c in $(seq 0 $((ncpu - 1))); do
+		timeout "$1" taskset -c "$c" chrt -f 10 sh -c 'while :; do :; done' &
+		spinners="$spinners $!"
+	done
+}
+
+wait_spinners() {
+	for p in $spinners; do wait "$p" 2>/dev/null || true; done
+}
+
+stalls=0
+for cycle in $(seq "$CYCLES"); do
+	spin "${SPIN:-6}"
+	attach a disk /dev/nbd0 --io-timeout 5s ${QUEUES:+--queues "$QUEUES"}
+	wait_spinners
+	sockets=$(find /sys/block/nbd0/mq -mindepth 1 -maxdepth 1 | wc -l)
+	# The partition scan has run on attach; now a burst from every CPU.
+	bad=0 pids=""
+	for c in $(seq 0 $((ncpu - 1))); do
+		for k in 1 2 3 4; do
+			taskset -c "$c" timeout 2 dd if=/dev/nbd0 of=/dev/null bs=4096 count=1 \
+				skip=$(((cycle * 97 + c * 13 + k) % 8192)) iflag=direct 2>/dev/null &
+			pids="$pids $!"
+		done
+	done
+	for j in $pids; do wait "$j" || bad=$((bad + 1)); done
+	recv=$(grep -l recv_work /proc/[0-9]*/stack 2>/dev/null | wc -l)
+	echo "cycle $cycle: $sockets socket(s), $recv thread(s) in recv_work, $bad read(s) over 2 s"
+	if [ "$bad" -gt 0 ] || [ "$recv" -ne "$sockets" ]; then
+		stalls=$((stalls + 1))
+		grep -l recv_work /proc/[0-9]*/stack 2>/dev/null | while read -r f; do
+			echo "  ${f%/stack}: $(cat "${f%/stack}/comm")"
+		done
+	fi
+	dst detach /dev/nbd0
+	wait "$ATTACH_PID" 2>/dev/null || true
+done
+echo "FRESHDEV $stalls stall(s) in $CYCLES cycle(s) with ${QUEUES:-default} queues"
+[ "$stalls" -eq 0 ] || fail "$stalls of $CYCLES cycles stalled"
