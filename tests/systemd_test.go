@@ -219,12 +219,14 @@ func (e *verifyError) Error() string {
 
 // fakeDmsetup is a stand-in for dmsetup that keeps each device's table,
 // status and uuid in files under dir, as the kernel would report them
-// (devices as MAJ:MIN), and logs every call.
+// (devices as MAJ:MIN), and logs every call. A device it creates gets a
+// MAJ:MIN of its own and a 4 MiB file in $DM_DIR/mapper.
 const fakeDmsetup = `#!/bin/sh
 echo "dmsetup $*" >>"$FAKE_DM/log"
 norm() {
 	for w in $1; do
 		case $w in
+		"$DM_DIR"/mapper/*) cat "$FAKE_DM/$(basename "$w").dev" ;;
 		/dev/*) cat "/sys/class/block/$(basename "$(readlink -f "$w")")/dev" ;;
 		*) echo "$w" ;;
 		esac
@@ -233,13 +235,30 @@ norm() {
 cmd=$1
 shift
 case $cmd in
-info) if [ "$1" = -c ]; then cat "$FAKE_DM/$5.uuid"; else [ -e "$FAKE_DM/$1.table" ]; fi ;;
-create) echo "$3" >"$FAKE_DM/$1.uuid"; norm "$5" >"$FAKE_DM/$1.table"; echo >>"$FAKE_DM/$1.table" ;;
-table) cat "$FAKE_DM/$1.table" ;;
+info)
+	if [ "$4" = name,uuid ]; then
+		for f in "$FAKE_DM"/*.uuid; do
+			[ -e "$f" ] || continue
+			n=$(basename "$f" .uuid)
+			echo "$n $(cat "$f")"
+		done
+	elif [ "$1" = -c ]; then cat "$FAKE_DM/$5.uuid"
+	else [ -e "$FAKE_DM/$1.table" ]; fi ;;
+create)
+	echo "$3" >"$FAKE_DM/$1.uuid"; norm "$5" >"$FAKE_DM/$1.table"; echo >>"$FAKE_DM/$1.table"
+	n=$(($(cat "$FAKE_DM/minor" 2>/dev/null || echo 0) + 1)); echo $n >"$FAKE_DM/minor"
+	echo "254:$n" >"$FAKE_DM/$1.dev"
+	truncate -s 4M "$DM_DIR/mapper/$1" ;;
+table)
+	if [ "$1" = -j ]; then
+		for f in "$FAKE_DM"/*.dev; do
+			[ "$(cat "$f")" = "$2:$4" ] && cat "${f%.dev}.table"
+		done
+	else cat "$FAKE_DM/$1.table"; fi ;;
 status) cat "$FAKE_DM/$1.status" ;;
 suspend | resume) ;;
 reload) norm "$3" >"$FAKE_DM/$1.table"; echo >>"$FAKE_DM/$1.table"; rm -f "$FAKE_DM/$1.status" ;;
-remove) rm -f "$FAKE_DM/$1".* ;;
+remove) rm -f "$FAKE_DM/$1".* "$DM_DIR/mapper/$1" ;;
 *) echo "fake dmsetup: $cmd?" >&2; exit 1 ;;
 esac
 `
@@ -263,6 +282,9 @@ func newMirrorEnv(t *testing.T) *mirrorEnv {
 	if err := os.Mkdir(fakes, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.MkdirAll(filepath.Join(dir, "dm", "mapper"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for name, text := range map[string]string{"dmsetup": fakeDmsetup, "blockdev": fakeBlockdev} {
 		if err := os.WriteFile(filepath.Join(fakes, name), []byte(text), 0o755); err != nil {
 			t.Fatal(err)
@@ -274,7 +296,7 @@ func newMirrorEnv(t *testing.T) *mirrorEnv {
 
 func (e *mirrorEnv) run(args ...string) (string, error) {
 	cmd := exec.Command("sh", append([]string{e.bin}, args...)...)
-	cmd.Env = append(os.Environ(), "PATH="+e.path, "FAKE_DM="+e.dir)
+	cmd.Env = append(os.Environ(), "PATH="+e.path, "FAKE_DM="+e.dir, "DM_DIR="+filepath.Join(e.dir, "dm"))
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -337,19 +359,43 @@ func TestDstMirror(t *testing.T) {
 	a, b, c := loopDev(t), loopDev(t), loopDev(t)
 	ma, mb, mc := majMin(t, a), majMin(t, b), majMin(t, c)
 
+	// dev is the MAJ:MIN the fake gave a device it created.
+	dev := func(name string) string { return e.file(name + ".dev") }
+	A, B, C := filepath.Base(a), filepath.Base(b), filepath.Base(c)
+	raidLegs := func(name string, legs ...string) string {
+		var w []string
+		for _, l := range legs {
+			w = append(w, dev(name+"_rmeta_"+l), dev(name+"_rimage_"+l))
+		}
+		return strings.Join(w, " ")
+	}
+
+	// raid1, the default: each leg's first 4 MiB is its metadata part,
+	// the rest its data part, both dm-linear; the array is as long as
+	// the smallest data part, in whole MiB.
 	t.Run("create raid1", func(t *testing.T) {
 		e.set(t, "size."+filepath.Base(b), "140000")
 		out := e.must(t, "create", "r", "--type", "raid1", a, b)
 		if !strings.Contains(out, "using the smallest, 131072 sectors") {
 			t.Errorf("no warning about the size difference:\n%s", out)
 		}
-		if got, want := e.file("r.table"), "0 131072 raid raid1 1 0 2 - "+ma+" - "+mb; got != want {
+		for name, want := range map[string]string{
+			"r_rmeta_" + A:  "0 8192 linear " + ma + " 0",
+			"r_rimage_" + A: "0 122880 linear " + ma + " 8192",
+			"r_rmeta_" + B:  "0 8192 linear " + mb + " 0",
+			"r_rimage_" + B: "0 131808 linear " + mb + " 8192",
+		} {
+			if got := e.file(name + ".table"); got != want {
+				t.Errorf("%s: table %q, want %q", name, got, want)
+			}
+		}
+		if got, want := e.file("r.table"), "0 122880 raid raid1 3 0 region_size 1024 2 "+raidLegs("r", A, B); got != want {
 			t.Errorf("table %q, want %q", got, want)
 		}
 		os.Remove(filepath.Join(e.dir, "size."+filepath.Base(b)))
 	})
 	t.Run("create mirror", func(t *testing.T) {
-		e.must(t, "create", "m", "--handle-errors", "--region-size", "1M", "--nosync", a, b)
+		e.must(t, "create", "m", "--type", "mirror", "--handle-errors", "--region-size", "1M", "--nosync", a, b)
 		if got, want := e.file("m.table"), "0 131072 mirror core 2 2048 nosync 2 "+ma+" 0 "+mb+" 0 1 handle_errors"; got != want {
 			t.Errorf("table %q, want %q", got, want)
 		}
@@ -360,7 +406,7 @@ func TestDstMirror(t *testing.T) {
 		e.fails(t, "two or more", "create", "x", a)
 		e.fails(t, "already exists", "create", "r", a, b)
 		e.must(t, "create", "plain", "--nosync", a, b)
-		if got, want := e.file("plain.table"), "0 131072 mirror core 2 1024 nosync 2 "+ma+" 0 "+mb+" 0"; got != want {
+		if got, want := e.file("plain.table"), "0 122880 raid raid1 4 0 region_size 1024 nosync 2 "+raidLegs("plain", A, B); got != want {
 			t.Errorf("default type: table %q, want %q", got, want)
 		}
 		e.fails(t, "is for --type mirror", "create", "x", "--type", "raid1", "--handle-errors", a, b)
@@ -391,19 +437,40 @@ func TestDstMirror(t *testing.T) {
 		}
 	})
 
-	// raid1: a dead leg that reads again is re-added with rebuild; one
-	// that does not becomes a missing slot; NEWDEV fills the slot.
+	// raid1: a faulty leg that reads again is revived in place by a
+	// suspend and resume, with no new table (its bitmap says what to
+	// copy); one that does not read is replaced by NEWDEV in its slot,
+	// rebuilt in full, and its parts are removed.
 	t.Run("repair raid1", func(t *testing.T) {
-		e.set(t, "r.status", "0 131072 raid raid1 2 DA 131072/131072 idle 0 0 -")
-		e.must(t, "repair", "r")
-		if got, want := e.file("r.table"), "0 131072 raid raid1 3 0 rebuild 1 2 - "+mb+" - "+ma; got != want {
-			t.Errorf("after repair: table %q, want %q (live leg first, dead one rebuilt)", got, want)
+		e.set(t, "r.status", "0 122880 raid raid1 2 DA 122880/122880 idle 0 0 -")
+		os.Remove(filepath.Join(e.dir, "log"))
+		out := e.must(t, "repair", "r")
+		if !strings.Contains(out, "reviving leg 0 ("+a+")") {
+			t.Errorf("repair did not revive leg 0:\n%s", out)
 		}
-		log := e.file("log")
-		if !regexp.MustCompile(`suspend --noflush r\ndmsetup reload r .*\ndmsetup resume r`).MatchString(log) {
-			t.Errorf("repair did not suspend --noflush, reload, resume:\n%s", log)
+		if got, want := e.file("r.table"), "0 122880 raid raid1 3 0 region_size 1024 2 "+raidLegs("r", A, B); got != want {
+			t.Errorf("revive changed the table to %q, want %q", got, want)
+		}
+		if log := e.file("log"); !strings.Contains(log, "dmsetup suspend r\ndmsetup resume r") || strings.Contains(log, "reload") {
+			t.Errorf("revive is a suspend and resume, without a reload:\n%s", log)
 		}
 
+		run(t, "losetup", "-d", b) // leg 1 no longer reads
+		e.set(t, "r.status", "0 122880 raid raid1 2 AD 122880/122880 idle 0 0 -")
+		e.fails(t, "already a leg", "repair", "r", a)
+		e.must(t, "repair", "r", c)
+		if got, want := e.file("r.table"), "0 122880 raid raid1 5 0 region_size 1024 rebuild 1 2 "+raidLegs("r", A, C); got != want {
+			t.Errorf("with NEWDEV: table %q, want %q", got, want)
+		}
+		for _, gone := range []string{"r_rmeta_" + B, "r_rimage_" + B} {
+			if _, err := os.Stat(filepath.Join(e.dir, gone+".table")); !os.IsNotExist(err) {
+				t.Errorf("%s left behind after its leg was replaced", gone)
+			}
+		}
+		e.set(t, "r.status", "0 122880 raid raid1 2 AA 122880/122880 idle 0 0 -")
+		e.fails(t, "no failed leg", "repair", "r")
+
+		// Legacy raid1 without metadata: a dead leg is rebuilt in full.
 		unattached := strings.TrimSpace(run(t, "losetup", "--find"))
 		e.set(t, "r2.table", "0 131072 raid raid1 1 0 2 - "+ma+" - "+majMin(t, unattached))
 		e.set(t, "r2.uuid", "DSTMIRROR-raid1-0-0-r2")
