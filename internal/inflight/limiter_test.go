@@ -46,16 +46,7 @@ func TestUnbounded(t *testing.T) {
 
 func TestAcquireWaitsForRelease(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := New(1, 0)
-		l.Acquire(0)
-		got := make(chan bool)
-		go func() { got <- l.Acquire(0) }()
-		synctest.Wait()
-		select {
-		case <-got:
-			t.Fatal("Acquire returned while the limiter was full")
-		default:
-		}
+		l, got := blocked(t)
 		l.Release(1, 0)
 		if !<-got {
 			t.Fatal("Acquire failed after a release")
@@ -65,11 +56,7 @@ func TestAcquireWaitsForRelease(t *testing.T) {
 
 func TestStopEndsWaits(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := New(1, 0)
-		l.Acquire(0)
-		got := make(chan bool)
-		go func() { got <- l.Acquire(0) }()
-		synctest.Wait()
+		l, got := blocked(t)
 		l.Stop()
 		if <-got {
 			t.Fatal("a waiting Acquire succeeded after Stop")
@@ -97,4 +84,21 @@ func TestReleaseTooMuchPanics(t *testing.T) {
 		}
 	}()
 	New(1, 1).Release(1, 0)
+}
+
+// blocked returns a full limiter of one request and the result of an
+// Acquire that is waiting in it. It runs in a synctest bubble.
+func blocked(t *testing.T) (*Limiter, <-chan bool) {
+	t.Helper()
+	l := New(1, 0)
+	l.Acquire(0)
+	got := make(chan bool, 1)
+	go func() { got <- l.Acquire(0) }()
+	synctest.Wait()
+	select {
+	case <-got:
+		t.Fatal("Acquire returned while the limiter was full")
+	default:
+	}
+	return l, got
 }

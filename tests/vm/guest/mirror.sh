@@ -60,15 +60,7 @@ t writefiles /mnt/m/single 2 2
 echo "=== bringing server b back"
 vmctl start-server b
 # dst attach redials by itself; wait until the leg reads again.
-ok=0
-for _i in $(seq 60); do
-	if [ "$(dd if=/dev/nbd1 bs=4096 count=1 iflag=direct 2>/dev/null | wc -c)" -eq 4096 ]; then
-		ok=1
-		break
-	fi
-	sleep 1
-done
-[ $ok = 1 ] || fail "/dev/nbd1 does not read after server b came back"
+wait_readable /dev/nbd1 60
 kill -0 "$ATTACH_PID" || fail "dst attach for nbd1 died"
 
 # nbd1 returns as a new leg, copied in full from nbd0.

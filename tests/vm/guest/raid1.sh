@@ -39,15 +39,7 @@ mirror status mir | grep -q 'leg 1 .*DEAD' || fail "leg 1 (nbd1) not marked dead
 
 echo "=== bringing server b back, no repair yet"
 vmctl start-server b
-ok=0
-for _i in $(seq 60); do
-	if [ "$(dd if=/dev/nbd1 bs=4096 count=1 iflag=direct 2>/dev/null | wc -c)" -eq 4096 ]; then
-		ok=1
-		break
-	fi
-	sleep 1
-done
-[ $ok = 1 ] || fail "/dev/nbd1 does not read after server b came back"
+wait_readable /dev/nbd1 60
 t writefiles /mnt/m/back 2 1
 # What a user sees: the leg reads again, but the raid1 does not take it
 # back by itself.

@@ -63,6 +63,16 @@ wait_attached() {
 	fail "$1 not attached after 60s"
 }
 
+# wait_readable DEV SECONDS: wait until a direct read of DEV's first block
+# succeeds (its server is back and dst attach has redialled).
+wait_readable() {
+	for _i in $(seq "$2"); do
+		[ "$(dd if="$1" bs=4096 count=1 iflag=direct 2>/dev/null | wc -c)" -eq 4096 ] && return 0
+		sleep 1
+	done
+	fail "$1 does not read after ${2}s"
+}
+
 # vmctl VERB SERVER: ask the host driver to act on host server SERVER
 # (kill-server, start-server, stop-server, flushes); prints its answer.
 vmctl() {
