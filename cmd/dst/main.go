@@ -120,12 +120,18 @@ func parse(fs *flag.FlagSet, args []string, minPos, maxPos int) ([]string, error
 // logger once flags are parsed.
 func logFlag(fs *flag.FlagSet) func() *slog.Logger {
 	level := fs.String("log-level", envOr("DST_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	format := logFormat(envOr("DST_LOG_FORMAT", "text"))
+	fs.Var(&format, "log-format", "log `FORMAT`: text (logfmt) or json; under systemd, lines carry\ntheir syslog priority for the journal")
 	return func() *slog.Logger {
 		var l slog.Level
 		if err := l.UnmarshalText([]byte(*level)); err != nil {
 			l = slog.LevelInfo
 		}
-		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+		log, err := newLogger(os.Stderr, string(format), l, stderrIsJournal())
+		if err != nil { // DST_LOG_FORMAT, which the flag did not check
+			fmt.Fprintf(os.Stderr, "dst: DST_LOG_FORMAT: %v; logging as text\n", err)
+			log, _ = newLogger(os.Stderr, "text", l, stderrIsJournal())
+		}
 		slog.SetDefault(log)
 		return log
 	}
