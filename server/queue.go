@@ -129,7 +129,6 @@ func (q *queueConn) serve() {
 	q.budget.Drain()
 	if errors.Is(err, errDisconnect) {
 		q.budget.Acquire(0)
-		q.se.bytes.Acquire(0)
 		q.se.keyBytes.Acquire(0)
 		o := getOp(q, wire.Request{Cmd: wire.CmdDisconnect, ID: q.discID}, 0)
 		q.w.Send(o, qconn.Block)
@@ -184,7 +183,6 @@ func (q *queueConn) dispatch(req wire.Request) error {
 		cost = int64(req.Length)
 	}
 	q.budget.Acquire(cost)
-	q.se.bytes.Acquire(cost)
 	q.se.keyBytes.Acquire(cost)
 	o := getOp(q, req, cost)
 	if n := req.PayloadLen(); n > 0 {
@@ -256,6 +254,5 @@ func (q *queueConn) done(o *op) {
 	cost := o.cost
 	putOp(o)
 	q.se.keyBytes.Release(1, cost)
-	q.se.bytes.Release(1, cost)
 	q.budget.Release(1, cost)
 }

@@ -26,22 +26,19 @@ const (
 	maxStreams = 16
 	// maxQueues bounds the queue connections bound to one session.
 	maxQueues = 256
-	// sessionBytes bounds payload bytes in flight on all queues of one
-	// session: buffered WRITE payloads and READ buffers not yet sent.
-	sessionBytes = 256 << 20
 	// firstMessageTimeout bounds the wait for a new stream's first
 	// message, so silent streams do not hold goroutines.
 	firstMessageTimeout = 30 * time.Second
 )
 
-// keyBytes bounds payload bytes in flight on all sessions of one client
-// key, so that opening more sessions does not multiply what one key can make
-// the server hold. A variable so tests can lower it.
+// keyBytes bounds payload bytes in flight on all queues of all sessions of
+// one client key, so that opening more queues or sessions does not multiply
+// what one key can make the server hold. A variable so tests can lower it.
 var keyBytes int64 = 256 << 20
 
 // session is one client's control connection: its yamux session, the
-// state its queue connections share (the fence gate, the byte budget) and
-// those connections.
+// state its queue connections share (the fence gate, its key's byte
+// budget) and those connections.
 type session struct {
 	sessionGate
 	srv  *Server
@@ -53,7 +50,6 @@ type session struct {
 	// session's HELLO is refused.
 	overKeyCap int
 	log        *slog.Logger
-	bytes      *inflight.Limiter // payload bytes in flight, all queues
 	keyBytes   *inflight.Limiter // payload bytes in flight, all sessions of the key
 
 	mu     sync.Mutex
@@ -77,7 +73,6 @@ func (s *Server) serveControl(ctx context.Context, conn *crypto.Conn, peer strin
 		mux:    sess,
 		key:    conn.PeerKey(),
 		log:    s.log.With("peer", peer),
-		bytes:  inflight.New(0, sessionBytes),
 		queues: make(map[*queueConn]struct{}),
 	}
 	untrack, n := s.track(se)
