@@ -78,12 +78,6 @@ func (k *kernelOptions) plan(log *slog.Logger, server, export string) error {
 	if _, err := kernel.List(); errors.Is(err, kernel.ErrNoDriver) {
 		loadDriver()
 	}
-	if safe, rel := kernel.SafeSockets(); !safe && k.queues > 1 {
-		log.Warn("more than one socket per device can hang a fresh device on this kernel: the nbd driver's "+
-			"receive work for one socket may wait behind another's until the kernel times out; "+
-			"--queues 1 avoids it, and dst's --connections still carry requests in parallel",
-			"kernel", rel, "queues", k.queues)
-	}
 	if k.index < 0 {
 		return nil
 	}
@@ -134,6 +128,12 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 		DeadConnTimeout: k.deadConnTimeout,
 		Backend:         k.backend(),
 		Logger:          log,
+	}
+	if safe, rel := kernel.SafeSockets(); !safe && k.queues > 1 {
+		log.Warn("more than one socket per device can hang a fresh device on this kernel: the nbd driver's "+
+			"receive work for one socket may wait behind another's until the kernel times out; "+
+			"--queues 1 avoids it, and dst's --connections still carry requests in parallel",
+			"kernel", rel, "queues", k.queues)
 	}
 	connect := kernel.Connect
 	if k.reconfigure {
