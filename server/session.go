@@ -29,6 +29,10 @@ const (
 	// firstMessageTimeout bounds the wait for a new stream's first
 	// message, so silent streams do not hold goroutines.
 	firstMessageTimeout = 30 * time.Second
+	// controlMessageMax bounds each message on a control stream (HELLO,
+	// then PINGs; a HELLO is under 300 bytes), so a header announcing a
+	// large body is refused before anything is set aside for it.
+	controlMessageMax = 4096
 )
 
 // keyBytes bounds payload bytes in flight on all queues of all sessions of
@@ -152,7 +156,7 @@ func (se *session) serveStream(st *yamux.Stream) {
 	defer st.Close()
 	log := se.log.With("stream", st.StreamID())
 	st.SetReadDeadline(time.Now().Add(firstMessageTimeout))
-	typ, body, err := wire.ReadMessage(st)
+	typ, body, err := wire.ReadMessageLimit(st, controlMessageMax)
 	st.SetReadDeadline(time.Time{})
 	if err != nil {
 		if !errors.Is(err, io.EOF) {
@@ -221,7 +225,7 @@ func (se *session) serveHello(st *yamux.Stream, body []byte, log *slog.Logger) {
 	}
 	log.Info("client connected", "client", h.Client, "epoch", h.Epoch)
 	for {
-		typ, body, err := wire.ReadMessage(st)
+		typ, body, err := wire.ReadMessageLimit(st, controlMessageMax)
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
 				log.Debug("control stream ended", "err", err)

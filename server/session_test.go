@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"runtime"
@@ -19,6 +20,7 @@ import (
 	"github.com/dstproject/dst/server"
 	"github.com/dstproject/dst/server/servertest"
 	"github.com/dstproject/dst/wire"
+	"github.com/hashicorp/yamux"
 )
 
 func TestHello(t *testing.T) {
@@ -685,4 +687,58 @@ func TestHangUpStartsNothingMore(t *testing.T) {
 		t.Errorf("%v of CPU in the second after the hang-up: the server ran what the client had queued", used)
 	}
 	c.st.Close()
+}
+
+// TestControlMessageBound: a control stream's messages are small (HELLO,
+// PING), so a header announcing a large body is refused at once, before
+// anything is allocated for it. Without the bound, every stream of every
+// session of a key could hold a 1 MiB buffer while its body never came.
+func TestControlMessageBound(t *testing.T) {
+	e := newEnv(t, exportSpec{name: "disk", size: 1 << 20})
+	heap := func() int64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+	sessions := []*ctl{e.cli, e.connect(), e.connect(), e.connect()}
+	before := heap()
+	var streams []*yamux.Stream
+	for _, s := range sessions {
+		for range 15 {
+			st, err := s.mux.OpenStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A first message announcing a 1 MiB HELLO, and two bytes of it.
+			hdr := wire.AppendMessage(nil, wire.MsgHello, nil)
+			binary.BigEndian.PutUint32(hdr[4:], wire.MaxMessage)
+			st.Write(append(hdr, 0, 3))
+			streams = append(streams, st)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // let every stream's reader get as far as it can
+	grown := heap() - before
+	t.Logf("heap grew %d KiB for %d streams announcing 1 MiB first messages", grown>>10, len(streams))
+	if grown > 8<<20 {
+		t.Errorf("heap grew %d MiB: announced control message bodies were allocated", grown>>20)
+	}
+	for i, st := range streams {
+		st.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := st.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+			t.Fatalf("stream %d announcing a 1 MiB HELLO: read %d, %v; want it closed by the server", i, n, err)
+		}
+	}
+	// After HELLO, a PING announcing a large body ends the control stream too.
+	st, typ, _ := hello(t, e.cli, wire.Identity{1}, 1)
+	if typ != wire.MsgServerInfo {
+		t.Fatalf("HELLO answered with %v", typ)
+	}
+	hdr := wire.AppendMessage(nil, wire.MsgPing, nil)
+	binary.BigEndian.PutUint32(hdr[4:], wire.MaxMessage)
+	st.Write(hdr)
+	st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := st.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("control stream after a PING announcing 1 MiB: read %d, %v; want it closed", n, err)
+	}
 }
