@@ -34,10 +34,20 @@ type Config struct {
 	// means 1. Without MultiConn on the export only 1 is safe: a FLUSH sent
 	// on one socket must cover writes sent on the others.
 	Queues int
-	// Timeout is the kernel's per-request timeout, rounded up to seconds;
-	// zero leaves the kernel's default, which waits. Keep it longer than
-	// the engine's own I/O deadline so the engine fails a request first:
-	// on its timeout the kernel declares the socket dead.
+	// Recheck is how long a request may wait for its reply before the
+	// kernel looks at it again (the queue's io_timeout), rounded to
+	// milliseconds; zero means DefaultRecheck. Where the kernel resends on
+	// a look (RequeuesOnRecheck), its NBD timeout is set to zero, so a
+	// late reply never costs the socket: a request whose socket has been
+	// replaced since it was sent (its process died and a reconfigure
+	// handed over new sockets) is resent on the new ones, and any other is
+	// left to the engine's own deadline.
+	Recheck time.Duration
+	// Timeout is the kernel's NBD timeout on kernels that do not resend
+	// at a recheck, rounded up to seconds; zero leaves the kernel's
+	// default. Keep it longer than the engine's own I/O deadline so the
+	// engine fails a request first: on this timeout the kernel declares
+	// the socket dead. A request of a process that died waits this long.
 	Timeout time.Duration
 	// DeadConnTimeout is how long the kernel holds I/O for a reconfigure
 	// after the sockets died.
@@ -54,10 +64,16 @@ type Device struct {
 	Index int
 	Path  string
 
-	cfg   Config
-	log   *slog.Logger
-	conns []net.Conn
+	cfg     Config
+	log     *slog.Logger
+	conns   []net.Conn
+	recheck time.Duration // the queue's io_timeout; 0: the NBD timeout applies
 }
+
+// Recheck is how long a request waits before the kernel looks at it and
+// resends it if its socket was replaced, or zero where the kernel's NBD
+// timeout (Config.Timeout) applies instead.
+func (d *Device) Recheck() time.Duration { return d.recheck }
 
 // Path returns the device node of index.
 func Path(index int) string { return "/dev/nbd" + strconv.Itoa(index) }
@@ -88,7 +104,8 @@ func Reconfigure(ctx context.Context, cfg *Config) (*Device, error) {
 }
 
 func setup(ctx context.Context, cfg *Config, cmd command) (*Device, error) {
-	req, err := newRequest(cfg)
+	safe, _ := SafeSockets()
+	req, err := newRequest(cfg, RequeuesOnRecheck(), safe)
 	if err != nil {
 		return nil, err
 	}
@@ -112,10 +129,24 @@ func setup(ctx context.Context, cfg *Config, cmd command) (*Device, error) {
 	}
 	d := &Device{Index: index, Path: Path(index), cfg: *cfg, log: log, conns: ours}
 	d.cfg.Index = index
+	if req.recheck {
+		recheck := cfg.Recheck
+		if recheck <= 0 {
+			recheck = DefaultRecheck
+		}
+		if err := setIOTimeout(index, recheck); err != nil {
+			log.Warn("requests of a process that dies will wait 30 s to be resent, not "+recheck.String(), "err", err)
+			recheck = 30 * time.Second
+		}
+		d.recheck = recheck
+	}
 	return d, nil
 }
 
-func newRequest(cfg *Config) (*request, error) {
+// newRequest builds cfg's netlink request; recheck says whether the kernel
+// resends at a recheck (RequeuesOnRecheck), safeSockets whether it may be
+// given several sockets (SafeSockets).
+func newRequest(cfg *Config, recheck, safeSockets bool) (*request, error) {
 	e := cfg.Export
 	if e == nil || e.Device == nil {
 		return nil, errors.New("kernel: no export to serve")
@@ -131,7 +162,7 @@ func newRequest(cfg *Config) (*request, error) {
 	if bs < 512 || bs > uint64(os.Getpagesize()) || bs&(bs-1) != 0 {
 		return nil, fmt.Errorf("kernel: block size %d is not a power of two from 512 to the page size", bs)
 	}
-	return &request{
+	r := &request{
 		index:           cfg.Index,
 		size:            e.Size,
 		blockSize:       bs,
@@ -140,7 +171,41 @@ func newRequest(cfg *Config) (*request, error) {
 		serverFlags:     uint64(e.TransmissionFlags()),
 		backend:         cfg.Backend,
 		fds:             make([]int, queues),
-	}, nil
+	}
+	// Several sockets where the kernel can starve one's receiver keep the
+	// NBD timeout: it is what ends a starved socket's wait (rescuer.go).
+	if recheck && (queues == 1 || safeSockets) {
+		r.timeout, r.recheck = 0, true
+	}
+	return r, nil
+}
+
+// DefaultRecheck is Config.Recheck's default.
+const DefaultRecheck = 5 * time.Second
+
+// RequeuesOnRecheck reports whether the running kernel's nbd driver, with
+// no NBD timeout set, resends a timed-out request whose socket was
+// replaced rather than only logging it ("Possible stuck request"). Shown
+// in the QEMU guest on Debian's 6.1 (tests/vm TestVMAttachKill); older
+// kernels keep an NBD timeout (Config.Timeout).
+func RequeuesOnRecheck() bool {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return false
+	}
+	return atLeast(unix.ByteSliceToString(u.Release[:]), 6, 1)
+}
+
+// setIOTimeout sets how long the block layer lets a request of device
+// index wait before the driver's timeout handler sees it. A connect or
+// reconfigure resets it to 30 s, so it is set after each.
+func setIOTimeout(index int, d time.Duration) error {
+	ms := max(d.Milliseconds(), 1)
+	p := fmt.Sprintf("/sys/block/nbd%d/queue/io_timeout", index)
+	if err := os.WriteFile(p, []byte(strconv.FormatInt(ms, 10)), 0); err != nil {
+		return fmt.Errorf("kernel: setting the request timeout: %w", err)
+	}
+	return nil
 }
 
 // seconds rounds d up: a timeout must never shrink to zero, which means

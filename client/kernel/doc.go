@@ -21,7 +21,9 @@
 // and holds (requeues) the I/O it had in flight. A new process calls
 // Reconfigure within the timeout with fresh sockets, one per dead
 // connection, and the kernel resends what it held: the filesystem above
-// sees a pause, not an error. The backend identifier (e.g.
+// sees a pause, not an error. Requests the dead process had been sent are
+// resent at the kernel's next look at them (Config.Recheck), where the
+// kernel allows it, or else at its NBD timeout (Config.Timeout). The backend identifier (e.g.
 // "dst:HOST:PORT/EXPORT") is passed on both calls so the kernel refuses to
 // reconfigure a device onto a different export.
 package kernel

@@ -77,7 +77,8 @@ const (
 type request struct {
 	index           int
 	size, blockSize uint64
-	timeout         uint64 // seconds; 0 leaves the kernel default
+	timeout         uint64 // seconds; 0 leaves the kernel default, unless recheck
+	recheck         bool   // timeout 0, sent; the queue's io_timeout set after
 	deadConnTimeout uint64 // seconds
 	serverFlags     uint64
 	clientFlags     uint64
@@ -101,7 +102,10 @@ func (r *request) encode(cmd command) ([]byte, error) {
 		ae.Uint64(attrServerFlags, r.serverFlags)
 		ae.Uint64(attrClientFlags, r.clientFlags)
 	}
-	if r.timeout > 0 {
+	// With recheck, no NBD timeout: on it the kernel would shut a socket
+	// that is only slow. Zero is sent, not left out, so that a reconfigure
+	// clears a timeout an older dst set.
+	if r.timeout > 0 || r.recheck {
 		ae.Uint64(attrTimeout, r.timeout)
 	}
 	if r.deadConnTimeout > 0 {

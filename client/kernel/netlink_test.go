@@ -110,6 +110,24 @@ func TestConnectGolden(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("RECONFIGURE attributes\n got %x\nwant %x", got, want)
 	}
+
+	// With recheck, a zero timeout is sent, so that a reconfigure clears
+	// the one an older dst set.
+	r.timeout, r.recheck = 0, true
+	got, err = r.encode(cmdReconfigure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = cat(
+		nla(attrIndex, u32(3)),
+		nla(attrTimeout, u64(0)),
+		nla(attrDeadConnTimeout, u64(60)),
+		nla(attrBackend, []byte("dst:h:1/x\x00")),
+		nla(attrSockets|nested, cat(sock(7), sock(9))),
+	)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("RECONFIGURE attributes with recheck\n got %x\nwant %x", got, want)
+	}
 }
 
 func TestEncodeRefuses(t *testing.T) {
@@ -192,13 +210,22 @@ func TestDecodeStatus(t *testing.T) {
 func TestNewRequest(t *testing.T) {
 	e := &nbd.Export{Size: 1 << 30, MinBlockSize: 4096, Flush: true, FUA: true, Trim: true,
 		WriteZeroes: true, MultiConn: true, Device: nopDevice{}}
-	r, err := newRequest(&Config{Index: 1, Export: e, Queues: 4, Timeout: 150 * time.Second,
-		DeadConnTimeout: 1500 * time.Millisecond})
+	cfg := &Config{Index: 1, Export: e, Queues: 4, Timeout: 150 * time.Second,
+		DeadConnTimeout: 1500 * time.Millisecond}
+	r, err := newRequest(cfg, false, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r.size != 1<<30 || r.blockSize != 4096 || len(r.fds) != 4 || r.timeout != 150 || r.deadConnTimeout != 2 {
 		t.Errorf("request %+v", r)
+	}
+	// Where the kernel resends at a recheck, no NBD timeout is set.
+	if r, err := newRequest(cfg, true, true); err != nil || r.timeout != 0 || !r.recheck {
+		t.Errorf("with recheck: %+v, %v", r, err)
+	}
+	// Unless several sockets on a kernel that can starve one keep it.
+	if r, err := newRequest(cfg, true, false); err != nil || r.timeout != 150 || r.recheck {
+		t.Errorf("with recheck, 4 sockets, rescuer not fixed: %+v, %v", r, err)
 	}
 	const want = 1 | 1<<2 | 1<<3 | 1<<5 | 1<<6 | 1<<8
 	if r.serverFlags != want {
@@ -206,7 +233,7 @@ func TestNewRequest(t *testing.T) {
 	}
 
 	e.MultiConn, e.ReadOnly, e.MinBlockSize = false, true, 0
-	r, err = newRequest(&Config{Index: -1, Export: e, Queues: 4})
+	r, err = newRequest(&Config{Index: -1, Export: e, Queues: 4}, false, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,10 +242,10 @@ func TestNewRequest(t *testing.T) {
 	}
 
 	e.MinBlockSize = 256
-	if _, err := newRequest(&Config{Export: e}); err == nil {
+	if _, err := newRequest(&Config{Export: e}, false, true); err == nil {
 		t.Error("block size 256 accepted")
 	}
-	if _, err := newRequest(&Config{}); err == nil {
+	if _, err := newRequest(&Config{}, false, true); err == nil {
 		t.Error("no export accepted")
 	}
 }

@@ -34,6 +34,12 @@ func SafeSockets() (bool, string) {
 // "7.0.3") is at least the first release known to carry the fix. A
 // release it cannot parse counts as lacking it.
 func rescuerFixed(release string) bool {
+	return atLeast(release, rescuerFixedMajor, rescuerFixedMinor)
+}
+
+// atLeast reports whether a kernel release is at least major.minor; one it
+// cannot parse counts as older.
+func atLeast(release string, wantMajor, wantMinor int) bool {
 	parts := strings.SplitN(release, ".", 3)
 	if len(parts) < 2 {
 		return false
@@ -47,5 +53,5 @@ func rescuerFixed(release string) bool {
 	if err1 != nil || err2 != nil {
 		return false
 	}
-	return major > rescuerFixedMajor || major == rescuerFixedMajor && minorN >= rescuerFixedMinor
+	return major > wantMajor || major == wantMajor && minorN >= wantMinor
 }

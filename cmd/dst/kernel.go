@@ -16,8 +16,9 @@ import (
 )
 
 // kernelTimeoutMargin is how much longer than --io-timeout the kernel waits
-// for a request: the engine must fail a request first, because on its own
-// timeout the kernel declares the socket dead.
+// for a request on kernels that need an NBD timeout (before 6.1; see
+// kernel.RequeuesOnRecheck): the engine must fail a request first, because
+// on its own timeout the kernel declares the socket dead.
 const kernelTimeoutMargin = 30 * time.Second
 
 // kernelOptions is what attach needs to serve a /dev/nbdN.
@@ -65,6 +66,15 @@ func defaultQueues() int {
 		return min(runtime.NumCPU(), 4)
 	}
 	return 1
+}
+
+// kernelTimeoutAttr says how the kernel treats a request without a reply:
+// rechecked (and resent if its socket was replaced) or timed out.
+func kernelTimeoutAttr(dev *kernel.Device, timeout time.Duration) slog.Attr {
+	if r := dev.Recheck(); r > 0 {
+		return slog.Duration("kernel_recheck", r)
+	}
+	return slog.Duration("kernel_timeout", timeout)
 }
 
 func (k *kernelOptions) backend() string { return "dst:" + k.server + "/" + k.export }
@@ -154,7 +164,7 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 	e := a.Export()
 	log.Info("ready", "device", dev.Path, "reconfigured", k.reconfigure, "export", e.Name, "size", e.Size,
 		"flags", e.Flags.String(), "server", cfg.Server, "queues", k.queues,
-		"kernel_timeout", k.timeout, "dead_conn_timeout", k.deadConnTimeout)
+		kernelTimeoutAttr(dev, k.timeout), "dead_conn_timeout", k.deadConnTimeout)
 
 	notify(log, sdnotify.Ready)
 	notify(log, func() error { return sdnotify.Status(fmt.Sprintf("attached %s at %s", e.Name, dev.Path)) })
