@@ -113,3 +113,14 @@ func TestVMFreshDevice(t *testing.T) {
 		env:     map[string]string{"CYCLES": cycles, "QUEUES": os.Getenv("DST_VM_QUEUES")},
 	})
 }
+
+// TestVMSystemd runs dst-serve and dst-attach@data under a real systemd,
+// installed with scripts/install, across a reboot (guest/systemd.sh).
+func TestVMSystemd(t *testing.T) {
+	runScenario(t, scenario{
+		script:  "systemd.sh",
+		timeout: 6 * time.Minute,
+		systemd: true,
+		files:   []string{"scripts"},
+	})
+}

@@ -30,6 +30,9 @@ type scenario struct {
 	check func(t *testing.T, h *host)
 	// env is more variables for the guest's /opt/vm.env.
 	env map[string]string
+	// systemd boots a Debian root file system with systemd as PID 1
+	// (run --systemd); the script and files are under /opt/vm.
+	systemd bool
 }
 
 // serverSpec declares a host dst server. The guest finds it as
@@ -54,6 +57,8 @@ var (
 	buildErr    error
 	prepareOnce sync.Once
 	prepareErr  error
+	sysrootOnce sync.Once
+	sysrootErr  error
 )
 
 func TestMain(m *testing.M) { os.Exit(runTests(m)) }
@@ -83,24 +88,32 @@ func ci() bool {
 // requireVM makes sure the harness can boot guests: packages installed,
 // kernel fetched. Without them the test fails with CI=true and skips
 // otherwise.
-func requireVM(t *testing.T) {
+func requireVM(t *testing.T, systemd bool) {
 	t.Helper()
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
-	prepareOnce.Do(func() {
-		out, err := exec.Command("./run", "--prepare").CombinedOutput()
-		if err != nil {
-			prepareErr = fmt.Errorf("vm: run --prepare: %w\n%s", err, out)
-		}
-	})
-	if prepareErr == nil {
+	prepareOnce.Do(func() { prepareErr = prepare("--prepare") })
+	err := prepareErr
+	if err == nil && systemd {
+		sysrootOnce.Do(func() { sysrootErr = prepare("--prepare", "--systemd") })
+		err = sysrootErr
+	}
+	if err == nil {
 		return
 	}
 	if ci() {
-		t.Fatal(prepareErr)
+		t.Fatal(err)
 	}
-	t.Skipf("%v\n(with CI=true this fails)", prepareErr)
+	t.Skipf("%v\n(with CI=true this fails)", err)
+}
+
+func prepare(args ...string) error {
+	out, err := exec.Command("./run", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("vm: run %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
 }
 
 // bootLimit is how long a guest may take to reach its init script. A boot
@@ -114,7 +127,7 @@ const bootLimit = 90 * time.Second
 // stalls before its init script ran is booted once more, with new servers,
 // and the stall is logged; a scenario that started is never rerun.
 func runScenario(t *testing.T, sc scenario) {
-	requireVM(t)
+	requireVM(t, sc.systemd)
 	for attempt := 1; ; attempt++ {
 		h, booted := runGuest(t, sc)
 		if booted {
@@ -152,6 +165,9 @@ func runGuest(t *testing.T, sc scenario) (*host, bool) {
 		script = filepath.Join("guest", script)
 	}
 	args := []string{script, dstBin, h.clientKey, env}
+	if sc.systemd {
+		args = append([]string{"--systemd"}, args...)
+	}
 	for _, f := range sc.files {
 		args = append(args, filepath.Join("..", "..", f))
 	}
