@@ -78,6 +78,8 @@ type Attachment struct {
 	table  table
 
 	stats    counters
+	state    stateTracker
+	latency  latencies
 	ctx      context.Context // cancelled by Close
 	cancel   context.CancelFunc
 	lost     chan struct{} // closed when the attachment fails for good
@@ -121,6 +123,7 @@ func Attach(ctx context.Context, cfg *AttachConfig) (*Attachment, error) {
 		return nil, err
 	}
 	a.table.gen, a.table.instance = g, g.info.Instance
+	a.state.set(StateConnected, nil)
 	a.wg.Add(1)
 	go func() { defer a.wg.Done(); a.supervise(g) }()
 	if c.IOTimeout > 0 {
@@ -191,6 +194,7 @@ func (a *Attachment) fail(err error) {
 	}
 	a.table.mu.Unlock()
 	pending := a.table.drain()
+	a.state.set(StateFailed, err)
 	a.log.Error("attachment failed; every request now fails with EIO", "err", err, "pending", len(pending))
 	for _, t := range pending {
 		t.finish(syscall.EIO)
@@ -207,6 +211,7 @@ func (a *Attachment) Close() error {
 	}
 	a.table.closed = true
 	a.table.mu.Unlock()
+	a.state.set(StateClosed, nil)
 	a.cancel()
 	a.wg.Wait()
 	for _, t := range a.table.drain() {

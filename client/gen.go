@@ -178,11 +178,13 @@ func (a *Attachment) supervise(g *generation) {
 		}
 		n := len(a.table.pending)
 		a.table.mu.Unlock()
+		a.state.set(StateReconnecting, g.err)
 		a.log.Warn("connection to server lost; reconnecting", "server", a.cfg.Server, "err", g.err, "pending", n)
 		g.shutdown(g.err, false)
 		if g = a.reconnect(); g == nil {
 			return
 		}
+		a.state.set(StateConnected, nil)
 		a.log.Info("reconnected", "server", a.cfg.Server, "epoch", g.epoch,
 			"after", time.Since(lostAt).Round(time.Millisecond))
 	}

@@ -32,6 +32,11 @@ type Session struct {
 	deadOnce sync.Once
 	deadErr  error
 	lastPong atomic.Int64 // unix nanoseconds of the last PONG
+	// The last PING's sequence number and when it was sent, and the
+	// round-trip time its PONG measured (nanoseconds).
+	pingSeq  atomic.Uint64
+	pingSent atomic.Int64
+	rtt      atomic.Int64
 }
 
 // Info is the server's autoconfiguration answer.
@@ -96,6 +101,8 @@ func (s *Session) keepalive(interval, timeout time.Duration) {
 			return
 		}
 		seq++
+		s.pingSent.Store(time.Now().UnixNano())
+		s.pingSeq.Store(seq)
 		msg := wire.AppendMessage(nil, wire.MsgPing, wire.AppendPing(nil, &wire.Ping{Seq: seq}))
 		s.ctl.SetWriteDeadline(time.Now().Add(timeout))
 		if _, err := s.ctl.Write(msg); err != nil {
@@ -124,6 +131,9 @@ func (s *Session) readPongs() {
 		}
 		s.clock.sample(p.Clock, now)
 		s.lastPong.Store(now.UnixNano())
+		if rtt := now.UnixNano() - s.pingSent.Load(); p.Seq == s.pingSeq.Load() && rtt > 0 {
+			s.rtt.Store(rtt)
+		}
 	}
 }
 

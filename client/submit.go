@@ -58,7 +58,7 @@ func (a *Attachment) newTx(r Request) *tx {
 		r.Done.Complete(syscall.EINVAL)
 		return nil
 	}
-	t := &tx{req: r, tries: 1}
+	t := &tx{req: r, tries: 1, start: time.Now()}
 	t.hdr = wire.Request{
 		Cmd:    r.Cmd,
 		Length: r.Length,
@@ -66,7 +66,7 @@ func (a *Attachment) newTx(r Request) *tx {
 		Offset: r.Offset,
 	}
 	if a.cfg.IOTimeout > 0 {
-		t.deadline = time.Now().Add(a.cfg.IOTimeout)
+		t.deadline = t.start.Add(a.cfg.IOTimeout)
 	}
 	if r.Flags&wire.FlagFUA != 0 && t.hdr.Cmd != wire.CmdRead && t.hdr.Cmd != wire.CmdFlush {
 		t.hdr.Flags |= wire.FlagFUA
@@ -101,6 +101,11 @@ func (a *Attachment) start(t *tx, mode qconn.Mode) {
 // complete finishes t, which its reply took out of the table, with the
 // server's status.
 func (a *Attachment) complete(t *tx, st wire.Status) {
+	switch st {
+	case wire.StatusBadChecksum, wire.StatusESTALE:
+	default:
+		a.latency.record(t.hdr.Cmd, time.Since(t.start))
+	}
 	switch st {
 	case wire.StatusOK:
 		if a.replay != nil && !t.replay {

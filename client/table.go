@@ -25,9 +25,10 @@ type tx struct {
 	req      Request
 	q        *queue // where it was last sent; nil while waiting for a session
 	deadline time.Time
-	tries    int    // sends after a checksum failure count here
-	mark     uint64 // FLUSH: the replay log sequence it covers
-	replay   bool   // a replayed write, owned by the reconnect
+	start    time.Time // submission, for the latency histograms
+	tries    int       // sends after a checksum failure count here
+	mark     uint64    // FLUSH: the replay log sequence it covers
+	replay   bool      // a replayed write, owned by the reconnect
 
 	state atomic.Int32
 	err   error // the result finish left for the writer (txDoneLater)

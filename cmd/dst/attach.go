@@ -95,6 +95,7 @@ func cmdAttach(ctx context.Context, args []string) error {
 	fs.Var(&replay, "replay-buffer", "bound on acknowledged, unflushed write `SIZE` kept to replay to a restarted server (e.g. 64MiB, 1GiB; 0 turns replay off)")
 	procs := fs.Int("procs", 0, "`N` threads run attach's Go code at once (GOMAXPROCS); default 1, or $GOMAXPROCS if set;\nmore helps only links faster than one core's sealing (several GB/s)")
 	deadConn := fs.Duration("dead-conn-timeout", 60*time.Second, "with a device: how long the kernel holds I/O for a restarted dst attach")
+	name := fs.String("name", "", "`NAME` of this attachment for dst status (its socket is <run dir>/attach/NAME.sock);\ndefault the device's name (nbd0), or with --nbd-listen the export's")
 	logger := logFlag(fs)
 	pos, err := parse(fs, args, 2, 3)
 	if err != nil {
@@ -164,6 +165,7 @@ func cmdAttach(ctx context.Context, args []string) error {
 			"timeouts", st.Timeouts, "checksum_retries", st.ChecksumRetries)
 	}()
 	if kopt != nil {
+		kopt.name = *name
 		return serveKernel(ctx, log, a, cfg, kopt)
 	}
 
@@ -179,6 +181,10 @@ func cmdAttach(ctx context.Context, args []string) error {
 	notify(log, sdnotify.Ready)
 	notify(log, func() error { return sdnotify.Status(fmt.Sprintf("attached %s at %s", e.Name, *listen)) })
 	go reportFailure(ctx, log, a)
+	if *name == "" {
+		*name = e.Name
+	}
+	defer serveStatus(log, *name, *listen, a)()
 	return srv.Serve(ctx, l)
 }
 

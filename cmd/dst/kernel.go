@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"time"
 
@@ -30,6 +31,7 @@ type kernelOptions struct {
 	deadConnTimeout time.Duration
 	reconfigure     bool   // the device waits for us after a crash
 	server, export  string // for the state file and the backend identifier
+	name            string // for dst status; empty: the device's name
 }
 
 func newKernelOptions(device string, queues int, ioTimeout, deadConn time.Duration) (*kernelOptions, error) {
@@ -169,6 +171,11 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 	notify(log, sdnotify.Ready)
 	notify(log, func() error { return sdnotify.Status(fmt.Sprintf("attached %s at %s", e.Name, dev.Path)) })
 	go reportFailure(ctx, log, a)
+	name := k.name
+	if name == "" {
+		name = filepath.Base(dev.Path)
+	}
+	defer serveStatus(log, name, dev.Path, a)()
 	err = dev.Serve(ctx)
 	if err != nil {
 		return fmt.Errorf("%w; %s waits %v for dst attach to restart", err, dev.Path, k.deadConnTimeout)

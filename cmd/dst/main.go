@@ -29,7 +29,8 @@ Usage:
   dst attach [flags] HOST:PORT EXPORT --nbd-listen unix:PATH|tcp:HOST:PORT
                                        attach an export, serve it as a local NBD socket
   dst detach /dev/nbdN                 detach a kernel block device
-  dst list                             list attached kernel block devices
+  dst list                             list attachments: kernel block devices and NBD sockets
+  dst status [/dev/nbdN|NAME] [--json] what each running dst attach is doing
   dst info [flags] HOST:PORT           print what autoconfiguration learns from a server
   dst version
 
@@ -43,6 +44,7 @@ var commands = map[string]func(ctx context.Context, args []string) error{
 	"attach":  cmdAttach,
 	"detach":  cmdDetach,
 	"list":    cmdList,
+	"status":  cmdStatus,
 	"info":    cmdInfo,
 	"version": cmdVersion,
 }

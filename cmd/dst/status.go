@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dstproject/dst/client"
+)
+
+// Every dst attach answers status requests on a unix socket of its own,
+// <run dir>/attach/NAME.sock (mode 0600), with HTTP: GET /status returns
+// an attachmentStatus as JSON. dst status and dst list read them.
+
+// attachmentStatus is what GET /status answers.
+type attachmentStatus struct {
+	Name   string `json:"name"`
+	Device string `json:"device"` // /dev/nbdN, or the --nbd-listen address
+	PID    int    `json:"pid"`
+	client.Status
+}
+
+func statusDir() string { return filepath.Join(states().Dir, "attach") }
+
+// validName is what a status socket may be called.
+var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// serveStatus answers status requests for a on the socket named name until
+// stop is called. A name another live dst attach holds is logged and left
+// alone: status is for operators, and the attachment works without it.
+func serveStatus(log *slog.Logger, name, device string, a *client.Attachment) (stop func()) {
+	stop = func() {}
+	if !validName.MatchString(name) {
+		log.Warn("no status socket: the name is not usable as a file name", "name", name)
+		return stop
+	}
+	dir := statusDir()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		log.Warn("no status socket", "err", err)
+		return stop
+	}
+	path := filepath.Join(dir, name+".sock")
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		log.Warn("no status socket: another dst attach answers on it; give this one --name", "path", path)
+		return stop
+	}
+	os.Remove(path)
+	l, err := listenPrivateUnix(path)
+	if err != nil {
+		log.Warn("no status socket", "err", err)
+		return stop
+	}
+	pid := os.Getpid()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(attachmentStatus{Name: name, Device: device, PID: pid, Status: a.Status()})
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(l)
+	return func() { srv.Close(); l.Close() }
+}
+
+// queryStatus asks the dst attach behind socket path for its status.
+func queryStatus(ctx context.Context, path string) (*attachmentStatus, error) {
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dst/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	var st attachmentStatus
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &st, nil
+}
+
+// allStatus queries every status socket; sockets nobody answers on (a
+// dst attach that was killed) are skipped.
+func allStatus(ctx context.Context) ([]*attachmentStatus, error) {
+	socks, err := filepath.Glob(filepath.Join(statusDir(), "*.sock"))
+	if err != nil {
+		return nil, err
+	}
+	var out []*attachmentStatus
+	for _, p := range socks {
+		if st, err := queryStatus(ctx, p); err == nil {
+			out = append(out, st)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+func cmdStatus(ctx context.Context, args []string) error {
+	fs := newFlagSet("status", "[flags] [/dev/nbdN | NAME]")
+	asJSON := fs.Bool("json", false, "print JSON, one object per attachment in an array")
+	pos, err := parse(fs, args, 0, 1)
+	if err != nil {
+		return err
+	}
+	var sts []*attachmentStatus
+	if len(pos) == 1 {
+		name := strings.TrimPrefix(pos[0], "/dev/")
+		st, err := queryStatus(ctx, filepath.Join(statusDir(), name+".sock"))
+		if err != nil {
+			return fmt.Errorf("no dst attach answers for %s (%w); dst list shows what is attached", pos[0], err)
+		}
+		sts = append(sts, st)
+	} else if sts, err = allStatus(ctx); err != nil {
+		return err
+	}
+	if *asJSON {
+		if sts == nil {
+			sts = []*attachmentStatus{}
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(sts)
+	}
+	if len(sts) == 0 {
+		return errors.New("no dst attach is running")
+	}
+	for i, st := range sts {
+		if i > 0 {
+			fmt.Println()
+		}
+		printStatus(os.Stdout, st)
+	}
+	return nil
+}
+
+func printStatus(out io.Writer, st *attachmentStatus) {
+	w := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
+	state := st.State + " since " + st.Since.Local().Format(time.DateTime)
+	if st.Error != "" {
+		state += " (" + st.Error + ")"
+	}
+	fmt.Fprintf(w, "%s\t%s (pid %d)\n", st.Name, st.Device, st.PID)
+	fmt.Fprintf(w, "  server\t%s, export %s, identity %s\n", st.Server, st.Export, st.Identity)
+	fmt.Fprintf(w, "  state\t%s\n", state)
+	fmt.Fprintf(w, "  epoch\t%d, %d queue connections, %d in flight, rtt %v\n", st.Epoch, st.Queues, st.InFlight,
+		st.RTT.Round(time.Microsecond))
+	s := st.Stats
+	fmt.Fprintf(w, "  transactions\t%d reconnects, %d resent, %d replayed, %d timeouts, %d checksum retries\n",
+		s.Reconnects, s.Resent, s.Replayed, s.Timeouts, s.ChecksumRetries)
+	fmt.Fprintf(w, "  not yet durable\t%d writes, %d bytes (acknowledged, kept for replay until a flush)\n",
+		s.ReplayEntries, s.ReplayBytes)
+	for _, op := range []string{"read", "write", "flush", "other"} {
+		p := st.Latency[op]
+		if p.Count == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "  %s latency\tp50 %v, p99 %v, p99.9 %v (%d requests)\n", op, p.P50, p.P99, p.P999, p.Count)
+	}
+	w.Flush()
+}
