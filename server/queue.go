@@ -238,6 +238,15 @@ func (q *queueConn) noop(r *wire.Request) bool {
 // encodeReply adds o's reply to a batch and returns o's buffers and
 // budget: once sealed, the reply needs neither.
 func (q *queueConn) encodeReply(b *qconn.Batch, o *op) {
+	q.se.requests.Add(1)
+	if o.status == wire.StatusOK {
+		switch o.req.Cmd {
+		case wire.CmdRead:
+			q.se.bytesRead.Add(uint64(o.req.Length))
+		case wire.CmdWrite:
+			q.se.bytesWritten.Add(uint64(o.req.Length))
+		}
+	}
 	h := b.Frame(wire.ReplySize)
 	if o.req.Cmd == wire.CmdRead && o.status == wire.StatusOK {
 		copy(h, (*o.buf)[:wire.ReplySize])

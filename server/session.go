@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dstproject/dst/crypto"
@@ -55,6 +56,10 @@ type session struct {
 	overKeyCap int
 	log        *slog.Logger
 	keyBytes   *inflight.Limiter // payload bytes in flight, all sessions of the key
+	since      time.Time
+
+	// Served, for Status: requests answered, READ and WRITE payload bytes.
+	requests, bytesRead, bytesWritten atomic.Uint64
 
 	mu     sync.Mutex
 	token  wire.Identity // SERVER_INFO's session token, set once HELLO is answered
@@ -78,6 +83,7 @@ func (s *Server) serveControl(ctx context.Context, conn *crypto.Conn, peer strin
 		key:    conn.PeerKey(),
 		log:    s.log.With("peer", peer),
 		queues: make(map[*queueConn]struct{}),
+		since:  time.Now(),
 	}
 	untrack, n := s.track(se)
 	defer untrack()

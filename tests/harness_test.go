@@ -38,6 +38,17 @@ func TestMain(m *testing.M) { os.Exit(runTests(m)) }
 // reported by every test that needs the binary, rather than aborting here, so
 // the failure shows up in the test log next to the test names.
 func runTests(m *testing.M) int {
+	// dst's run directory (device state, status sockets) is the test run's,
+	// not the host's /run/dst.
+	if os.Getenv("DST_RUN_DIR") == "" {
+		run, err := os.MkdirTemp("", "dst-run-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tests:", err)
+			return 1
+		}
+		defer os.RemoveAll(run)
+		os.Setenv("DST_RUN_DIR", run)
+	}
 	if p := os.Getenv("DST_BIN"); p != "" {
 		dstBin = p
 		return m.Run()

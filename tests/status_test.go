@@ -90,3 +90,64 @@ func TestStatus(t *testing.T) {
 		t.Errorf("status socket after dst attach stopped: %v", err)
 	}
 }
+
+// TestServeStatus: dst serve status lists the exports and the sessions,
+// with the client's comment, epoch, queues and the bytes it moved.
+func TestServeStatus(t *testing.T) {
+	if standin() {
+		t.Skip("dst serve status is dst's own; the nbdkit stand-in has none")
+	}
+	requireTool(t, "nbdcopy")
+	runDir := shortTempDir(t)
+	t.Setenv("DST_RUN_DIR", runDir)
+	s := startServer(t, &export{Name: "disk", Size: 16 << 20}, &export{Name: "ro", Size: 1 << 20, ReadOnly: true})
+	a := s.attach(t, "disk", "--connections", "2")
+	src := filepath.Join(t.TempDir(), "src")
+	writeRandomFile(t, src, 4<<20)
+	run(t, "nbdcopy", "--flush", src, a.uri())
+	run(t, "nbdcopy", a.uri(), filepath.Join(t.TempDir(), "back"))
+
+	var st struct {
+		Instance string
+		Exports  []struct {
+			Name     string
+			ReadOnly bool `json:"read_only"`
+			Queues   int
+			Size     uint64
+		}
+		Sessions []struct {
+			Comment, Remote, Client string
+			Epoch                   uint64
+			Queues                  int
+			BytesRead               uint64 `json:"bytes_read"`
+			BytesWritten            uint64 `json:"bytes_written"`
+		}
+	}
+	out := run(t, dstBin, "serve", "status", "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("dst serve status --json: %v\n%s", err, out)
+	}
+	if len(st.Exports) != 2 || st.Exports[0].Name != "disk" || st.Exports[0].Queues != 2 || st.Exports[0].Size != 16<<20 ||
+		!st.Exports[1].ReadOnly || st.Exports[1].Queues != 0 || len(st.Instance) != 32 {
+		t.Errorf("exports %+v", st.Exports)
+	}
+	if len(st.Sessions) != 1 {
+		t.Fatalf("sessions %+v, want 1", st.Sessions)
+	}
+	se := st.Sessions[0]
+	if se.Comment != "" && se.Comment != "client" || se.Epoch != 1 || se.Queues != 2 ||
+		se.BytesWritten != 4<<20 || se.BytesRead < 4<<20 || !strings.HasPrefix(se.Remote, "127.0.0.1:") {
+		t.Errorf("session %+v: want epoch 1, 2 queues, 4 MiB written and read", se)
+	}
+	text := run(t, dstBin, "serve", "status")
+	t.Logf("dst serve status:\n%s", text)
+	for _, want := range []string{"instance " + st.Instance, "disk", "ro", "127.0.0.1:"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("dst serve status lacks %q", want)
+		}
+	}
+	s.proc.stop(t)
+	if _, err := os.Stat(filepath.Join(runDir, "serve.sock")); !os.IsNotExist(err) {
+		t.Errorf("status socket after dst serve stopped: %v", err)
+	}
+}

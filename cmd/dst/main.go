@@ -23,6 +23,7 @@ Usage:
   dst keygen [-o FILE]                 print (or write, mode 0600) a new private key
   dst pubkey < PRIVATE                 print the public key of a private key
   dst serve [flags]                    export files or block devices
+  dst serve status [--json]            what a running dst serve serves, to whom
   dst attach [flags] HOST:PORT EXPORT /dev/nbdN
                                        attach an export as a kernel block device
                                        (--device auto picks a free one and prints it)

@@ -17,6 +17,9 @@ import (
 )
 
 func cmdServe(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "status" {
+		return cmdServeStatus(ctx, args[1:])
+	}
 	fs := newFlagSet("serve", "[--config FILE] [--listen HOST:PORT --key FILE --authorized-keys FILE --export NAME=PATH[,ro]...]")
 	config := fs.String("config", "", "TOML config `FILE` (flags given too override it)")
 	listen := fs.String("listen", "", "address to listen on, `HOST:PORT` (default \":7700\")")
@@ -29,6 +32,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	fs.Var(&ciphers, "cipher", "allow only this `CIPHER` (aes-256-gcm, chacha20-poly1305; repeatable)")
 	workers := fs.Int("workers", 0, "bound on concurrently running I/O requests (default 64)")
 	perKey := fs.Int("max-sessions-per-key", 0, "bound on the sessions one client key may hold at once (default 64)")
+	statusSock := fs.String("status-socket", "", "answer dst serve status on the unix socket `PATH` (default <run dir>/serve.sock, i.e.\n/run/dst/serve.sock; none: no socket)")
 	keyMode := keyModeFlag(fs)
 	logger := logFlag(fs)
 	if _, err := parse(fs, args, 0, 0); err != nil {
@@ -128,6 +132,14 @@ func cmdServe(ctx context.Context, args []string) error {
 		"exports", names, "instance", info.Instance.String())
 	for _, k := range cfg.MoreKeys {
 		log.Info("also answering to a key of a rotation", "public_key", k.Public().String())
+	}
+	switch *statusSock {
+	case "none":
+	case "":
+		*statusSock = serveStatusPath()
+		fallthrough
+	default:
+		defer serveJSON(log, *statusSock, func() any { return srv.Status() })()
 	}
 	notify(log, sdnotify.Ready)
 	notify(log, func() error {

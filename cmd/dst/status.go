@@ -18,11 +18,14 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/client"
+	"github.com/dstproject/dst/server"
 )
 
 // Every dst attach answers status requests on a unix socket of its own,
 // <run dir>/attach/NAME.sock (mode 0600), with HTTP: GET /status returns
-// an attachmentStatus as JSON. dst status and dst list read them.
+// an attachmentStatus as JSON. dst status and dst list read them. dst
+// serve answers the same way on <run dir>/serve.sock with a
+// server.Status, which dst serve status reads.
 
 // attachmentStatus is what GET /status answers.
 type attachmentStatus struct {
@@ -34,6 +37,9 @@ type attachmentStatus struct {
 
 func statusDir() string { return filepath.Join(states().Dir, "attach") }
 
+// serveStatusPath is dst serve's status socket unless --status-socket says.
+func serveStatusPath() string { return filepath.Join(states().Dir, "serve.sock") }
+
 // validName is what a status socket may be called.
 var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
@@ -41,20 +47,28 @@ var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 // stop is called. A name another live dst attach holds is logged and left
 // alone: status is for operators, and the attachment works without it.
 func serveStatus(log *slog.Logger, name, device string, a *client.Attachment) (stop func()) {
-	stop = func() {}
 	if !validName.MatchString(name) {
 		log.Warn("no status socket: the name is not usable as a file name", "name", name)
-		return stop
+		return func() {}
 	}
-	dir := statusDir()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	pid := os.Getpid()
+	return serveJSON(log, filepath.Join(statusDir(), name+".sock"), func() any {
+		return attachmentStatus{Name: name, Device: device, PID: pid, Status: a.Status()}
+	})
+}
+
+// serveJSON answers GET /status with get's value as JSON on a unix socket
+// at path, mode 0600, until stop is called. A socket another live process
+// answers on is left alone, with a warning.
+func serveJSON(log *slog.Logger, path string, get func() any) (stop func()) {
+	stop = func() {}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		log.Warn("no status socket", "err", err)
 		return stop
 	}
-	path := filepath.Join(dir, name+".sock")
 	if c, err := net.Dial("unix", path); err == nil {
 		c.Close()
-		log.Warn("no status socket: another dst attach answers on it; give this one --name", "path", path)
+		log.Warn("no status socket: another process answers on it", "path", path)
 		return stop
 	}
 	os.Remove(path)
@@ -63,11 +77,10 @@ func serveStatus(log *slog.Logger, name, device string, a *client.Attachment) (s
 		log.Warn("no status socket", "err", err)
 		return stop
 	}
-	pid := os.Getpid()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(attachmentStatus{Name: name, Device: device, PID: pid, Status: a.Status()})
+		json.NewEncoder(w).Encode(get())
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(l)
@@ -76,6 +89,15 @@ func serveStatus(log *slog.Logger, name, device string, a *client.Attachment) (s
 
 // queryStatus asks the dst attach behind socket path for its status.
 func queryStatus(ctx context.Context, path string) (*attachmentStatus, error) {
+	var st attachmentStatus
+	if err := queryJSON(ctx, path, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// queryJSON decodes what GET /status answers on the socket at path into v.
+func queryJSON(ctx context.Context, path string, v any) error {
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -84,21 +106,20 @@ func queryStatus(ctx context.Context, path string) (*attachmentStatus, error) {
 	}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dst/status", nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s: %s", path, resp.Status)
+		return fmt.Errorf("%s: %s", path, resp.Status)
 	}
-	var st attachmentStatus
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
-	return &st, nil
+	return nil
 }
 
 // allStatus queries every status socket; sockets nobody answers on (a
@@ -180,4 +201,48 @@ func printStatus(out io.Writer, st *attachmentStatus) {
 		fmt.Fprintf(w, "  %s latency\tp50 %v, p99 %v, p99.9 %v (%d requests)\n", op, p.P50, p.P99, p.P999, p.Count)
 	}
 	w.Flush()
+}
+
+func cmdServeStatus(ctx context.Context, args []string) error {
+	fs := newFlagSet("serve status", "[flags]")
+	asJSON := fs.Bool("json", false, "print JSON")
+	sock := fs.String("status-socket", "", "the server's status `PATH` (default <run dir>/serve.sock)")
+	if _, err := parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	if *sock == "" {
+		*sock = serveStatusPath()
+	}
+	var st server.Status
+	if err := queryJSON(ctx, *sock, &st); err != nil {
+		return fmt.Errorf("no dst serve answers on %s: %w", *sock, err)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 8, 2, ' ', 0)
+	fmt.Fprintf(w, "instance %s\n\nEXPORT\tSIZE\tMODE\tQUEUES\tIDENTITY\n", st.Instance)
+	for _, e := range st.Exports {
+		mode := "rw"
+		if e.ReadOnly {
+			mode = "ro"
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%s\n", e.Name, e.Size, mode, e.Queues, e.Identity)
+	}
+	fmt.Fprintf(w, "\nCLIENT\tREMOTE\tHOST\tEPOCH\tSINCE\tQUEUES\tIN FLIGHT\tREAD\tWRITTEN\n")
+	for _, se := range st.Sessions {
+		who := se.Key
+		if se.Comment != "" {
+			who = se.Comment
+		}
+		epoch := fmt.Sprint(se.Epoch)
+		if se.Fenced {
+			epoch += " (fenced)"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", who, se.Remote, se.Client, epoch,
+			se.Since.Local().Format(time.DateTime), se.Queues, se.InFlight, se.BytesRead, se.BytesWritten)
+	}
+	return w.Flush()
 }

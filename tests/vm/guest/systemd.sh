@@ -132,6 +132,12 @@ CONF
 	echo "STEP boot-to-mount $(since_boot mnt-data.mount)"
 	findmnt -n -o SOURCE /mnt/data | grep -qx /dev/nbd0 || fail "/mnt/data is not mounted from /dev/nbd0 after the reboot"
 	step verify-after-reboot verifyfiles /mnt/data
+	# Status from both units' sockets.
+	dst status nbd0 | tee /tmp/status.out
+	grep -q 'state *connected since' /tmp/status.out || fail "dst status nbd0 does not say connected"
+	dst serve status | tee /tmp/serve-status.out
+	grep -q '^data ' /tmp/serve-status.out || fail "dst serve status does not list the export"
+	grep -q '^client ' /tmp/serve-status.out || fail "dst serve status does not list the client's session"
 
 	# A new client key: refused, then accepted after a reload.
 	dst keygen -o /tmp/k2.key
