@@ -80,6 +80,7 @@ type Attachment struct {
 	stats    counters
 	state    stateTracker
 	latency  latencies
+	events   events
 	ctx      context.Context // cancelled by Close
 	cancel   context.CancelFunc
 	lost     chan struct{} // closed when the attachment fails for good
@@ -172,6 +173,9 @@ func (a *Attachment) reap() {
 		}
 		expired := a.table.expire(time.Now())
 		a.stats.timeouts.Add(uint64(len(expired)))
+		if len(expired) > 0 {
+			a.events.emit(Event{Type: EventTimeout, Count: len(expired), Detail: "no reply within io-timeout " + a.cfg.IOTimeout.String()})
+		}
 		for i, t := range expired {
 			if i < 8 {
 				a.log.Error("transaction timed out", "id", t.hdr.ID, "cmd", t.hdr.Cmd,
@@ -195,6 +199,7 @@ func (a *Attachment) fail(err error) {
 	a.table.mu.Unlock()
 	pending := a.table.drain()
 	a.state.set(StateFailed, err)
+	a.events.emit(Event{Type: EventFailed, Detail: err.Error()})
 	a.log.Error("attachment failed; every request now fails with EIO", "err", err, "pending", len(pending))
 	for _, t := range pending {
 		t.finish(syscall.EIO)
@@ -212,6 +217,7 @@ func (a *Attachment) Close() error {
 	a.table.closed = true
 	a.table.mu.Unlock()
 	a.state.set(StateClosed, nil)
+	a.events.emit(Event{Type: EventClosed})
 	a.cancel()
 	a.wg.Wait()
 	for _, t := range a.table.drain() {

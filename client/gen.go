@@ -179,6 +179,7 @@ func (a *Attachment) supervise(g *generation) {
 		n := len(a.table.pending)
 		a.table.mu.Unlock()
 		a.state.set(StateReconnecting, g.err)
+		a.events.emit(Event{Type: EventLost, Epoch: g.epoch, Detail: g.err.Error()})
 		a.log.Warn("connection to server lost; reconnecting", "server", a.cfg.Server, "err", g.err, "pending", n)
 		g.shutdown(g.err, false)
 		if g = a.reconnect(); g == nil {
@@ -220,6 +221,7 @@ func (a *Attachment) reconnect() *generation {
 			return nil
 		}
 		a.log.Warn("reconnect failed", "server", a.cfg.Server, "attempt", attempt, "err", err)
+		a.events.emit(Event{Type: EventReconnectFailed, Count: attempt, Detail: err.Error()})
 	}
 }
 
@@ -229,6 +231,7 @@ func (a *Attachment) reconnect() *generation {
 // on it, oldest first.
 func (a *Attachment) resume(g *generation) error {
 	if g.info.Instance != a.table.instance {
+		a.events.emit(Event{Type: EventServerRestarted, Epoch: g.epoch, Detail: "instance " + g.info.Instance.String()})
 		if a.replay == nil {
 			a.log.Warn("server restarted; writes it acknowledged but had not flushed may be lost (replay is off)")
 		} else if err := a.replayTo(g); err != nil {
@@ -258,6 +261,7 @@ func (a *Attachment) resume(g *generation) error {
 	// Counted before they go out, so that whoever sees a resent request
 	// complete also sees it counted.
 	a.stats.reconnects.Add(1)
+	a.events.emit(Event{Type: EventReconnected, Epoch: g.epoch, Count: len(resend)})
 	if len(resend) > 0 {
 		a.stats.resent.Add(uint64(len(resend)))
 		a.log.Info("resending transactions", "count", len(resend), "epoch", g.epoch)
@@ -328,6 +332,7 @@ func (a *Attachment) replayTo(g *generation) error {
 		failed += int(bad.Load())
 		a.stats.replayed.Add(uint64(len(wave)))
 	}
+	a.events.emit(Event{Type: EventReplayed, Epoch: g.epoch, Count: len(entries)})
 	if failed > 0 {
 		a.log.Error("replayed writes failed on the server; data acknowledged earlier may be lost", "failed", failed)
 	}

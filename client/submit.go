@@ -120,6 +120,7 @@ func (a *Attachment) complete(t *tx, st wire.Status) {
 		a.requeue(t)
 	case wire.StatusETIMEDOUT:
 		a.stats.timeouts.Add(1)
+		a.events.emit(Event{Type: EventTimeout, Count: 1, Detail: "expired before the server could start it"})
 		a.log.Error("transaction expired before the server could start it; not applied",
 			"id", t.hdr.ID, "cmd", t.hdr.Cmd, "offset", t.hdr.Offset, "length", t.hdr.Length)
 		t.finish(syscall.EIO)
@@ -168,6 +169,7 @@ func (a *Attachment) retry(t *tx, why string) {
 	}
 	t.tries++
 	a.stats.checksumRetries.Add(1)
+	a.events.emit(Event{Type: EventChecksumRetry, Count: 1, Detail: why})
 	a.log.Warn("resending transaction", "id", t.hdr.ID, "cmd", t.hdr.Cmd, "offset", t.hdr.Offset, "reason", why)
 	a.requeue(t)
 }

@@ -2,6 +2,8 @@ package tests
 
 import (
 	"encoding/json"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -83,6 +85,26 @@ func TestStatus(t *testing.T) {
 	list, _ := runErr(dstBin, "list") // without an nbd driver it also says so, and still lists
 	if !strings.Contains(list, "unix:"+a.sock) || !strings.Contains(list, "connected") {
 		t.Errorf("dst list does not show the NBD socket attachment:\n%s", list)
+	}
+
+	// Bad input on the status socket gets an error and disturbs nothing.
+	for _, bad := range []string{"\x00\x01garbage\r\n\r\n", "GET /status HTTP/1.1\r\nX: " + strings.Repeat("a", 1<<20) + "\r\n\r\n",
+		"POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"} {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go c.Write([]byte(bad))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		reply, _ := io.ReadAll(io.LimitReader(c, 4096))
+		c.Close()
+		if !strings.HasPrefix(string(reply), "HTTP/1.1 4") {
+			t.Errorf("status socket answered %.40q to %.40q; want a 4xx error", reply, bad)
+		}
+	}
+	run(t, "nbdcopy", "--flush", src, a.uri())
+	if out := run(t, dstBin, "status", "st1", "--json"); !strings.Contains(out, `"state": "connected"`) {
+		t.Errorf("after bad input: %s", out)
 	}
 
 	a.proc.stop(t)

@@ -158,14 +158,19 @@ func cmdAttach(ctx context.Context, args []string) error {
 	if err != nil {
 		return explain(err, cfg)
 	}
+	// The status socket outlives the attachment by a moment, so that
+	// dst events sees it close.
+	stopStatus := func() {}
+	startStatus := func(name, device string) { stopStatus = serveStatus(log, name, device, a) }
 	defer func() {
 		a.Close()
+		stopStatus()
 		st := a.Stats()
 		log.Info("transaction stats", "reconnects", st.Reconnects, "resent", st.Resent, "replayed", st.Replayed,
 			"timeouts", st.Timeouts, "checksum_retries", st.ChecksumRetries)
 	}()
 	if kopt != nil {
-		kopt.name = *name
+		kopt.name, kopt.startStatus = *name, startStatus
 		return serveKernel(ctx, log, a, cfg, kopt)
 	}
 
@@ -184,7 +189,7 @@ func cmdAttach(ctx context.Context, args []string) error {
 	if *name == "" {
 		*name = e.Name
 	}
-	defer serveStatus(log, *name, *listen, a)()
+	startStatus(*name, *listen)
 	return srv.Serve(ctx, l)
 }
 

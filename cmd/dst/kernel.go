@@ -32,6 +32,7 @@ type kernelOptions struct {
 	reconfigure     bool   // the device waits for us after a crash
 	server, export  string // for the state file and the backend identifier
 	name            string // for dst status; empty: the device's name
+	startStatus     func(name, device string)
 }
 
 func newKernelOptions(device string, queues int, ioTimeout, deadConn time.Duration) (*kernelOptions, error) {
@@ -175,7 +176,7 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 	if name == "" {
 		name = filepath.Base(dev.Path)
 	}
-	defer serveStatus(log, name, dev.Path, a)()
+	k.startStatus(name, dev.Path)
 	err = dev.Serve(ctx)
 	if err != nil {
 		return fmt.Errorf("%w; %s waits %v for dst attach to restart", err, dev.Path, k.deadConnTimeout)

@@ -32,6 +32,8 @@ Usage:
   dst detach /dev/nbdN                 detach a kernel block device
   dst list                             list attachments: kernel block devices and NBD sockets
   dst status [/dev/nbdN|NAME] [--json] what each running dst attach is doing
+  dst events [/dev/nbdN|NAME]... [--json]
+                                       follow attachments' state changes as they happen
   dst info [flags] HOST:PORT           print what autoconfiguration learns from a server
   dst version
 
@@ -46,6 +48,7 @@ var commands = map[string]func(ctx context.Context, args []string) error{
 	"detach":  cmdDetach,
 	"list":    cmdList,
 	"status":  cmdStatus,
+	"events":  cmdEvents,
 	"info":    cmdInfo,
 	"version": cmdVersion,
 }

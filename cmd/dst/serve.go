@@ -139,7 +139,7 @@ func cmdServe(ctx context.Context, args []string) error {
 		*statusSock = serveStatusPath()
 		fallthrough
 	default:
-		defer serveJSON(log, *statusSock, func() any { return srv.Status() })()
+		defer serveMux(log, *statusSock, statusMux(func() any { return srv.Status() }))()
 	}
 	notify(log, sdnotify.Ready)
 	notify(log, func() error {

@@ -52,15 +52,53 @@ func serveStatus(log *slog.Logger, name, device string, a *client.Attachment) (s
 		return func() {}
 	}
 	pid := os.Getpid()
-	return serveJSON(log, filepath.Join(statusDir(), name+".sock"), func() any {
+	mux := statusMux(func() any {
 		return attachmentStatus{Name: name, Device: device, PID: pid, Status: a.Status()}
 	})
+	// GET /events streams the attachment's events, one JSON object a line,
+	// until the client hangs up.
+	mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {
+		ch, cancel := a.Subscribe(256)
+		defer cancel()
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		rc := http.NewResponseController(w)
+		rc.Flush()
+		enc := json.NewEncoder(w)
+		for {
+			select {
+			case e := <-ch:
+				if enc.Encode(attachmentEvent{Name: name, Event: e}) != nil || rc.Flush() != nil {
+					return
+				}
+			case <-r.Context().Done():
+				return
+			}
+		}
+	})
+	return serveMux(log, filepath.Join(statusDir(), name+".sock"), mux)
 }
 
-// serveJSON answers GET /status with get's value as JSON on a unix socket
-// at path, mode 0600, until stop is called. A socket another live process
-// answers on is left alone, with a warning.
-func serveJSON(log *slog.Logger, path string, get func() any) (stop func()) {
+// attachmentEvent is a line of GET /events.
+type attachmentEvent struct {
+	Name string `json:"name"`
+	client.Event
+}
+
+// statusMux answers GET /status with get's value as JSON.
+func statusMux(get func() any) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(get())
+	})
+	return mux
+}
+
+// serveMux serves mux on a unix socket at path, mode 0600, until stop is
+// called. A socket another live process answers on is left alone, with a
+// warning.
+func serveMux(log *slog.Logger, path string, mux *http.ServeMux) (stop func()) {
 	stop = func() {}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		log.Warn("no status socket", "err", err)
@@ -77,12 +115,7 @@ func serveJSON(log *slog.Logger, path string, get func() any) (stop func()) {
 		log.Warn("no status socket", "err", err)
 		return stop
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(get())
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 16 << 10}
 	go srv.Serve(l)
 	return func() { srv.Close(); l.Close() }
 }
@@ -245,4 +278,111 @@ func cmdServeStatus(ctx context.Context, args []string) error {
 			se.Since.Local().Format(time.DateTime), se.Queues, se.InFlight, se.BytesRead, se.BytesWritten)
 	}
 	return w.Flush()
+}
+
+func cmdEvents(ctx context.Context, args []string) error {
+	fs := newFlagSet("events", "[flags] [/dev/nbdN | NAME]...")
+	asJSON := fs.Bool("json", false, "print JSON, one object a line")
+	pos, err := parse(fs, args, 0, 64)
+	if err != nil {
+		return err
+	}
+	var socks []string
+	if len(pos) == 0 {
+		if socks, err = filepath.Glob(filepath.Join(statusDir(), "*.sock")); err != nil {
+			return err
+		}
+	}
+	for _, p := range pos {
+		socks = append(socks, filepath.Join(statusDir(), strings.TrimPrefix(p, "/dev/")+".sock"))
+	}
+	lines := make(chan attachmentEvent)
+	errs := make(chan error, len(socks))
+	streams := 0
+	for _, p := range socks {
+		resp, err := openEvents(ctx, p)
+		if err != nil {
+			if len(pos) > 0 {
+				return fmt.Errorf("no dst attach answers on %s: %w", p, err)
+			}
+			continue // a dst attach that was killed
+		}
+		streams++
+		go func() {
+			defer resp.Body.Close()
+			dec := json.NewDecoder(resp.Body)
+			for {
+				var e attachmentEvent
+				if err := dec.Decode(&e); err != nil {
+					errs <- err
+					return
+				}
+				select {
+				case lines <- e:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	if streams == 0 {
+		return errors.New("no dst attach is running")
+	}
+	out := json.NewEncoder(os.Stdout)
+	for {
+		select {
+		case e := <-lines:
+			if *asJSON {
+				out.Encode(e)
+				continue
+			}
+			fmt.Println(formatEvent(e))
+		case <-errs:
+			// That dst attach exited; the others go on.
+			if streams--; streams == 0 {
+				return nil
+			}
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// openEvents starts GET /events on the socket at path.
+func openEvents(ctx context.Context, path string) (*http.Response, error) {
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dst/events", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return resp, nil
+}
+
+// formatEvent is an event's text line: time, attachment, type, details.
+func formatEvent(e attachmentEvent) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s %s", e.Time.Local().Format("2006-01-02T15:04:05.000"), e.Name, e.Type)
+	if e.Epoch != 0 {
+		fmt.Fprintf(&b, " epoch=%d", e.Epoch)
+	}
+	if e.Count != 0 {
+		fmt.Fprintf(&b, " count=%d", e.Count)
+	}
+	if e.Detail != "" {
+		fmt.Fprintf(&b, " %q", e.Detail)
+	}
+	return b.String()
 }
