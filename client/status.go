@@ -112,7 +112,10 @@ const (
 
 var latencyOps = [latOps]string{"read", "write", "flush", "other"}
 
-type latencies [latOps][latencyBuckets]atomic.Uint64
+type latencies struct {
+	counts [latOps][latencyBuckets]atomic.Uint64
+	sums   [latOps]atomic.Int64 // nanoseconds
+}
 
 func latencyOp(cmd wire.Cmd) int {
 	switch cmd {
@@ -128,7 +131,9 @@ func latencyOp(cmd wire.Cmd) int {
 
 // record counts one request of cmd that took d.
 func (l *latencies) record(cmd wire.Cmd, d time.Duration) {
-	l[latencyOp(cmd)][bucketOf(uint64(max(d, 0)/time.Microsecond))].Add(1)
+	op := latencyOp(cmd)
+	l.counts[op][bucketOf(uint64(max(d, 0)/time.Microsecond))].Add(1)
+	l.sums[op].Add(int64(d))
 }
 
 // bucketOf maps v to its bucket: values below 4 have their own; above,
@@ -158,7 +163,7 @@ func (l *latencies) percentiles() map[string]Percentiles {
 		var counts [latencyBuckets]uint64
 		var total uint64
 		for b := range counts {
-			counts[b] = l[op][b].Load()
+			counts[b] = l.counts[op][b].Load()
 			total += counts[b]
 		}
 		p := Percentiles{Count: total}
@@ -183,4 +188,33 @@ func quantile(counts *[latencyBuckets]uint64, total uint64, q float64) time.Dura
 		}
 	}
 	return 0
+}
+
+// Histogram is a latency histogram for export (e.g. to Prometheus):
+// Counts[i] requests took at most Bounds[i]; Bounds are powers of two
+// microseconds, from 4 µs to about 134 s.
+type Histogram struct {
+	Bounds []time.Duration
+	Counts []uint64 // cumulative
+	Count  uint64
+	Sum    time.Duration
+}
+
+// Latencies returns a histogram per operation (read, write, flush, other).
+func (a *Attachment) Latencies() map[string]Histogram {
+	out := make(map[string]Histogram, latOps)
+	for op := range latOps {
+		var h Histogram
+		var cum uint64
+		for b := range latencyBuckets {
+			cum += a.latency.counts[op][b].Load()
+			if b%4 == 3 && b <= 103 { // an octave's end: 2^k µs
+				h.Bounds = append(h.Bounds, time.Duration(bucketUpper(b))*time.Microsecond)
+				h.Counts = append(h.Counts, cum)
+			}
+		}
+		h.Count, h.Sum = cum, time.Duration(a.latency.sums[op].Load())
+		out[latencyOps[op]] = h
+	}
+	return out
 }

@@ -35,8 +35,11 @@ type ExportConfig struct {
 
 // Config configures a Server.
 type Config struct {
-	Listen     string // host:port for the command; Serve takes a listener
-	PrivateKey crypto.PrivateKey
+	Listen string // host:port for the command; Serve takes a listener
+	// MetricsListen is where the command answers Prometheus scrapes
+	// (host:port); empty: nowhere.
+	MetricsListen string
+	PrivateKey    crypto.PrivateKey
 	// MoreKeys are further private keys the server answers to while its
 	// key is being rotated (crypto.ServerConfig.MoreKeys).
 	MoreKeys   []crypto.PrivateKey
@@ -96,6 +99,7 @@ func checkVolatile(e ExportConfig) error {
 // configFile is the TOML layout of a configuration file.
 type configFile struct {
 	Listen               string       `toml:"listen"`
+	MetricsListen        string       `toml:"metrics_listen"`
 	Key                  string       `toml:"key"`
 	MoreKeys             []string     `toml:"more_keys"`
 	AuthorizedKeys       string       `toml:"authorized_keys"`
@@ -116,6 +120,7 @@ type exportFile struct {
 // LoadConfig reads a TOML configuration file:
 //
 //	listen = ":7700"
+//	metrics_listen = "127.0.0.1:9477"   # optional: Prometheus /metrics
 //	key = "server.key"                  # private key file
 //	more_keys = ["next.key"]            # optional: keys of a rotation in progress
 //	authorized_keys = "authorized_keys"
@@ -154,7 +159,7 @@ func LoadConfig(path string, keyMode crypto.KeyModePolicy) (*Config, error) {
 		}
 		return filepath.Join(dir, p)
 	}
-	c := &Config{Listen: f.Listen, Workers: f.Workers, MaxSessionsPerKey: f.MaxSessionsPerKey}
+	c := &Config{Listen: f.Listen, MetricsListen: f.MetricsListen, Workers: f.Workers, MaxSessionsPerKey: f.MaxSessionsPerKey}
 	if f.MaxSessionsPerKey < 0 {
 		return nil, fmt.Errorf("server: config %s: max_sessions_per_key = %d: want a positive number", path, f.MaxSessionsPerKey)
 	}

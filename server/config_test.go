@@ -67,6 +67,7 @@ func TestLoadConfig(t *testing.T) {
 	path := filepath.Join(dir, "dst.toml")
 	os.WriteFile(path, []byte(`
 listen = "127.0.0.1:7701"
+metrics_listen = "127.0.0.1:9477"
 key = "server.key"
 authorized_keys = "authorized_keys"
 ciphers = ["chacha20-poly1305"]
@@ -91,7 +92,7 @@ volatile = true
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != "127.0.0.1:7701" || c.Workers != 16 || c.MaxSessionsPerKey != 8 || !c.PrivateKey.Equal(sk) {
+	if c.Listen != "127.0.0.1:7701" || c.MetricsListen != "127.0.0.1:9477" || c.Workers != 16 || c.MaxSessionsPerKey != 8 || !c.PrivateKey.Equal(sk) {
 		t.Errorf("config %+v", c)
 	}
 	if _, ok := c.Authorized.Contains(ck); !ok {

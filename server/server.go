@@ -49,6 +49,9 @@ type Server struct {
 	sessions map[*session]struct{}
 	tokens   map[wire.Identity]*session
 	perKey   map[crypto.PublicKey]*keyState // live sessions of each client key
+	// ended sums what sessions that have ended served, so that Totals
+	// never goes back. Under mu.
+	ended Totals
 	// keyCapLog reports sessions refused for their key's bound.
 	keyCapLog *rateLog
 	// admission bounds the connections in their handshake (admission.go).
@@ -380,6 +383,10 @@ func (s *Server) track(se *session) (untrack func(), n int) {
 	s.mu.Unlock()
 	return func() {
 		s.mu.Lock()
+		s.ended.Sessions++
+		s.ended.Requests += se.requests.Load()
+		s.ended.BytesRead += se.bytesRead.Load()
+		s.ended.BytesWritten += se.bytesWritten.Load()
 		delete(s.sessions, se)
 		if k.sessions--; k.sessions == 0 {
 			delete(s.perKey, se.key)

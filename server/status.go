@@ -92,3 +92,33 @@ func (s *Server) Status() Status {
 	}
 	return st
 }
+
+// Totals counts what a server has served since it started, for metrics:
+// requests answered, READ and WRITE payload bytes, and sessions begun
+// (Sessions) or open (Live).
+type Totals struct {
+	Sessions     uint64
+	Live         int
+	Queues       int
+	Requests     uint64
+	BytesRead    uint64
+	BytesWritten uint64
+}
+
+// Totals returns the server's counters, live sessions included.
+func (s *Server) Totals() Totals {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.ended
+	for se := range s.sessions {
+		t.Sessions++
+		t.Live++
+		t.Requests += se.requests.Load()
+		t.BytesRead += se.bytesRead.Load()
+		t.BytesWritten += se.bytesWritten.Load()
+		se.mu.Lock()
+		t.Queues += len(se.queues)
+		se.mu.Unlock()
+	}
+	return t
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/dstproject/dst/client"
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/metrics"
 	"github.com/dstproject/dst/internal/sdnotify"
 	"golang.org/x/sys/unix"
 )
@@ -95,6 +96,7 @@ func cmdAttach(ctx context.Context, args []string) error {
 	fs.Var(&replay, "replay-buffer", "bound on acknowledged, unflushed write `SIZE` kept to replay to a restarted server (e.g. 64MiB, 1GiB; 0 turns replay off)")
 	procs := fs.Int("procs", 0, "`N` threads run attach's Go code at once (GOMAXPROCS); default 1, or $GOMAXPROCS if set;\nmore helps only links faster than one core's sealing (several GB/s)")
 	deadConn := fs.Duration("dead-conn-timeout", 60*time.Second, "with a device: how long the kernel holds I/O for a restarted dst attach")
+	metricsListen := fs.String("metrics-listen", "", "answer Prometheus scrapes at `HOST:PORT`/metrics (default off)")
 	name := fs.String("name", "", "`NAME` of this attachment for dst status (its socket is <run dir>/attach/NAME.sock);\ndefault the device's name (nbd0), or with --nbd-listen the export's")
 	logger := logFlag(fs)
 	pos, err := parse(fs, args, 2, 3)
@@ -146,6 +148,15 @@ func cmdAttach(ctx context.Context, args []string) error {
 		}
 	}
 
+	// Bound before attaching, so that a taken port is an error at once.
+	var ml net.Listener
+	if *metricsListen != "" {
+		if ml, err = net.Listen("tcp", *metricsListen); err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		defer ml.Close()
+	}
+
 	a, err := client.Attach(ctx, &client.AttachConfig{
 		Config:            *cfg,
 		Export:            pos[1],
@@ -161,7 +172,18 @@ func cmdAttach(ctx context.Context, args []string) error {
 	// The status socket outlives the attachment by a moment, so that
 	// dst events sees it close.
 	stopStatus := func() {}
-	startStatus := func(name, device string) { stopStatus = serveStatus(log, name, device, a) }
+	startStatus := func(name, device string) {
+		stopStatus = serveStatus(log, name, device, a)
+		if ml == nil {
+			return
+		}
+		log.Info("metrics", "addr", ml.Addr().String())
+		go func() {
+			if err := metrics.Serve(ctx, ml, metrics.NewClient(a, name)); err != nil {
+				log.Error("metrics endpoint failed", "err", err)
+			}
+		}()
+	}
 	defer func() {
 		a.Close()
 		stopStatus()

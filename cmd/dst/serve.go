@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/metrics"
 	"github.com/dstproject/dst/internal/sdnotify"
 	"github.com/dstproject/dst/server"
 )
@@ -32,6 +33,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	fs.Var(&ciphers, "cipher", "allow only this `CIPHER` (aes-256-gcm, chacha20-poly1305; repeatable)")
 	workers := fs.Int("workers", 0, "bound on concurrently running I/O requests (default 64)")
 	perKey := fs.Int("max-sessions-per-key", 0, "bound on the sessions one client key may hold at once (default 64)")
+	metricsListen := fs.String("metrics-listen", "", "answer Prometheus scrapes at `HOST:PORT`/metrics (default off)")
 	statusSock := fs.String("status-socket", "", "answer dst serve status on the unix socket `PATH` (default <run dir>/serve.sock, i.e.\n/run/dst/serve.sock; none: no socket)")
 	keyMode := keyModeFlag(fs)
 	logger := logFlag(fs)
@@ -59,6 +61,9 @@ func cmdServe(ctx context.Context, args []string) error {
 	}
 	if *listen != "" {
 		cfg.Listen = *listen
+	}
+	if *metricsListen != "" {
+		cfg.MetricsListen = *metricsListen
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = ":7700"
@@ -132,6 +137,18 @@ func cmdServe(ctx context.Context, args []string) error {
 		"exports", names, "instance", info.Instance.String())
 	for _, k := range cfg.MoreKeys {
 		log.Info("also answering to a key of a rotation", "public_key", k.Public().String())
+	}
+	if cfg.MetricsListen != "" {
+		ml, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		log.Info("metrics", "addr", ml.Addr().String())
+		go func() {
+			if err := metrics.Serve(ctx, ml, metrics.NewServer(srv)); err != nil {
+				log.Error("metrics endpoint failed", "err", err)
+			}
+		}()
 	}
 	switch *statusSock {
 	case "none":
