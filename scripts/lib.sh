@@ -6,6 +6,13 @@
 # Repository root, whatever the caller's working directory.
 DST_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
+# The Go dst is built and tested with (README, "Go version"): the go command
+# fetches it from the module proxy the first time. Go 1.26.8's net/http and
+# crypto/x509 have known vulnerabilities that the status sockets and the
+# metrics endpoint would reach (scripts/vulncheck fails on them).
+# DST_GOTOOLCHAIN=local builds with whatever go is installed.
+export GOTOOLCHAIN=${DST_GOTOOLCHAIN:-go1.27.3}
+
 log()  { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die()  { log "FATAL: $*"; exit 1; }
 
