@@ -45,11 +45,7 @@ func scrape(t *testing.T, url string) map[string]float64 {
 // TestMetrics scrapes attach's and serve's /metrics while I/O runs and
 // checks the values move with it.
 func TestMetrics(t *testing.T) {
-	if standin() {
-		t.Skip("metrics are dst's own; the nbdkit stand-in has none")
-	}
-	requireTool(t, "nbdcopy")
-	t.Setenv("DST_RUN_DIR", shortTempDir(t))
+	ownRunDir(t, "metrics")
 	s := startServer(t, &export{Name: "disk", Size: 16 << 20})
 	// serve's metrics: started again with --metrics-listen on the same files.
 	s.proc.stop(t)

@@ -15,12 +15,7 @@ import (
 // its own socket under the run directory, dst list shows an attachment
 // served as an NBD socket, and the socket goes with the process.
 func TestStatus(t *testing.T) {
-	if standin() {
-		t.Skip("dst status is dst's own; the nbdkit stand-in has none")
-	}
-	requireTool(t, "nbdcopy")
-	runDir := shortTempDir(t)
-	t.Setenv("DST_RUN_DIR", runDir)
+	runDir := ownRunDir(t, "dst status")
 	s := startServer(t, &export{Name: "disk", Size: 16 << 20})
 	a := s.attach(t, "disk", "--name", "st1")
 	src := filepath.Join(t.TempDir(), "src")
@@ -116,12 +111,7 @@ func TestStatus(t *testing.T) {
 // TestServeStatus: dst serve status lists the exports and the sessions,
 // with the client's comment, epoch, queues and the bytes it moved.
 func TestServeStatus(t *testing.T) {
-	if standin() {
-		t.Skip("dst serve status is dst's own; the nbdkit stand-in has none")
-	}
-	requireTool(t, "nbdcopy")
-	runDir := shortTempDir(t)
-	t.Setenv("DST_RUN_DIR", runDir)
+	runDir := ownRunDir(t, "dst serve status")
 	s := startServer(t, &export{Name: "disk", Size: 16 << 20}, &export{Name: "ro", Size: 1 << 20, ReadOnly: true})
 	a := s.attach(t, "disk", "--connections", "2")
 	src := filepath.Join(t.TempDir(), "src")
@@ -172,4 +162,18 @@ func TestServeStatus(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(runDir, "serve.sock")); !os.IsNotExist(err) {
 		t.Errorf("status socket after dst serve stopped: %v", err)
 	}
+}
+
+// ownRunDir prepares a test of what, a feature of dst's own: skipped with
+// the nbdkit stand-in, it needs nbdcopy for I/O and gets a run directory
+// (status sockets) of its own, which it returns.
+func ownRunDir(t *testing.T, what string) string {
+	t.Helper()
+	if standin() {
+		t.Skip(what + " is dst's own; the nbdkit stand-in has none")
+	}
+	requireTool(t, "nbdcopy")
+	dir := shortTempDir(t)
+	t.Setenv("DST_RUN_DIR", dir)
+	return dir
 }

@@ -131,12 +131,8 @@ func queryStatus(ctx context.Context, path string) (*attachmentStatus, error) {
 
 // queryJSON decodes what GET /status answers on the socket at path into v.
 func queryJSON(ctx context.Context, path string, v any) error {
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	}}
+	hc := unixClient(path)
+	hc.Timeout = 5 * time.Second
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dst/status", nil)
 	if err != nil {
 		return err
@@ -348,19 +344,24 @@ func cmdEvents(ctx context.Context, args []string) error {
 	}
 }
 
-// openEvents starts GET /events on the socket at path.
-func openEvents(ctx context.Context, path string) (*http.Response, error) {
-	hc := &http.Client{Transport: &http.Transport{
+// unixClient is an HTTP client whose every request goes to the unix
+// socket at path.
+func unixClient(path string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		},
 	}}
+}
+
+// openEvents starts GET /events on the socket at path.
+func openEvents(ctx context.Context, path string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dst/events", nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := hc.Do(req)
+	resp, err := unixClient(path).Do(req)
 	if err != nil {
 		return nil, err
 	}
