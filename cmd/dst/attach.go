@@ -115,6 +115,9 @@ func cmdAttach(ctx context.Context, args []string) error {
 	case *device != "" && *listen != "":
 		return usagef("give either a device or --nbd-listen, not both")
 	}
+	if *name != "" && !validName.MatchString(*name) {
+		return usagef("--name %q: want letters, digits, '.', '_' or '-', at most 64, starting with a letter or digit", *name)
+	}
 	n, err := attachProcs(*procs, os.Getenv("GOMAXPROCS"))
 	if err != nil {
 		return err
