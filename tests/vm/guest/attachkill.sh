@@ -19,18 +19,21 @@ writefiles /mnt/a/data 8 4 &
 W=$!
 # Direct writers keep requests in flight at the kill, until the restart.
 PROBES=
-for w in 1 2 3; do
+for w in 1 2 3 4; do
 	(
 		i=0
 		while [ ! -e /tmp/stop ]; do
-			dd if=/dev/urandom of="/mnt/a/probe$w" bs=128k count=1 seek=$((i % 64)) oflag=direct conv=notrunc 2>/dev/null ||
+			dd if=/dev/urandom of="/mnt/a/probe$w" bs=1M count=1 seek=$((i % 8)) oflag=direct conv=notrunc 2>/dev/null ||
 				{ echo "probe $w: write $i failed"; exit 1; }
 			i=$((i + 1))
 		done
 	) &
 	PROBES="$PROBES $!"
 done
-sleep 2
+# The files first: what they write after the restart would count as the
+# stall. The probes go on writing through the kill.
+t wait $W || fail "writes failed before the kill"
+sleep 1
 kill -9 "$ATTACH_PID"
 sleep 1
 dst list
@@ -41,10 +44,13 @@ t attach a disk /dev/nbd0
 grep -q 'reconfigured=true' /tmp/attach.log || fail "the restarted dst attach did not reconfigure"
 [ "$(cat /sys/block/nbd0/queue/io_timeout)" = 5000 ] || fail "io_timeout after the reconfigure $(cat /sys/block/nbd0/queue/io_timeout), want 5000"
 for p in $PROBES; do wait "$p" || fail "a direct write failed across the dst attach restart"; done
-t wait $W || fail "writes failed across the dst attach restart"
 sync
 awk -v r="$RESTART" -v d="$(up)" 'BEGIN {
 	printf "every write done %.1fs after the restart\n", d - r
 	exit (d - r <= 10) ? 0 : 1 }' || fail "writes in flight at the kill took more than 10 s after the restart"
+# The kernel says which requests it found on the dead socket and resent.
+caught=$(dmesg | grep -c 'Possible stuck request' || true)
+echo "requests caught by the kill and resent: $caught"
+[ "$caught" -gt 0 ] || fail "the kill caught no request in flight: the scenario proved nothing"
 checkfs /dev/nbd0 /mnt/a /mnt/a/data
 dst detach /dev/nbd0
