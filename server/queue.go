@@ -48,6 +48,7 @@ type queueConn struct {
 	log    *slog.Logger
 	w      *qconn.Writer[*op]
 	budget *inflight.Limiter // requests and bytes in flight on this connection
+	served served            // counted here, not per session: no cache line shared between queues
 	hdr    [wire.RequestSize]byte
 	discID uint64 // the DISCONNECT request's id, for its reply
 
@@ -238,15 +239,7 @@ func (q *queueConn) noop(r *wire.Request) bool {
 // encodeReply adds o's reply to a batch and returns o's buffers and
 // budget: once sealed, the reply needs neither.
 func (q *queueConn) encodeReply(b *qconn.Batch, o *op) {
-	q.se.requests.Add(1)
-	if o.status == wire.StatusOK {
-		switch o.req.Cmd {
-		case wire.CmdRead:
-			q.se.bytesRead.Add(uint64(o.req.Length))
-		case wire.CmdWrite:
-			q.se.bytesWritten.Add(uint64(o.req.Length))
-		}
-	}
+	q.served.add(o)
 	h := b.Frame(wire.ReplySize)
 	if o.req.Cmd == wire.CmdRead && o.status == wire.StatusOK {
 		copy(h, (*o.buf)[:wire.ReplySize])

@@ -384,9 +384,9 @@ func (s *Server) track(se *session) (untrack func(), n int) {
 	return func() {
 		s.mu.Lock()
 		s.ended.Sessions++
-		s.ended.Requests += se.requests.Load()
-		s.ended.BytesRead += se.bytesRead.Load()
-		s.ended.BytesWritten += se.bytesWritten.Load()
+		se.mu.Lock()
+		s.ended.add(se.servedLocked())
+		se.mu.Unlock()
 		delete(s.sessions, se)
 		if k.sessions--; k.sessions == 0 {
 			delete(s.perKey, se.key)

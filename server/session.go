@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/dstproject/dst/crypto"
@@ -58,14 +57,12 @@ type session struct {
 	keyBytes   *inflight.Limiter // payload bytes in flight, all sessions of the key
 	since      time.Time
 
-	// Served, for Status: requests answered, READ and WRITE payload bytes.
-	requests, bytesRead, bytesWritten atomic.Uint64
-
 	mu     sync.Mutex
 	token  wire.Identity // SERVER_INFO's session token, set once HELLO is answered
 	hello  wire.Hello
 	queues map[*queueConn]struct{}
 	qwg    sync.WaitGroup
+	past   servedCounts // what its queue connections that have ended served
 }
 
 // serveControl serves a control connection: a yamux session whose first
@@ -276,6 +273,7 @@ func (se *session) bind(q *queueConn) bool {
 func (se *session) unbind(q *queueConn) {
 	se.mu.Lock()
 	delete(se.queues, q)
+	se.past.add(q.served.load())
 	se.mu.Unlock()
 	se.qwg.Done()
 }

@@ -2,7 +2,10 @@ package server
 
 import (
 	"sort"
+	"sync/atomic"
 	"time"
+
+	"github.com/dstproject/dst/wire"
 )
 
 // Status is what a server is serving and to whom, for operators
@@ -54,12 +57,9 @@ func (s *Server) Status() Status {
 	s.mu.Unlock()
 	for _, se := range sessions {
 		ss := SessionStatus{
-			Key:          se.key.String(),
-			Remote:       se.conn.RemoteAddr().String(),
-			Since:        se.since,
-			Requests:     se.requests.Load(),
-			BytesRead:    se.bytesRead.Load(),
-			BytesWritten: se.bytesWritten.Load(),
+			Key:    se.key.String(),
+			Remote: se.conn.RemoteAddr().String(),
+			Since:  se.since,
 		}
 		if auth != nil {
 			ss.Comment, _ = auth.Contains(se.key)
@@ -76,7 +76,9 @@ func (s *Server) Status() Status {
 			ss.InFlight += q.budget.InFlight()
 			queues[q.exp]++
 		}
+		c := se.servedLocked()
 		se.mu.Unlock()
+		ss.Requests, ss.BytesRead, ss.BytesWritten = c.Requests, c.BytesRead, c.BytesWritten
 		se.gate.RLock()
 		ss.Fenced = se.fenced
 		se.gate.RUnlock()
@@ -97,12 +99,10 @@ func (s *Server) Status() Status {
 // requests answered, READ and WRITE payload bytes, and sessions begun
 // (Sessions) or open (Live).
 type Totals struct {
-	Sessions     uint64
-	Live         int
-	Queues       int
-	Requests     uint64
-	BytesRead    uint64
-	BytesWritten uint64
+	Sessions uint64
+	Live     int
+	Queues   int
+	servedCounts
 }
 
 // Totals returns the server's counters, live sessions included.
@@ -113,12 +113,55 @@ func (s *Server) Totals() Totals {
 	for se := range s.sessions {
 		t.Sessions++
 		t.Live++
-		t.Requests += se.requests.Load()
-		t.BytesRead += se.bytesRead.Load()
-		t.BytesWritten += se.bytesWritten.Load()
 		se.mu.Lock()
 		t.Queues += len(se.queues)
+		t.add(se.servedLocked())
 		se.mu.Unlock()
 	}
 	return t
+}
+
+// served counts what one queue connection answered.
+type served struct {
+	requests, bytesRead, bytesWritten atomic.Uint64
+}
+
+// add counts o, whose reply is going out.
+func (s *served) add(o *op) {
+	s.requests.Add(1)
+	if o.status != wire.StatusOK {
+		return
+	}
+	switch o.req.Cmd {
+	case wire.CmdRead:
+		s.bytesRead.Add(uint64(o.req.Length))
+	case wire.CmdWrite:
+		s.bytesWritten.Add(uint64(o.req.Length))
+	}
+}
+
+func (s *served) load() servedCounts {
+	return servedCounts{s.requests.Load(), s.bytesRead.Load(), s.bytesWritten.Load()}
+}
+
+// servedCounts is a sum of served: requests answered, READ and WRITE
+// payload bytes.
+type servedCounts struct {
+	Requests, BytesRead, BytesWritten uint64
+}
+
+func (c *servedCounts) add(d servedCounts) {
+	c.Requests += d.Requests
+	c.BytesRead += d.BytesRead
+	c.BytesWritten += d.BytesWritten
+}
+
+// servedLocked is what se has served, its live queue connections
+// included; se.mu must be held.
+func (se *session) servedLocked() servedCounts {
+	c := se.past
+	for q := range se.queues {
+		c.add(q.served.load())
+	}
+	return c
 }
