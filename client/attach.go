@@ -69,9 +69,12 @@ const maxTries = 3
 type Attachment struct {
 	cfg    AttachConfig
 	log    *slog.Logger
-	id     wire.Identity // names the attachment to servers, for fencing
-	export wire.ExportInfo
-	replay *replayLog // nil when replay is off
+	id     wire.Identity   // names the attachment to servers, for fencing
+	export wire.ExportInfo // as first attached; the size is size's
+	replay *replayLog      // nil when replay is off
+
+	size    atomic.Uint64 // the export's size now (resize.go)
+	resized chan struct{}
 
 	nextID atomic.Uint64
 	epoch  atomic.Uint64 // the latest session epoch dialed
@@ -92,10 +95,11 @@ type Attachment struct {
 // connection is not retried: an error here is reported at once.
 func Attach(ctx context.Context, cfg *AttachConfig) (*Attachment, error) {
 	a := &Attachment{
-		cfg:   *cfg,
-		log:   cfg.logger(),
-		table: table{pending: make(map[uint64]*tx)},
-		lost:  make(chan struct{}),
+		cfg:     *cfg,
+		log:     cfg.logger(),
+		table:   table{pending: make(map[uint64]*tx)},
+		lost:    make(chan struct{}),
+		resized: make(chan struct{}, 1),
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	c := &a.cfg

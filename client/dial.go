@@ -139,7 +139,7 @@ func dial(ctx context.Context, cfg *Config, attachment wire.Identity, epoch uint
 		return nil, err
 	}
 	s := &Session{mux: sess, raw: raw, cipher: conn.Cipher(), serverKey: conn.PeerKey(), dead: make(chan struct{})}
-	h := &wire.Hello{Version: wire.Version, Attachment: attachment, Epoch: epoch}
+	h := &wire.Hello{Version: wire.Version, Flags: wire.HelloEvents, Attachment: attachment, Epoch: epoch}
 	if err := s.hello(ctx, h); err != nil {
 		s.abort()
 		return nil, fmt.Errorf("client: autoconfiguration from %s: %w", cfg.Server, err)

@@ -17,6 +17,9 @@ const (
 	EventChecksumRetry   = "checksum-retry"   // a transaction sent again after a bad checksum
 	EventFailed          = "failed"           // for good; Detail says why
 	EventClosed          = "closed"
+	// Told by the server on the control stream.
+	EventResized        = "resized"         // the export grew to Size bytes
+	EventServerStopping = "server-stopping" // Detail is the server's reason
 )
 
 // Event is a change in an attachment's state (dst events).
@@ -25,6 +28,7 @@ type Event struct {
 	Type   string    `json:"type"`
 	Epoch  uint64    `json:"epoch,omitempty"`
 	Count  int       `json:"count,omitempty"`
+	Size   uint64    `json:"size,omitempty"`
 	Detail string    `json:"detail,omitempty"`
 }
 

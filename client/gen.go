@@ -103,9 +103,10 @@ func (a *Attachment) connect(ctx context.Context, epoch uint64, first bool) (*ge
 		g.wg.Add(1)
 		go func() { defer g.wg.Done(); q.recvLoop() }()
 	}
+	s.onEvent = a.serverEvent
 	g.wg.Add(3)
 	go func() { defer g.wg.Done(); s.keepalive(c.KeepaliveInterval, c.KeepaliveTimeout) }()
-	go func() { defer g.wg.Done(); s.readPongs() }()
+	go func() { defer g.wg.Done(); s.readControl() }()
 	go func() {
 		defer g.wg.Done()
 		select {
@@ -131,12 +132,14 @@ func (a *Attachment) checkExport(info wire.ServerInfo, first bool) error {
 	}
 	if first {
 		a.export = e
+		a.size.Store(e.Size)
 		return nil
 	}
 	if e.Identity != a.export.Identity {
 		return fmt.Errorf("%w: export %q was disk %v, the server now has disk %v behind that name",
 			ErrIdentityChanged, e.Name, a.export.Identity, e.Identity)
 	}
+	a.grow(e.Size) // it may have grown while we were away
 	return nil
 }
 

@@ -21,6 +21,7 @@ func (a *Attachment) NBDExport() *nbd.Export {
 		Name:               e.Name,
 		Description:        fmt.Sprintf("dst export %s on %s", e.Name, a.cfg.Server),
 		Size:               e.Size,
+		CurrentSize:        a.Size,
 		MinBlockSize:       e.LogicalBlock,
 		PreferredBlockSize: e.PhysicalBlock,
 		MaxBlockSize:       maxBlock,

@@ -25,8 +25,11 @@ type Session struct {
 	// serverKey is the pin the handshake proved; queue connections of
 	// the session use it.
 	serverKey crypto.PublicKey
-	ctl       *yamux.Stream // control stream: PING and PONG after HELLO
+	ctl       *yamux.Stream // control stream: PING and PONG after HELLO, and EVENTs
 	clock     clockMap
+	// onEvent is called, on the goroutine that reads the control stream,
+	// with each EVENT the server sends; set before that goroutine starts.
+	onEvent func(wire.Event)
 
 	dead     chan struct{} // closed by kill
 	deadOnce sync.Once
@@ -83,7 +86,7 @@ func (s *Session) kill(err error) {
 // keepalive probes the session every interval on its control stream and
 // kills it when no answer has come for timeout, or the stream fails. A
 // frozen server process answers nothing, so this notices what TCP does
-// not: its kernel keeps acknowledging. PONGs are read by readPongs, which
+// not: its kernel keeps acknowledging. PONGs are read by readControl, which
 // the caller runs beside it.
 func (s *Session) keepalive(interval, timeout time.Duration) {
 	t := time.NewTicker(interval)
@@ -112,7 +115,9 @@ func (s *Session) keepalive(interval, timeout time.Duration) {
 	}
 }
 
-func (s *Session) readPongs() {
+// readControl reads the control stream: PONGs, and EVENTs, which it
+// hands to onEvent.
+func (s *Session) readControl() {
 	for {
 		typ, body, err := wire.ReadMessage(s.ctl)
 		if err != nil {
@@ -120,8 +125,19 @@ func (s *Session) readPongs() {
 			return
 		}
 		now := time.Now()
+		if typ == wire.MsgEvent {
+			e, err := wire.DecodeEvent(body)
+			if err != nil {
+				s.kill(fmt.Errorf("control stream: %w", err))
+				return
+			}
+			if s.onEvent != nil {
+				s.onEvent(e)
+			}
+			continue
+		}
 		if typ != wire.MsgPong {
-			s.kill(fmt.Errorf("control stream: server sent %v, expected PONG", typ))
+			s.kill(fmt.Errorf("control stream: server sent %v, expected PONG or EVENT", typ))
 			return
 		}
 		p, err := wire.DecodePong(body)

@@ -22,6 +22,7 @@ type Status struct {
 	Server     string    `json:"server"`
 	Export     string    `json:"export"`
 	Identity   string    `json:"identity"`   // the export's, hex
+	Size       uint64    `json:"size"`       // the export's, bytes
 	Attachment string    `json:"attachment"` // this attachment's id, hex
 	State      string    `json:"state"`
 	Since      time.Time `json:"since"`           // when State began
@@ -80,6 +81,7 @@ func (a *Attachment) Status() Status {
 		Server:     a.cfg.Server,
 		Export:     a.export.Name,
 		Identity:   a.export.Identity.String(),
+		Size:       a.Size(),
 		Attachment: a.id.String(),
 		Epoch:      a.epoch.Load(),
 		Queues:     a.cfg.Connections,

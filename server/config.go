@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/dstproject/dst/crypto"
@@ -50,7 +51,11 @@ type Config struct {
 	// MaxSessionsPerKey bounds the control sessions one client key may
 	// hold at once; 0 means DefaultMaxSessionsPerKey.
 	MaxSessionsPerKey int
-	Logger            *slog.Logger
+	// SizeCheck is how often the server looks for exports that grew
+	// (CheckSizes); 0 means DefaultSizeCheck, negative never (the caller
+	// calls CheckSizes itself).
+	SizeCheck time.Duration
+	Logger    *slog.Logger
 }
 
 // ParseExportFlag parses the command line form of an export:

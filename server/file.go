@@ -272,8 +272,29 @@ func (b *File) pwriteDsync(p []byte, off int64) error {
 	return nil
 }
 
-// Size returns the exported size: the file's, rounded down to blocks.
+// Size returns the exported size: the file's at open, rounded down to
+// blocks.
 func (b *File) Size() (int64, error) { return b.size, nil }
+
+// Refresh reads the file's or device's size again, rounded down to whole
+// logical blocks (Refresher).
+func (b *File) Refresh() (int64, error) {
+	var size int64
+	if b.blockDev {
+		var n uint64
+		if err := ioctlPtr(b.fd, unix.BLKGETSIZE64, unsafe.Pointer(&n)); err != nil {
+			return 0, fmt.Errorf("server: %s: BLKGETSIZE64: %w", b.path, err)
+		}
+		size = int64(n)
+	} else {
+		var st unix.Stat_t
+		if err := unix.Fstat(b.fd, &st); err != nil {
+			return 0, fmt.Errorf("server: stat %s: %w", b.path, err)
+		}
+		size = st.Size
+	}
+	return size - size%int64(b.logical), nil
+}
 
 // Sync makes all completed writes durable. fdatasync covers writes made
 // through any stream, which is what lets exports announce multi-conn.

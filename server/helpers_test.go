@@ -50,13 +50,19 @@ type exportSpec struct {
 }
 
 func newEnv(t testing.TB, specs ...exportSpec) *env {
+	return newEnvConfig(t, &server.Config{}, specs...)
+}
+
+// newEnvConfig is newEnv with cfg's settings besides the exports, keys,
+// logger and workers.
+func newEnvConfig(t testing.TB, cfg *server.Config, specs ...exportSpec) *env {
 	t.Helper()
 	leakCheck(t)
 	if len(specs) == 0 {
 		specs = []exportSpec{{name: "disk", size: 8 << 20}}
 	}
 	e := &env{t: t, mem: make(map[string]*servertest.MemBackend)}
-	cfg := &server.Config{Logger: testsupport.Logger(t), Workers: 8}
+	cfg.Logger, cfg.Workers = testsupport.Logger(t), 8
 	for _, s := range specs {
 		m := servertest.NewMemBackend(s.size)
 		e.mem[s.name] = m

@@ -102,7 +102,7 @@ func (s *Server) serveQueue(conn *crypto.Conn, body []byte, log *slog.Logger) {
 		return
 	}
 	defer se.unbind(qc)
-	msg := wire.AppendMessage(nil, wire.MsgOpened, wire.AppendOpened(nil, &wire.Opened{Export: e.info}))
+	msg := wire.AppendMessage(nil, wire.MsgOpened, wire.AppendOpened(nil, &wire.Opened{Export: e.describe()}))
 	if _, err := conn.Write(msg); err != nil {
 		log.Debug("writing OPENED", "err", err)
 		qc.close()
@@ -214,6 +214,7 @@ func (q *queueConn) dispatch(req wire.Request) error {
 // check applies the export's rules to a request.
 func (q *queueConn) check(r *wire.Request) wire.Status {
 	e := &q.exp.info
+	size := q.exp.size.Load()
 	switch {
 	case r.Cmd == wire.CmdFlush:
 		return wire.StatusOK
@@ -221,7 +222,7 @@ func (q *queueConn) check(r *wire.Request) wire.Status {
 		return wire.StatusEPERM
 	case (r.Cmd == wire.CmdRead || r.Cmd == wire.CmdWrite) && r.Length > e.MaxTransfer:
 		return wire.StatusEINVAL
-	case r.Offset+uint64(r.Length) > e.Size:
+	case r.Offset > size || uint64(r.Length) > size-r.Offset:
 		if r.Cmd == wire.CmdWrite || r.Cmd == wire.CmdWriteZeroes {
 			return wire.StatusENOSPC
 		}

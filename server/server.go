@@ -54,6 +54,8 @@ type Server struct {
 	ended Totals
 	// keyCapLog reports sessions refused for their key's bound.
 	keyCapLog *rateLog
+	// resizeMu serializes CheckSizes.
+	resizeMu sync.Mutex
 	// admission bounds the connections in their handshake (admission.go).
 	admission *admission
 
@@ -73,10 +75,21 @@ type Server struct {
 
 // export is one entry of the export table.
 type export struct {
-	info     wire.ExportInfo
+	info     wire.ExportInfo // as opened; the size is size's
 	b        Backend
 	readOnly bool
 	owned    bool // opened by New rather than passed in ExportConfig.Backend
+	// size is what clients are told: it only grows (resize.go).
+	size atomic.Uint64
+	// shrunk is the smaller size last seen and logged, under resizeMu.
+	shrunk int64
+}
+
+// describe returns the export's current ExportInfo.
+func (e *export) describe() wire.ExportInfo {
+	i := e.info
+	i.Size = e.size.Load()
+	return i
 }
 
 // New validates cfg, opens every export and starts the worker pool. The
@@ -129,6 +142,13 @@ func New(cfg *Config) (*Server, error) {
 	for range c.Workers {
 		s.workers.Add(1)
 		go s.worker()
+	}
+	if c.SizeCheck == 0 {
+		c.SizeCheck = DefaultSizeCheck
+	}
+	if c.SizeCheck > 0 {
+		s.active.Add(1)
+		go s.checkSizes(c.SizeCheck)
 	}
 	return s, nil
 }
@@ -214,7 +234,9 @@ func (s *Server) openExport(ec ExportConfig) (*export, error) {
 	}
 	s.log.Info("export", "name", ec.Name, "path", ec.Path, "size", info.Size,
 		"block", info.LogicalBlock, "flags", info.Flags, "identity", info.Identity)
-	return &export{info: info, b: b, readOnly: ec.ReadOnly, owned: owned}, nil
+	e := &export{info: info, b: b, readOnly: ec.ReadOnly, owned: owned}
+	e.size.Store(info.Size)
+	return e, nil
 }
 
 func describe(ec ExportConfig, b Backend) (wire.ExportInfo, error) {
@@ -259,10 +281,14 @@ func describe(ec ExportConfig, b Backend) (wire.ExportInfo, error) {
 	return e, nil
 }
 
-// Info returns what the server tells clients in SERVER_INFO.
+// Info returns what the server tells clients in SERVER_INFO, with every
+// export's current size.
 func (s *Server) Info() wire.ServerInfo {
 	info := s.info
-	info.Exports = append([]wire.ExportInfo(nil), s.info.Exports...)
+	info.Exports = make([]wire.ExportInfo, len(s.names))
+	for i, name := range s.names {
+		info.Exports[i] = s.exports[name].describe()
+	}
 	return info
 }
 

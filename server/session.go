@@ -57,12 +57,16 @@ type session struct {
 	keyBytes   *inflight.Limiter // payload bytes in flight, all sessions of the key
 	since      time.Time
 
-	mu     sync.Mutex
-	token  wire.Identity // SERVER_INFO's session token, set once HELLO is answered
-	hello  wire.Hello
-	queues map[*queueConn]struct{}
-	qwg    sync.WaitGroup
-	past   servedCounts // what its queue connections that have ended served
+	mu    sync.Mutex
+	token wire.Identity // SERVER_INFO's session token, set once HELLO is answered
+	hello wire.Hello
+	ctl   *yamux.Stream // the control stream, once HELLO is answered
+	// eventMu orders what is written on ctl besides PONGs: SERVER_INFO
+	// first, then events one at a time.
+	eventMu sync.Mutex
+	queues  map[*queueConn]struct{}
+	qwg     sync.WaitGroup
+	past    servedCounts // what its queue connections that have ended served
 }
 
 // serveControl serves a control connection: a yamux session whose first
@@ -211,18 +215,26 @@ func (se *session) serveHello(st *yamux.Stream, body []byte, log *slog.Logger) {
 			return
 		}
 	}
-	info := se.srv.info
-	if _, err := rand.Read(info.Session[:]); err != nil {
+	// An event (resize.go) may be sent from the moment ctl is set, but
+	// not before SERVER_INFO: eventMu is held until it is written. A size
+	// that changes meanwhile is either in SERVER_INFO or in an event.
+	se.eventMu.Lock()
+	var token wire.Identity
+	if _, err := rand.Read(token[:]); err != nil {
+		se.eventMu.Unlock()
 		log.Error("choosing session token", "err", err)
 		return
 	}
 	se.mu.Lock()
-	se.token, se.hello = info.Session, h
+	se.token, se.hello, se.ctl = token, h, st
 	se.mu.Unlock()
-	se.srv.register(se, info.Session)
-	info.Clock = serverClock()
+	se.srv.register(se, token)
+	info := se.srv.Info()
+	info.Session, info.Clock = token, serverClock()
 	msg := wire.AppendMessage(nil, wire.MsgServerInfo, wire.AppendServerInfo(nil, &info))
-	if _, err := st.Write(msg); err != nil {
+	_, err = st.Write(msg)
+	se.eventMu.Unlock()
+	if err != nil {
 		log.Debug("writing SERVER_INFO", "err", err)
 		return
 	}

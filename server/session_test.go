@@ -742,3 +742,51 @@ func TestControlMessageBound(t *testing.T) {
 		t.Fatalf("control stream after a PING announcing 1 MiB: read %d, %v; want it closed", n, err)
 	}
 }
+
+// TestResizeEvents: a grown export is in the SERVER_INFO of new sessions
+// and in an EVENT on the control stream of sessions whose HELLO asked for
+// events, after their SERVER_INFO; a session that did not ask gets only
+// PONGs, as a client that predates events expects. A shrink is not
+// served.
+func TestResizeEvents(t *testing.T) {
+	e := newEnvConfig(t, &server.Config{SizeCheck: -1}, exportSpec{name: "disk", size: 1 << 20})
+	hello := func(c *ctl, f wire.HelloFlags) *yamux.Stream {
+		st, typ, _ := message(t, c, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Flags: f, Client: "t"}))
+		if typ != wire.MsgServerInfo {
+			t.Fatalf("HELLO answered with %v", typ)
+		}
+		return st
+	}
+	withEvents, without := hello(e.cli, wire.HelloEvents), hello(e.connect(), 0)
+
+	e.mem["disk"].SetSize(3 << 20)
+	grew := e.srv.CheckSizes()
+	if len(grew) != 1 || grew[0] != (server.Resize{Export: "disk", From: 1 << 20, To: 3 << 20}) {
+		t.Fatalf("CheckSizes = %+v", grew)
+	}
+	withEvents.SetReadDeadline(time.Now().Add(5 * time.Second))
+	typ, body, err := wire.ReadMessage(withEvents)
+	if err != nil || typ != wire.MsgEvent {
+		t.Fatalf("after a resize the control stream carried %v, %v", typ, err)
+	}
+	if ev, err := wire.DecodeEvent(body); err != nil || ev != (wire.Event{Kind: wire.EventResized, Export: "disk", Size: 3 << 20}) {
+		t.Fatalf("EVENT %+v, %v", ev, err)
+	}
+	ping := wire.AppendMessage(nil, wire.MsgPing, wire.AppendPing(nil, &wire.Ping{Seq: 7}))
+	if _, err := without.Write(ping); err != nil {
+		t.Fatal(err)
+	}
+	without.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if typ, _, err := wire.ReadMessage(without); err != nil || typ != wire.MsgPong {
+		t.Fatalf("a session without events got %v, %v after a resize; want PONG", typ, err)
+	}
+	_, _, body = message(t, e.connect(), wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Client: "t"}))
+	if info, err := wire.DecodeServerInfo(body); err != nil || info.Exports[0].Size != 3<<20 {
+		t.Fatalf("a new session's SERVER_INFO: %+v, %v", info.Exports, err)
+	}
+
+	e.mem["disk"].SetSize(2 << 20)
+	if grew := e.srv.CheckSizes(); len(grew) != 0 || e.srv.Info().Exports[0].Size != 3<<20 {
+		t.Fatalf("after a shrink: CheckSizes = %+v, size %d", grew, e.srv.Info().Exports[0].Size)
+	}
+}

@@ -88,7 +88,7 @@ func (s *Server) Status() Status {
 	for _, name := range s.names {
 		e := s.exports[name]
 		st.Exports = append(st.Exports, ExportStatus{
-			Name: name, Size: e.info.Size, ReadOnly: e.readOnly,
+			Name: name, Size: e.size.Load(), ReadOnly: e.readOnly,
 			Identity: e.info.Identity.String(), Queues: queues[e],
 		})
 	}

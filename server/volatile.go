@@ -193,6 +193,14 @@ func (v *Volatile) writeThrough(e extent) error {
 // Size returns the backend's size.
 func (v *Volatile) Size() (int64, error) { return v.b.Size() }
 
+// Refresh passes Refresher through to the backend below.
+func (v *Volatile) Refresh() (int64, error) {
+	if r, ok := v.b.(Refresher); ok {
+		return r.Refresh()
+	}
+	return v.b.Size()
+}
+
 // Info returns the backend's geometry.
 func (v *Volatile) Info() (logical, physical uint32, rotational, canTrim bool) {
 	return v.b.Info()

@@ -130,6 +130,7 @@ func TestConstMsgType(t *testing.T) {
 		{MsgPong, 7, "PONG"},       // version 2
 		{MsgControl, 8, "CONTROL"}, // version 3
 		{MsgQueue, 9, "QUEUE"},
+		{MsgEvent, 10, "EVENT"},
 	}
 	for _, p := range pins {
 		if uint16(p.m) != p.want {
@@ -145,7 +146,7 @@ func TestConstMsgType(t *testing.T) {
 	for _, tt := range []struct {
 		m    MsgType
 		want string
-	}{{0, "MSG_0"}, {10, "MSG_10"}, {0x0100, "MSG_256"}, {0xffff, "MSG_65535"}} {
+	}{{0, "MSG_0"}, {11, "MSG_11"}, {0x0100, "MSG_256"}, {0xffff, "MSG_65535"}} {
 		if got := tt.m.String(); got != tt.want {
 			t.Errorf("MsgType(%d).String() = %q, want %q", uint16(tt.m), got, tt.want)
 		}

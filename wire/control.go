@@ -14,12 +14,13 @@ const (
 	MsgServerInfo MsgType = 2 // server → client, answers Hello
 	// 3 was OPEN, which bound a yamux data stream to an export (versions 1
 	// and 2); a queue connection's QUEUE does that now.
-	MsgOpened  MsgType = 4 // server → client, answers Queue
-	MsgError   MsgType = 5 // server → client, refuses Control, Hello or Queue
-	MsgPing    MsgType = 6 // client → server, on the control stream
-	MsgPong    MsgType = 7 // server → client, answers Ping
-	MsgControl MsgType = 8 // client → server, first on a control connection
-	MsgQueue   MsgType = 9 // client → server, first on a queue connection
+	MsgOpened  MsgType = 4  // server → client, answers Queue
+	MsgError   MsgType = 5  // server → client, refuses Control, Hello or Queue
+	MsgPing    MsgType = 6  // client → server, on the control stream
+	MsgPong    MsgType = 7  // server → client, answers Ping
+	MsgControl MsgType = 8  // client → server, first on a control connection
+	MsgQueue   MsgType = 9  // client → server, first on a queue connection
+	MsgEvent   MsgType = 10 // server → client, on the control stream
 )
 
 var msgNames = map[MsgType]string{
@@ -31,6 +32,7 @@ var msgNames = map[MsgType]string{
 	MsgPong:       "PONG",
 	MsgControl:    "CONTROL",
 	MsgQueue:      "QUEUE",
+	MsgEvent:      "EVENT",
 }
 
 func (t MsgType) String() string {
@@ -212,10 +214,20 @@ func (d *decoder) export() ExportInfo {
 
 func validBlock(n uint32) bool { return n >= 512 && n <= 64<<10 && n&(n-1) == 0 }
 
+// HelloFlags say what a client accepts on its control stream.
+type HelloFlags uint16
+
+const (
+	// HelloEvents: the client reads EVENT messages between PONGs.
+	HelloEvents HelloFlags = 1 << 0
+
+	knownHelloFlags = HelloEvents
+)
+
 // Hello opens the control stream.
 //
 //	0  version    u16
-//	2  flags      u16 (zero)
+//	2  flags      u16 HelloFlags
 //	4  attachment [16] random, chosen once per client attachment
 //	20 epoch      u64 the attachment's session generation, from 1, one
 //	              higher at every reconnect
@@ -226,6 +238,7 @@ func validBlock(n uint32) bool { return n >= 512 && n <= 64<<10 && n&(n-1) == 0 
 // fencing.
 type Hello struct {
 	Version    uint16
+	Flags      HelloFlags
 	Attachment Identity
 	Epoch      uint64
 	Client     string
@@ -234,7 +247,7 @@ type Hello struct {
 // AppendHello appends h's body.
 func AppendHello(b []byte, h *Hello) []byte {
 	b = binary.BigEndian.AppendUint16(b, h.Version)
-	b = binary.BigEndian.AppendUint16(b, 0)
+	b = binary.BigEndian.AppendUint16(b, uint16(h.Flags))
 	b = append(b, h.Attachment[:]...)
 	b = binary.BigEndian.AppendUint64(b, h.Epoch)
 	return appendString(b, h.Client)
@@ -243,9 +256,9 @@ func AppendHello(b []byte, h *Hello) []byte {
 // DecodeHello parses a Hello body.
 func DecodeHello(body []byte) (Hello, error) {
 	d := decoder{b: body, what: "HELLO"}
-	h := Hello{Version: d.u16()}
-	if d.u16() != 0 && d.err == nil {
-		d.fail("nonzero flags")
+	h := Hello{Version: d.u16(), Flags: HelloFlags(d.u16())}
+	if h.Flags&^knownHelloFlags != 0 && d.err == nil {
+		d.fail("unknown flags %#x", uint16(h.Flags&^knownHelloFlags))
 	}
 	copy(h.Attachment[:], d.bytes(IdentitySize))
 	h.Epoch = d.u64()
@@ -352,6 +365,56 @@ func DecodePong(body []byte) (Pong, error) {
 	d := decoder{b: body, what: "PONG"}
 	p := Pong{Seq: d.u64(), Clock: d.u64()}
 	return p, d.finish()
+}
+
+// EventKind says what an Event reports.
+type EventKind uint16
+
+const (
+	// EventResized: an export grew. Size is its new size.
+	EventResized EventKind = 1
+	// EventShutdown: the server is stopping; its sessions end next.
+	// Message says why (for example, a restart by its service manager).
+	EventShutdown EventKind = 2
+)
+
+// Event tells a client, on its control stream, of something that happened
+// on the server. Only clients whose HELLO set HelloEvents get them. A
+// client ignores a kind it does not know, so new kinds need no new flag.
+//
+//	0 kind     u16
+//	2 reserved u16 (zero)
+//	4 size     u64 the export's new size (EventResized), else zero
+//	12 export  string (EventResized), else empty
+//	   message string
+type Event struct {
+	Kind    EventKind
+	Size    uint64
+	Export  string
+	Message string
+}
+
+// AppendEvent appends e's body.
+func AppendEvent(b []byte, e *Event) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(e.Kind))
+	b = binary.BigEndian.AppendUint16(b, 0)
+	b = binary.BigEndian.AppendUint64(b, e.Size)
+	b = appendString(b, e.Export)
+	return appendString(b, e.Message)
+}
+
+// DecodeEvent parses an Event body. Kinds it does not know decode without
+// error; the caller ignores them.
+func DecodeEvent(body []byte) (Event, error) {
+	d := decoder{b: body, what: "EVENT"}
+	e := Event{Kind: EventKind(d.u16())}
+	if d.u16() != 0 && d.err == nil {
+		d.fail("nonzero reserved field")
+	}
+	e.Size = d.u64()
+	e.Export = d.string()
+	e.Message = d.string()
+	return e, d.finish()
 }
 
 // Control is the first message of a control connection; the yamux

@@ -45,6 +45,9 @@ var (
 	pongCodec = codec{"Pong",
 		func(b []byte, v any) []byte { p := v.(Pong); return AppendPong(b, &p) },
 		func(b []byte) (any, error) { return DecodePong(b) }}
+	eventCodec = codec{"Event",
+		func(b []byte, v any) []byte { e := v.(Event); return AppendEvent(b, &e) },
+		func(b []byte) (any, error) { return DecodeEvent(b) }}
 )
 
 // A name at the limit, and one over it; bytes that are not UTF-8 must pass
@@ -89,6 +92,14 @@ func TestControlRoundTrip(t *testing.T) {
 		{helloCodec, Hello{Version: math.MaxUint16, Attachment: maxExport.Identity, Epoch: max64, Client: maxName}, nil},
 		{helloCodec, Hello{Version: Version, Epoch: max64 - 1, Client: longName},
 			Hello{Version: Version, Epoch: max64 - 1, Client: maxName}},
+		{helloCodec, Hello{Version: Version, Flags: HelloEvents, Attachment: Identity{1}, Epoch: 1, Client: "c"}, nil},
+
+		{eventCodec, Event{}, nil},
+		{eventCodec, Event{Kind: EventResized, Size: 1 << 40, Export: "disk0"}, nil},
+		{eventCodec, Event{Kind: EventShutdown, Message: "restarting"}, nil},
+		{eventCodec, Event{Kind: math.MaxUint16, Size: max64, Export: maxName, Message: maxName}, nil},
+		{eventCodec, Event{Kind: EventResized, Export: longName, Message: longName},
+			Event{Kind: EventResized, Export: maxName, Message: maxName}},
 
 		{serverInfoCodec, ServerInfo{}, nil},
 		{serverInfoCodec, ServerInfo{Version: Version, Exports: []ExportInfo{}}, ServerInfo{Version: Version}},
@@ -267,9 +278,15 @@ func TestControlRejects(t *testing.T) {
 	info := AppendServerInfo(nil, &ServerInfo{Version: Version, Clock: 1, Server: "s"})
 	ping := AppendPing(nil, &Ping{Seq: 1})
 	pong := AppendPong(nil, &Pong{Seq: 1, Clock: 2})
+	event := AppendEvent(nil, &Event{Kind: EventResized, Size: 4096, Export: "e"})
 	flip := func(b []byte, i int) []byte {
 		b = append([]byte(nil), b...)
 		b[i] ^= 0x01
+		return b
+	}
+	withByte := func(b []byte, i int, v byte) []byte {
+		b = append([]byte(nil), b...)
+		b[i] = v
 		return b
 	}
 	tests := []struct {
@@ -280,7 +297,7 @@ func TestControlRejects(t *testing.T) {
 	}{
 		{"Hello empty", helloCodec, nil, ErrShort},
 		{"Hello flags high byte", helloCodec, flip(hello, 2), ErrMalformed},
-		{"Hello flags low byte", helloCodec, flip(hello, 3), ErrMalformed},
+		{"Hello unknown flag", helloCodec, withByte(hello, 3, 0x02), ErrMalformed},
 		{"Hello cut in the attachment", helloCodec, hello[:4+IdentitySize-1], ErrShort},
 		{"Hello cut in the epoch", helloCodec, hello[:4+IdentitySize+7], ErrShort},
 		{"Hello without its client name", helloCodec, hello[:4+IdentitySize+8], ErrShort},
@@ -295,6 +312,11 @@ func TestControlRejects(t *testing.T) {
 		{"Ping of 7 bytes", pingCodec, ping[:7], ErrShort},
 		{"Ping of 9 bytes", pingCodec, append(ping[:8:8], 0), ErrMalformed},
 		{"Ping carrying a Pong's body", pingCodec, pong, ErrMalformed},
+		{"Event empty", eventCodec, nil, ErrShort},
+		{"Event reserved", eventCodec, flip(event, 3), ErrMalformed},
+		{"Event cut in the size", eventCodec, event[:11], ErrShort},
+		{"Event without its message", eventCodec, event[:len(event)-1], ErrShort},
+		{"Event with a trailing byte", eventCodec, append(event[:len(event):len(event)], 0), ErrMalformed},
 		{"Pong empty", pongCodec, nil, ErrShort},
 		{"Pong with only a seq", pongCodec, pong[:8], ErrShort},
 		{"Pong of 15 bytes", pongCodec, pong[:15], ErrShort},
@@ -375,7 +397,7 @@ func TestMsgHeader(t *testing.T) {
 		{"one byte short", header(1, 0, 0)[:MsgHeaderSize-1], ErrShort, 0, 0},
 		{"type 0", header(0, 0, 0), ErrMalformed, 0, 0},
 		{"type 3, OPEN before version 3", header(3, 0, 1), ErrMalformed, 0, 0},
-		{"type 10, the first unknown", header(10, 0, 0), ErrMalformed, 0, 0},
+		{"type 11, the first unknown", header(11, 0, 0), ErrMalformed, 0, 0},
 		{"Ping with reserved set", header(6, 1, 8), ErrMalformed, 0, 0},
 		{"type 0x0100", header(0x0100, 0, 0), ErrMalformed, 0, 0},
 		{"type 65535", header(math.MaxUint16, 0, 0), ErrMalformed, 0, 0},
@@ -448,7 +470,7 @@ func TestReadMessageErrors(t *testing.T) {
 	}{
 		{"header cut", hello[:3], io.ErrUnexpectedEOF},
 		{"body cut", hello[:len(hello)-1], io.ErrUnexpectedEOF},
-		{"unknown type", AppendMessage(nil, 10, nil), ErrMalformed},
+		{"unknown type", AppendMessage(nil, 11, nil), ErrMalformed},
 		// Refused before the body is read, or allocated: there is none.
 		{"length over MaxMessage", binary.BigEndian.AppendUint32([]byte{0, 1, 0, 0}, MaxMessage+1), ErrMalformed},
 		{"length 2^32-1", binary.BigEndian.AppendUint32([]byte{0, 1, 0, 0}, math.MaxUint32), ErrMalformed},

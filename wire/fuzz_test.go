@@ -111,7 +111,7 @@ func FuzzDecodeReply(f *testing.F) {
 var zeros = make([]byte, MaxMessage)
 
 func FuzzDecodeMsgHeader(f *testing.F) {
-	for _, typ := range []MsgType{MsgHello, MsgServerInfo, MsgOpened, MsgError, MsgPing, MsgPong, MsgControl, MsgQueue} {
+	for _, typ := range []MsgType{MsgHello, MsgServerInfo, MsgOpened, MsgError, MsgPing, MsgPong, MsgControl, MsgQueue, MsgEvent} {
 		addVariants(f, AppendMessage(nil, typ, []byte("body")))
 	}
 	f.Add(AppendMessage(nil, MsgControl, nil))
@@ -242,6 +242,14 @@ func FuzzDecodePong(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) { fuzzBody(t, pongCodec, b) })
 }
 
+func FuzzDecodeEvent(f *testing.F) {
+	addVariants(f, AppendEvent(nil, &Event{Kind: EventResized, Size: 1 << 40, Export: "disk0"}))
+	addVariants(f, AppendEvent(nil, &Event{Kind: EventShutdown, Message: "restarting"}))
+	f.Add(AppendPong(nil, &Pong{Seq: 1, Clock: 2}))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) { fuzzBody(t, eventCodec, b) })
+}
+
 func FuzzReadMessage(f *testing.F) {
 	addVariants(f, AppendMessage(nil, MsgHello, AppendHello(nil, &Hello{Version: Version, Attachment: goldenAttachment, Epoch: 1, Client: "c"})))
 	addVariants(f, AppendMessage(nil, MsgPing, AppendPing(nil, &Ping{Seq: 1})))
@@ -296,6 +304,7 @@ func TestSeedCorpus(t *testing.T) {
 		"FuzzDecodeServerInfo": func(b []byte) error { _, err := DecodeServerInfo(b); return err },
 		"FuzzDecodePing":       func(b []byte) error { _, err := DecodePing(b); return err },
 		"FuzzDecodePong":       func(b []byte) error { _, err := DecodePong(b); return err },
+		"FuzzDecodeEvent":      func(b []byte) error { _, err := DecodeEvent(b); return err },
 		"FuzzDecodeQueue":      func(b []byte) error { _, err := DecodeQueue(b); return err },
 		"FuzzDecodeControl":    func(b []byte) error { _, err := DecodeControl(b); return err },
 		"FuzzDecodeOpened":     func(b []byte) error { _, err := DecodeOpened(b); return err },

@@ -191,6 +191,44 @@ func TestGoldenControl(t *testing.T) {
 				04 686f7374                      # client "host"`,
 		},
 		{
+			name: "Hello accepting events",
+			typ:  MsgHello,
+			want: Hello{Version: 3, Flags: HelloEvents, Attachment: goldenAttachment, Epoch: 1, Client: "host"},
+			append: func(b []byte) []byte {
+				return AppendHello(b, &Hello{Version: 3, Flags: HelloEvents, Attachment: goldenAttachment, Epoch: 1, Client: "host"})
+			},
+			decode: func(b []byte) (any, error) { return DecodeHello(b) },
+			hex: `0001 | 0000 | 00000021
+				0003 | 0001                      # version 3, flags: events
+				101112131415161718191a1b1c1d1e1f # attachment
+				0000000000000001                 # epoch 1
+				04 686f7374                      # client "host"`,
+		},
+		{
+			name: "Event resized",
+			typ:  MsgEvent,
+			want: Event{Kind: EventResized, Size: 2 << 30, Export: "disk0"},
+			append: func(b []byte) []byte {
+				return AppendEvent(b, &Event{Kind: EventResized, Size: 2 << 30, Export: "disk0"})
+			},
+			decode: func(b []byte) (any, error) { return DecodeEvent(b) },
+			hex: `000a | 0000 | 00000013
+				0001 | 0000       # kind RESIZED, reserved
+				0000000080000000  # size 2 GiB
+				05 6469736b30     # export "disk0"
+				00                # no message`,
+		},
+		{
+			name:   "Event shutdown",
+			typ:    MsgEvent,
+			want:   Event{Kind: EventShutdown, Message: "stop"},
+			append: func(b []byte) []byte { return AppendEvent(b, &Event{Kind: EventShutdown, Message: "stop"}) },
+			decode: func(b []byte) (any, error) { return DecodeEvent(b) },
+			hex: `000a | 0000 | 00000012
+				0002 | 0000 | 0000000000000000 | 00
+				04 73746f70       # message "stop"`,
+		},
+		{
 			name:   "Hello opting out of fencing",
 			typ:    MsgHello,
 			want:   Hello{Version: 2, Epoch: 0xfffffffffffffffe},

@@ -315,6 +315,27 @@ func dial(ctx context.Context) (*genetlink.Conn, uint16, error) {
 	return c, f.ID, nil
 }
 
+// Resize sets the capacity of a connected /dev/nbdN to size bytes: a
+// RECONFIGURE with only a size (Linux 5.3 and later). The kernel tells udev
+// (a change uevent with RESIZE=1), and a file system on the device can
+// then be grown (resize2fs, xfs_growfs). backend is the identifier the
+// device was connected with (Config.Backend).
+func Resize(ctx context.Context, index int, size uint64, backend string) error {
+	data, err := encodeResize(index, size, backend)
+	if err != nil {
+		return err
+	}
+	c, fam, err := dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.Execute(message(cmdReconfigure, data), fam, netlink.Request|netlink.Acknowledge); err != nil {
+		return fmt.Errorf("kernel: resizing %s to %d bytes: %w", Path(index), size, err)
+	}
+	return nil
+}
+
 // Disconnect disconnects /dev/nbdN: the kernel sends NBD_CMD_DISC on each
 // live socket, shuts them down and fails what is still queued.
 func Disconnect(index int) error {

@@ -139,6 +139,23 @@ func encodeIndex(index int) ([]byte, error) {
 	return ae.Encode()
 }
 
+// encodeResize builds the attributes of a RECONFIGURE that only changes
+// the device's size. A device connected with a backend identifier must be
+// named by it again, or the kernel refuses (EINVAL, "must specify
+// backend").
+func encodeResize(index int, size uint64, backend string) ([]byte, error) {
+	if index < 0 {
+		return nil, fmt.Errorf("kernel: resizing needs a device index")
+	}
+	ae := netlink.NewAttributeEncoder()
+	ae.Uint32(attrIndex, uint32(index))
+	ae.Uint64(attrSizeBytes, size)
+	if backend != "" {
+		ae.String(attrBackend, backend)
+	}
+	return ae.Encode()
+}
+
 func message(cmd command, data []byte) genetlink.Message {
 	return genetlink.Message{
 		Header: genetlink.Header{Command: uint8(cmd), Version: familyVersion},

@@ -130,6 +130,21 @@ func TestConnectGolden(t *testing.T) {
 	}
 }
 
+func TestResizeGolden(t *testing.T) {
+	got, err := encodeResize(3, 2<<30, "dst:h:7700/disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// NBD_ATTR_INDEX, NBD_ATTR_SIZE_BYTES, NBD_ATTR_BACKEND_IDENTIFIER
+	want := cat(nla(1, u32(3)), nla(2, u64(2<<30)), nla(10, []byte("dst:h:7700/disk\x00")))
+	if !bytes.Equal(got, want) {
+		t.Errorf("resize attributes\n got %x\nwant %x", got, want)
+	}
+	if _, err := encodeResize(-1, 4096, ""); err == nil {
+		t.Error("a resize without a device index encoded")
+	}
+}
+
 func TestEncodeRefuses(t *testing.T) {
 	if _, err := (&request{index: -1, fds: []int{1}}).encode(cmdReconfigure); err == nil {
 		t.Error("RECONFIGURE without an index encoded")

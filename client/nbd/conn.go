@@ -109,7 +109,7 @@ func serveTransmission(ctx context.Context, nc net.Conn, br *bufio.Reader, e *Ex
 		// (separate frames on a yamux stream); coalesce them instead.
 		c.bw = bufio.NewWriterSize(nc, 256<<10)
 	}
-	log.Info("nbd: serving export", "export", e.Name, "size", e.Size, "flags", fmt.Sprintf("%#x", e.TransmissionFlags()))
+	log.Info("nbd: serving export", "export", e.Name, "size", e.size(), "flags", fmt.Sprintf("%#x", e.TransmissionFlags()))
 
 	writerDone := make(chan struct{})
 	go func() {

@@ -166,7 +166,7 @@ func (h *handshake) exportName(name string) (*Export, error) {
 		// NBD_OPT_EXPORT_NAME has no error reply; hanging up is the answer.
 		return nil, fmt.Errorf("nbd: client asked for unknown export %q", name)
 	}
-	r := nbdwire.ExportNameReply{Size: e.Size, Flags: e.transFlags()}
+	r := nbdwire.ExportNameReply{Size: e.size(), Flags: e.transFlags()}
 	if _, err := h.c.Write(r.Append(nil, !h.noZeroes)); err != nil {
 		return nil, fmt.Errorf("nbd: write export name reply: %w", err)
 	}
@@ -220,7 +220,7 @@ func (h *handshake) infoGo(opt nbdwire.Option, p []byte) (*Export, bool, error) 
 // sendInfo sends NBD_INFO_EXPORT and NBD_INFO_BLOCK_SIZE always (qemu relies
 // on the latter even without asking), NAME and DESCRIPTION on request.
 func (h *handshake) sendInfo(opt nbdwire.Option, e *Export, wantName, wantDesc bool) error {
-	d := nbdwire.ExportInfo{Size: e.Size, Flags: e.transFlags()}.Append(nil)
+	d := nbdwire.ExportInfo{Size: e.size(), Flags: e.transFlags()}.Append(nil)
 	if err := h.reply(opt, nbdwire.RepInfo, d); err != nil {
 		return err
 	}

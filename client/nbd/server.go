@@ -83,6 +83,11 @@ type BatchDevice interface {
 type Export struct {
 	Name, Description string
 	Size              uint64
+	// CurrentSize, if set, is the export's size now, for exports that
+	// may grow while served; Size is then only the size at start. A new
+	// connection is told the current size, and requests are checked
+	// against it.
+	CurrentSize func() uint64
 	// Block size constraints announced with NBD_INFO_BLOCK_SIZE. Zero means
 	// the protocol default (1, 4096, 32 MiB). MaxBlockSize also bounds the
 	// length of READ and WRITE requests; it is capped at 32 MiB.
@@ -91,6 +96,14 @@ type Export struct {
 	ReadOnly, Flush, FUA, Trim, WriteZeroes, Rotational, MultiConn bool
 
 	Device Device
+}
+
+// size is the export's size now.
+func (e *Export) size() uint64 {
+	if e.CurrentSize != nil {
+		return e.CurrentSize()
+	}
+	return e.Size
 }
 
 // TransmissionFlags returns the flags announced to clients for e.

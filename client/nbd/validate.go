@@ -24,6 +24,7 @@ func (c *conn) check(cmd nbdwire.Command, flags nbdwire.CmdFlags, off uint64, le
 	if flags&^allowed != 0 {
 		return nbdwire.EINVAL
 	}
+	size := e.size()
 	switch {
 	case cmd == nbdwire.CmdFlush && !e.Flush,
 		cmd == nbdwire.CmdTrim && !e.Trim,
@@ -37,7 +38,7 @@ func (c *conn) check(cmd nbdwire.Command, flags nbdwire.CmdFlags, off uint64, le
 		// TRIM and WRITE_ZEROES carry no payload, so the spec lets their
 		// effect length exceed the maximum payload size.
 		return nbdwire.EINVAL
-	case off > e.Size || uint64(length) > e.Size-off:
+	case off > size || uint64(length) > size-off:
 		if cmd == nbdwire.CmdWrite || cmd == nbdwire.CmdWriteZeroes {
 			return nbdwire.ENOSPC
 		}

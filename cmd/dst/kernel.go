@@ -172,6 +172,7 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 	notify(log, sdnotify.Ready)
 	notify(log, func() error { return sdnotify.Status(fmt.Sprintf("attached %s at %s", e.Name, dev.Path)) })
 	go reportFailure(ctx, log, a)
+	go followSize(ctx, log, a, dev.Index, kc.Export.Size, k)
 	name := k.name
 	if name == "" {
 		name = filepath.Base(dev.Path)
@@ -184,6 +185,37 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 	states().Remove(dev.Index, os.Getpid())
 	log.Info("detached", "device", dev.Path)
 	return nil
+}
+
+// followSize keeps the device's capacity at the export's size as it grows
+// (client.Attachment.Resized). The device starts at size, or, when it was
+// taken over (reconfigured), at whatever it was connected with: then it is
+// resized at once in case the export grew meanwhile.
+func followSize(ctx context.Context, log *slog.Logger, a *client.Attachment, index int, size uint64, k *kernelOptions) {
+	reconfigured := k.reconfigure
+	set := func() {
+		n := a.Size()
+		if n == size && !reconfigured {
+			return
+		}
+		if err := kernel.Resize(ctx, index, n, k.backend()); err != nil {
+			log.Error("the export grew but the device did not", "device", kernel.Path(index), "size", n, "err", err)
+			return
+		}
+		if n != size {
+			log.Info("device resized", "device", kernel.Path(index), "from", size, "to", n)
+		}
+		size, reconfigured = n, false
+	}
+	set()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.Resized():
+			set()
+		}
+	}
 }
 
 // states is where device records are kept (kernel.Store): /run/dst, or

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/internal/metrics"
@@ -188,7 +189,17 @@ func cmdServe(ctx context.Context, args []string) error {
 		}
 		return &r, nil
 	})
-	return srv.Serve(ctx, l)
+	// On SIGTERM or SIGINT, clients hear that the server is stopping
+	// before their sessions end; the deferred Close then waits for what
+	// is in flight.
+	serveCtx, stopServe := context.WithCancel(context.Background())
+	defer stopServe()
+	go func() {
+		<-ctx.Done()
+		srv.NotifyShutdown("dst serve is stopping", time.Second)
+		stopServe()
+	}()
+	return srv.Serve(serveCtx, l)
 }
 
 // loadServerKeys loads the server's key files: the first is the current
@@ -212,9 +223,9 @@ type reloaded struct {
 	more       []crypto.PrivateKey
 }
 
-// reloadOnHangup re-reads the authorized keys and the server's own keys on
-// each SIGHUP that arrives on hup, as sshd and WireGuard's syncconf let one
-// do: sessions of client keys no longer listed end, new connections are
+// reloadOnHangup re-reads the authorized keys and the server's own keys,
+// and looks at once for exports that grew, on each SIGHUP that arrives on
+// hup, as sshd and WireGuard's syncconf let one do: sessions of client keys no longer listed end, new connections are
 // checked against the new list and answered under the new server keys
 // (live sessions keep theirs). A file that fails to load changes nothing.
 func reloadOnHangup(ctx context.Context, log *slog.Logger, srv *server.Server, hup <-chan os.Signal,
@@ -240,6 +251,7 @@ func reloadOnHangup(ctx context.Context, log *slog.Logger, srv *server.Server, h
 			}
 			log.Info("reloaded authorized keys", "keys", r.authorized.Len(), "server_keys", pubs)
 		}
+		srv.CheckSizes()            // an export that grew is served at its new size now
 		notify(log, sdnotify.Ready) // after a failed reload too: systemd waits for it
 	}
 }

@@ -165,6 +165,22 @@ func (m *MemBackend) Size() (int64, error) {
 	return int64(len(m.data)), nil
 }
 
+// Refresh returns the size, which SetSize may have changed
+// (server.Refresher).
+func (m *MemBackend) Refresh() (int64, error) { return m.Size() }
+
+// SetSize grows or shrinks the backend to n bytes, as a file truncated
+// under a running server; new bytes are zero.
+func (m *MemBackend) SetSize(n int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if n <= int64(len(m.data)) {
+		m.data = m.data[:n:n]
+		return
+	}
+	m.data = append(m.data, make([]byte, n-int64(len(m.data)))...)
+}
+
 // Sync counts and can fail; there is nothing to flush.
 func (m *MemBackend) Sync() error {
 	m.syncs.Add(1)

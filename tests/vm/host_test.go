@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -110,6 +111,28 @@ func freePort(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// grow truncates an export's file to size bytes and sends the server a
+// SIGHUP, on which it looks for exports that grew.
+func (s *server) grow(export, size string) error {
+	n, err := strconv.ParseInt(size, 10, 64)
+	if err != nil {
+		return fmt.Errorf("grow: size %q: %w", size, err)
+	}
+	f := s.files[export]
+	if f == "" {
+		return fmt.Errorf("grow: server %s has no export %q", s.spec.name, export)
+	}
+	if err := os.Truncate(f, n); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return fmt.Errorf("grow: server %s is not running", s.spec.name)
+	}
+	return s.cmd.Process.Signal(syscall.SIGHUP)
 }
 
 // start runs the server (again) and returns once it accepts connections.

@@ -50,6 +50,16 @@ func TestVMAttachKill(t *testing.T) {
 	})
 }
 
+// TestVMResize grows an export under a mounted ext4: the device follows,
+// resize2fs grows the file system online, and the new space is used.
+func TestVMResize(t *testing.T) {
+	runScenario(t, scenario{
+		script:  "resize.sh",
+		timeout: 4 * time.Minute,
+		servers: []serverSpec{{name: "a", exports: []exportSpec{disk("disk")}}},
+	})
+}
+
 func TestVMDetach(t *testing.T) {
 	ro := disk("ro")
 	ro.readOnly = true

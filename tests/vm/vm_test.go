@@ -268,6 +268,11 @@ func (h *host) control(w http.ResponseWriter, r *http.Request) {
 		var n int
 		n, err = s.flushes()
 		answer = fmt.Sprint(n)
+	case "grow":
+		// grow/SERVER?export=NAME&size=BYTES: the export's file grows,
+		// and the server is told at once (SIGHUP) rather than at its
+		// next periodic check.
+		err = s.grow(r.URL.Query().Get("export"), r.URL.Query().Get("size"))
 	default:
 		http.Error(w, "unknown verb "+verb, http.StatusNotFound)
 		return

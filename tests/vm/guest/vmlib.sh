@@ -73,8 +73,9 @@ wait_readable() {
 	fail "$1 does not read after ${2}s"
 }
 
-# vmctl VERB SERVER: ask the host driver to act on host server SERVER
-# (kill-server, start-server, stop-server, flushes); prints its answer.
+# vmctl VERB SERVER[?QUERY]: ask the host driver to act on host server
+# SERVER (kill-server, start-server, stop-server, flushes,
+# grow?export=NAME&size=BYTES); prints its answer.
 vmctl() {
 	wget -q -O - "http://$DST_VMCTL/$1/$2" || fail "vmctl $1 $2"
 }

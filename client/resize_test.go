@@ -1,0 +1,89 @@
+package client
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/dstproject/dst/wire"
+)
+
+// TestResize: an export file that grows is served at its new size as soon
+// as the server checks it; the attachment hears of it on its control
+// stream (Resized, a "resized" event) and the new bytes are reachable. A
+// file that shrinks changes nothing; a server about to stop says so.
+func TestResize(t *testing.T) {
+	const size = 1 << 20
+	e := newEnv(t, "pipe", size)
+	a := e.attach(t, "disk", 2)
+	defer a.Close()
+	evs, stop := a.Subscribe(16)
+	defer stop()
+
+	p := bytes.Repeat([]byte{0xa5}, 4096)
+	if err := do(a, wire.CmdWrite, 0, size, 4096, p); err == nil {
+		t.Fatal("a write past the end succeeded")
+	}
+	if err := os.Truncate(filepath.Join(e.dir, "disk"), 4*size); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.CheckSizes() // the periodic check may have come first
+	select {
+	case <-a.Resized():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no resize reached the attachment")
+	}
+	if a.Size() != 4*size {
+		t.Fatalf("Size() = %d after the export grew to %d", a.Size(), 4*size)
+	}
+	if st := a.Status(); st.Size != 4*size {
+		t.Errorf("Status().Size = %d", st.Size)
+	}
+	waitEvent(t, evs, EventResized, func(ev Event) bool { return ev.Size == 4*size })
+	if err := do(a, wire.CmdWrite, wire.FlagFUA, 4*size-4096, 4096, p); err != nil {
+		t.Fatalf("writing the new last block: %v", err)
+	}
+	got := make([]byte, 4096)
+	if err := do(a, wire.CmdRead, 0, 4*size-4096, 4096, got); err != nil || !bytes.Equal(got, p) {
+		t.Fatalf("reading it back: %v, same=%v", err, bytes.Equal(got, p))
+	}
+	// A new attachment is told the new size at once.
+	b := e.attach(t, "disk", 1)
+	if b.Size() != 4*size {
+		t.Errorf("a new attachment's Size() = %d", b.Size())
+	}
+	b.Close()
+
+	if err := os.Truncate(filepath.Join(e.dir, "disk"), size); err != nil {
+		t.Fatal(err)
+	}
+	if grew := e.srv.CheckSizes(); len(grew) != 0 {
+		t.Errorf("CheckSizes after a shrink = %v", grew)
+	}
+	if a.Size() != 4*size || e.srv.Info().Exports[0].Size != 4*size {
+		t.Errorf("after a shrink: attachment %d, server %d bytes; want %d kept", a.Size(), e.srv.Info().Exports[0].Size, 4*size)
+	}
+
+	e.srv.NotifyShutdown("maintenance", time.Second)
+	waitEvent(t, evs, EventServerStopping, func(ev Event) bool { return ev.Detail == "maintenance" })
+}
+
+func waitEvent(t *testing.T, evs <-chan Event, typ string, ok func(Event) bool) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case ev := <-evs:
+			if ev.Type == typ {
+				if !ok(ev) {
+					t.Errorf("event %+v", ev)
+				}
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no %s event", typ)
+		}
+	}
+}
