@@ -51,6 +51,7 @@ func TestInstall(t *testing.T) {
 		"usr/local/sbin/dst-mirror":                    0o755,
 		"etc/systemd/system/dst-serve.service":         0o644,
 		"etc/systemd/system/dst-attach@.service":       0o644,
+		"etc/udev/rules.d/60-dst.rules":                0o644,
 		"etc/dst/serve.toml":                           0o644,
 		"etc/dst/authorized_keys":                      0o644,
 		"etc/dst/server.key":                           0o600,

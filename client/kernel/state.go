@@ -14,12 +14,17 @@ import (
 // State is what a serving dst attach records about its device, so that
 // dst list can show it and a restarted attach can take the device back.
 type State struct {
-	Device  string `json:"device"`
-	Server  string `json:"server"`
-	Export  string `json:"export"`
-	PID     int    `json:"pid"`
-	Queues  int    `json:"queues"` // kernel sockets, which a reconfigure must match
-	Started string `json:"started"`
+	Device string `json:"device"`
+	Server string `json:"server"`
+	Export string `json:"export"`
+	// Name is the attachment's name (--name; the export's by default) and
+	// Identity its export's, hex: dst udev makes /dev/dst/NAME and
+	// /dev/disk/by-id/dst-IDENTITY from them.
+	Name     string `json:"name,omitempty"`
+	Identity string `json:"identity,omitempty"`
+	PID      int    `json:"pid"`
+	Queues   int    `json:"queues"` // kernel sockets, which a reconfigure must match
+	Started  string `json:"started"`
 }
 
 // Alive reports whether the recorded process still runs and is a dst:

@@ -15,7 +15,7 @@ func cmdDetach(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	index, err := kernel.ParsePath(pos[0])
+	index, err := kernel.ParsePath(resolveDevice(pos[0]))
 	if err != nil {
 		return usageError{err}
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -157,9 +158,12 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 		return err
 	}
 	st := &kernel.State{Device: dev.Path, Server: cfg.Server, Export: k.export, PID: os.Getpid(),
-		Queues: k.queues, Started: time.Now().UTC().Format(time.RFC3339)}
+		Queues: k.queues, Started: time.Now().UTC().Format(time.RFC3339),
+		Name: cmp.Or(k.name, k.export), Identity: a.Export().Identity.String()}
 	if err := states().Write(dev.Index, st); err != nil {
-		log.Warn("cannot record the device; dst list will not know it", "err", err)
+		log.Warn("cannot record the device; dst list and udev will not know it", "err", err)
+	} else if err := triggerUdev(dev.Index); err != nil {
+		log.Debug("no udev change event", "err", err)
 	}
 	if k.index < 0 {
 		fmt.Println(dev.Path)
@@ -183,6 +187,7 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 		return fmt.Errorf("%w; %s waits %v for dst attach to restart", err, dev.Path, k.deadConnTimeout)
 	}
 	states().Remove(dev.Index, os.Getpid())
+	triggerUdev(dev.Index) // its /dev/dst links go
 	log.Info("detached", "device", dev.Path)
 	return nil
 }

@@ -35,6 +35,7 @@ Usage:
   dst events [/dev/nbdN|NAME]... [--json]
                                        follow attachments' state changes as they happen
   dst info [flags] HOST:PORT           print what autoconfiguration learns from a server
+  dst udev nbdN                        udev properties of a device (run by 60-dst.rules)
   dst version
 
 Run "dst COMMAND -h" for a command's flags.
@@ -50,6 +51,7 @@ var commands = map[string]func(ctx context.Context, args []string) error{
 	"status":  cmdStatus,
 	"events":  cmdEvents,
 	"info":    cmdInfo,
+	"udev":    cmdUdev,
 	"version": cmdVersion,
 }
 

@@ -177,10 +177,9 @@ func cmdStatus(ctx context.Context, args []string) error {
 	}
 	var sts []*attachmentStatus
 	if len(pos) == 1 {
-		name := strings.TrimPrefix(pos[0], "/dev/")
-		st, err := queryStatus(ctx, filepath.Join(statusDir(), name+".sock"))
+		st, err := findStatus(ctx, pos[0])
 		if err != nil {
-			return fmt.Errorf("no dst attach answers for %s (%w); dst list shows what is attached", pos[0], err)
+			return err
 		}
 		sts = append(sts, st)
 	} else if sts, err = allStatus(ctx); err != nil {
@@ -204,6 +203,26 @@ func cmdStatus(ctx context.Context, args []string) error {
 		printStatus(os.Stdout, st)
 	}
 	return nil
+}
+
+// findStatus asks the dst attach named by arg: a --name, a device such as
+// /dev/nbd0 (whose attachment may have a name of its own), or a link to
+// one such as /dev/dst/NAME.
+func findStatus(ctx context.Context, arg string) (*attachmentStatus, error) {
+	name := strings.TrimPrefix(arg, "/dev/")
+	st, err := queryStatus(ctx, filepath.Join(statusDir(), name+".sock"))
+	if err == nil {
+		return st, nil
+	}
+	dev := resolveDevice(arg)
+	if all, aerr := allStatus(ctx); aerr == nil {
+		for _, s := range all {
+			if s.Device != "" && (s.Device == dev || s.Device == "/dev/"+name) {
+				return s, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("no dst attach answers for %s (%w); dst list shows what is attached", arg, err)
 }
 
 func printStatus(out io.Writer, st *attachmentStatus) {

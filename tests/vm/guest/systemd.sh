@@ -29,6 +29,16 @@ step() {
 since_boot() {
 	awk -v u="$(systemctl show -P ActiveEnterTimestampMonotonic "$1")" 'BEGIN {printf "%.1f", u / 1e6}'
 }
+# links_to DEV: udev gave DEV its stable names, /dev/dst/data and
+# /dev/disk/by-id/dst-IDENTITY (the identity dst status reports).
+links_to() {
+	udevadm settle
+	[ "$(readlink -f /dev/dst/data)" = "$1" ] || fail "/dev/dst/data -> '$(readlink -f /dev/dst/data)', want $1"
+	_id=$(dst status --json data | sed -n 's/.*"identity": *"\([0-9a-f]*\)".*/\1/p' | head -n 1)
+	[ -n "$_id" ] || fail "dst status --json data shows no identity"
+	[ "$(readlink -f "/dev/disk/by-id/dst-$_id")" = "$1" ] || fail "/dev/disk/by-id/dst-$_id does not lead to $1"
+	echo "links: /dev/dst/data and /dev/disk/by-id/dst-$_id -> $1"
+}
 writefiles() {
 	for _i in 1 2 3 4; do
 		dd if=/dev/urandom of="$1/f$_i" bs=1M count=4 conv=fsync 2>/dev/null || return 1
@@ -114,9 +124,11 @@ CONF
 	step enable-serve systemctl enable --now dst-serve
 	step enable-attach systemctl enable --now dst-attach@data
 	[ "$(cat /sys/block/nbd0/size)" = 524288 ] || fail "nbd0 has $(cat /sys/block/nbd0/size) sectors, want 524288"
+	step links links_to /dev/nbd0
 	step mkfs mkfs.ext4 -q /dev/nbd0
 	mkdir -p /mnt/data
-	echo "/dev/nbd0 /mnt/data ext4 _netdev 0 0" >>/etc/fstab
+	# The stable name, as an operator would write it.
+	echo "/dev/dst/data /mnt/data ext4 _netdev 0 0" >>/etc/fstab
 	systemctl daemon-reload
 	step mount systemctl start mnt-data.mount
 	step write writefiles /mnt/data
@@ -133,8 +145,10 @@ CONF
 	findmnt -n -o SOURCE /mnt/data | grep -qx /dev/nbd0 || fail "/mnt/data is not mounted from /dev/nbd0 after the reboot"
 	step verify-after-reboot verifyfiles /mnt/data
 	# Status from both units' sockets.
-	dst status nbd0 | tee /tmp/status.out
-	grep -q 'state *connected since' /tmp/status.out || fail "dst status nbd0 does not say connected"
+	links_to /dev/nbd0
+	dst status data | tee /tmp/status.out
+	grep -q 'state *connected since' /tmp/status.out || fail "dst status data does not say connected"
+	dst status /dev/nbd0 | grep -q '^data ' || fail "dst status /dev/nbd0 does not find the attachment named data"
 	dst serve status | tee /tmp/serve-status.out
 	grep -q '^data ' /tmp/serve-status.out || fail "dst serve status does not list the export"
 	grep -q '^client ' /tmp/serve-status.out || fail "dst serve status does not list the client's session"
@@ -164,6 +178,7 @@ CONF
 	journalctl --no-pager -b -u 'dst-attach@data' | grep -q 'reconfigured=true' || fail "the restarted dst attach did not take the device over"
 	[ "$(cat /sys/block/nbd0/queue/io_timeout)" = 5000 ] || fail "io_timeout is $(cat /sys/block/nbd0/queue/io_timeout) under the unit's sandbox, want 5000"
 	step verify-after-kill verifyfiles /mnt/data/during
+	links_to /dev/nbd0
 	verifyfiles /mnt/data
 	no_io_errors
 
@@ -172,6 +187,9 @@ CONF
 	step stop-attach systemctl stop 'dst-attach@data'
 	[ "$(systemctl show -P ActiveState 'dst-attach@data')" = inactive ] || fail "dst-attach@data is $(systemctl show -P ActiveState 'dst-attach@data') after stop"
 	[ "$(cat /sys/block/nbd0/size)" = 0 ] || fail "nbd0 still has a size after the stop"
+	udevadm settle
+	[ ! -e /dev/dst/data ] || fail "/dev/dst/data is left after the detach: $(ls -l /dev/dst)"
+	if ls /dev/disk/by-id/dst-* 2>/dev/null; then fail "a /dev/disk/by-id/dst- link is left after the detach"; fi
 	step stop-serve systemctl stop dst-serve
 	[ "$(systemctl show -P ActiveState dst-serve)" = inactive ] || fail "dst-serve is $(systemctl show -P ActiveState dst-serve) after stop"
 	if journalctl --no-pager -b -u dst-serve -u 'dst-attach@data' | grep -iE 'permission denied|operation not permitted|read-only file system'; then
