@@ -11,6 +11,7 @@ require (
 	github.com/mdlayher/netlink v1.9.0
 	github.com/pojntfx/go-nbd v0.3.2
 	github.com/prometheus/client_golang v1.25.0
+	github.com/systemd/slog-journal v0.1.2
 	golang.org/x/crypto v0.58.0
 	golang.org/x/sys v0.49.0
 )

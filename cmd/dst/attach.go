@@ -205,15 +205,16 @@ func cmdAttach(ctx context.Context, args []string) error {
 	}
 	defer l.Close()
 	e := a.Export()
+	if *name == "" {
+		*name = e.Name
+	}
+	setLogContext(slog.String("attachment", *name), slog.String("export", e.Name), slog.String("nbd", *listen))
 	log.Info("ready", "export", e.Name, "size", e.Size, "flags", e.Flags.String(),
 		"server", cfg.Server, "cipher", a.Cipher().String(), "nbd", *listen)
 	srv := &nbd.Server{Exports: []*nbd.Export{a.NBDExport()}, Logger: log}
 	notify(log, sdnotify.Ready)
 	notify(log, func() error { return sdnotify.Status(fmt.Sprintf("attached %s at %s", e.Name, *listen)) })
 	go reportFailure(ctx, log, a)
-	if *name == "" {
-		*name = e.Name
-	}
 	startStatus(*name, *listen)
 	return srv.Serve(ctx, l)
 }

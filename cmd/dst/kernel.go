@@ -169,6 +169,11 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 		fmt.Println(dev.Path)
 	}
 	e := a.Export()
+	name := k.name
+	if name == "" {
+		name = filepath.Base(dev.Path)
+	}
+	setLogContext(slog.String("attachment", name), slog.String("export", e.Name), slog.String("device", dev.Path))
 	log.Info("ready", "device", dev.Path, "reconfigured", k.reconfigure, "export", e.Name, "size", e.Size,
 		"flags", e.Flags.String(), "server", cfg.Server, "queues", k.queues,
 		kernelTimeoutAttr(dev, k.timeout), "dead_conn_timeout", k.deadConnTimeout)
@@ -177,10 +182,6 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 	notify(log, func() error { return sdnotify.Status(fmt.Sprintf("attached %s at %s", e.Name, dev.Path)) })
 	go reportFailure(ctx, log, a)
 	go followSize(ctx, log, a, dev.Index, kc.Export.Size, k)
-	name := k.name
-	if name == "" {
-		name = filepath.Base(dev.Path)
-	}
 	k.startStatus(name, dev.Path)
 	err = dev.Serve(ctx)
 	if err != nil {

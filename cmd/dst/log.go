@@ -27,10 +27,17 @@ func (f *logFormat) Set(s string) error {
 }
 
 // newLogger builds a process's logger on w: logfmt text, or JSON objects
-// with format "json". When w is the systemd journal (journal), each line
-// starts with its syslog priority, <7> for debug to <3> for error, which
-// the journal strips and keeps as the entry's PRIORITY.
+// with format "json". When w is the systemd journal (journal), text goes
+// to the journal in its native protocol, with fields (journal.go); where
+// that socket cannot be used, and for JSON, each line starts with its
+// syslog priority, <7> for debug to <3> for error, which the journal
+// strips and keeps as the entry's PRIORITY.
 func newLogger(w io.Writer, format string, level slog.Level, journal bool) (*slog.Logger, error) {
+	if journal && (format == "" || format == "text") && isSocket(journalSocket) {
+		if h, err := newJournalHandler(level); err == nil {
+			return slog.New(h), nil
+		}
+	}
 	opts := &slog.HandlerOptions{Level: level}
 	pw := &priorityWriter{w: w}
 	if journal {
@@ -49,6 +56,15 @@ func newLogger(w io.Writer, format string, level slog.Level, journal bool) (*slo
 		h = &priorityHandler{Handler: h, w: pw}
 	}
 	return slog.New(h), nil
+}
+
+// journalSocket is where journald takes native entries (slog-journal
+// sends there); a variable so tests can point it elsewhere.
+var journalSocket = "/run/systemd/journal/socket"
+
+func isSocket(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode()&os.ModeSocket != 0
 }
 
 // priorityWriter puts the priority of the record being written in front of

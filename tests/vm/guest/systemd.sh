@@ -161,6 +161,16 @@ CONF
 	step reload systemctl reload dst-serve
 	step info-after-reload info
 	grep -q data /tmp/info.out || fail "dst info after the reload: $(cat /tmp/info.out)"
+	# The journal: native entries, with fields and priorities; MESSAGE
+	# reads as the line on stderr did.
+	journalctl --no-pager -b -o json -u 'dst-attach@data' DST_ATTACHMENT=data DST_DEVICE=/dev/nbd0 DST_EXPORT=data |
+		grep -q '"MESSAGE":"ready device=/dev/nbd0 ' || {
+		journalctl --no-pager -b -o json -u 'dst-attach@data' | grep ready
+		fail "no journal entry of dst attach with its fields"
+	}
+	journalctl --no-pager -b -o json -u dst-serve -p warning..warning |
+		grep '"MESSAGE":"refused client key' | grep -q '"PRIORITY":"4"' || fail "the refused key is not a warning in the journal"
+	journalctl --no-pager -b -u dst-serve | grep -q 'refused client key remote=' || fail "the plain journal lost the attributes"
 	[ "$(systemctl show -P NRestarts dst-serve)" = 0 ] || fail "dst-serve restarted on reload"
 
 	# SIGKILL dst attach during writes: systemd restarts it, the writes
