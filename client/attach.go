@@ -72,6 +72,8 @@ type Attachment struct {
 	id     wire.Identity   // names the attachment to servers, for fencing
 	export wire.ExportInfo // as first attached; the size is size's
 	replay *replayLog      // nil when replay is off
+	// replaying is the progress of a replay while one runs.
+	replaying replayProgress
 
 	size    atomic.Uint64 // the export's size now (resize.go)
 	resized chan struct{}

@@ -11,6 +11,8 @@ const (
 	EventLost            = "lost"             // the session died; Detail says why
 	EventReconnectFailed = "reconnect-failed" // one attempt; Detail says why
 	EventServerRestarted = "server-restarted" // the new session found a new server instance
+	EventReplaying       = "replaying"        // Count writes of Size bytes to write again
+	EventReplayProgress  = "replay-progress"  // Count written again so far; Detail the tenth reached
 	EventReplayed        = "replayed"         // Count unflushed writes written again
 	EventReconnected     = "reconnected"      // at Epoch, Count transactions resent
 	EventTimeout         = "timeout"          // Count transactions failed at their deadline

@@ -294,8 +294,16 @@ func (a *Attachment) replayTo(g *generation) error {
 	if len(entries) == 0 {
 		return nil
 	}
+	var bytes int64
+	for _, e := range entries {
+		bytes += int64(e.length)
+	}
 	a.log.Warn("server restarted; replaying writes it acknowledged but had not flushed",
-		"writes", len(entries), "epoch", g.epoch)
+		"writes", len(entries), "bytes", bytes, "epoch", g.epoch)
+	p := &a.replaying
+	p.start(len(entries), bytes)
+	defer p.stop()
+	a.events.emit(Event{Type: EventReplaying, Epoch: g.epoch, Count: len(entries), Size: uint64(bytes)})
 	var failed int
 	for _, wave := range waves(entries) {
 		var wg sync.WaitGroup
@@ -303,9 +311,14 @@ func (a *Attachment) replayTo(g *generation) error {
 		ids := make([]uint64, 0, len(wave))
 		for i := range wave {
 			wg.Add(1)
+			n := int64(wave[i].length)
 			r := wave[i].request(CompleteFunc(func(err error) {
 				if err != nil {
 					bad.Add(1)
+				}
+				if done, tenth, ok := p.advance(n); ok {
+					a.events.emit(Event{Type: EventReplayProgress, Epoch: g.epoch, Count: done,
+						Detail: fmt.Sprintf("%d%%", 10*tenth)})
 				}
 				wg.Done()
 			}))

@@ -328,3 +328,50 @@ func (e *replayEntry) request(done Completer) Request {
 	return Request{Cmd: e.cmd, Flags: e.flags & wire.FlagNoHole, Offset: e.offset, Length: e.length,
 		Data: e.data, Done: done}
 }
+
+// replayProgress is how far a replay has come, for Status and events.
+type replayProgress struct {
+	total, done           atomic.Int64 // writes; total is 0 when no replay runs
+	totalBytes, doneBytes atomic.Int64
+	tenth                 atomic.Int64 // the last tenth reported
+}
+
+func (p *replayProgress) start(writes int, bytes int64) {
+	p.done.Store(0)
+	p.doneBytes.Store(0)
+	p.tenth.Store(0)
+	p.totalBytes.Store(bytes)
+	p.total.Store(int64(writes))
+}
+
+func (p *replayProgress) stop() { p.total.Store(0) }
+
+// advance counts a replayed write of n bytes. It reports the writes done
+// and ok when they reached a tenth of the total not reported before.
+func (p *replayProgress) advance(n int64) (done int, tenth int64, ok bool) {
+	p.doneBytes.Add(n)
+	d := p.done.Add(1)
+	total := p.total.Load()
+	if total == 0 {
+		return int(d), 0, false
+	}
+	t := min(10*d/total, 10)
+	for {
+		old := p.tenth.Load()
+		if t <= old {
+			return int(d), t, false
+		}
+		if p.tenth.CompareAndSwap(old, t) {
+			return int(d), t, true
+		}
+	}
+}
+
+// status is the replay's progress, or nil when none runs.
+func (p *replayProgress) status() *ReplayStatus {
+	total := p.total.Load()
+	if total == 0 {
+		return nil
+	}
+	return &ReplayStatus{Writes: total, Done: p.done.Load(), Bytes: p.totalBytes.Load(), DoneBytes: p.doneBytes.Load()}
+}

@@ -2,6 +2,7 @@ package client
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -85,5 +86,35 @@ func waitEvent(t *testing.T, evs <-chan Event, typ string, ok func(Event) bool) 
 		case <-timeout:
 			t.Fatalf("no %s event", typ)
 		}
+	}
+}
+
+// TestReplayProgress: a replay's progress counts writes and bytes, reports
+// each tenth once, and is absent from Status when no replay runs.
+func TestReplayProgress(t *testing.T) {
+	var p replayProgress
+	if p.status() != nil {
+		t.Fatal("progress before a replay")
+	}
+	p.start(25, 25*4096)
+	var tenths []int64
+	for range 25 {
+		if _, tenth, ok := p.advance(4096); ok {
+			tenths = append(tenths, tenth)
+		}
+		if st := p.status(); st == nil || st.Writes != 25 {
+			t.Fatalf("status during the replay: %+v", st)
+		}
+	}
+	// 25 writes: tenths reached at writes 3, 5, 8, 10, 13, 15, 18, 20, 23, 25.
+	if fmt.Sprint(tenths) != "[1 2 3 4 5 6 7 8 9 10]" {
+		t.Errorf("tenths reported %v", tenths)
+	}
+	if st := p.status(); st.Done != 25 || st.DoneBytes != 25*4096 || st.Bytes != 25*4096 {
+		t.Errorf("status at the end %+v", st)
+	}
+	p.stop()
+	if p.status() != nil {
+		t.Error("progress after the replay")
 	}
 }

@@ -32,11 +32,22 @@ type Status struct {
 	InFlight   int       `json:"in_flight"`
 	// RTT is the round-trip time of the last keepalive (PING to PONG) on
 	// the current session; zero while there is none.
-	RTT   time.Duration `json:"rtt_ns"`
-	Stats Stats         `json:"stats"`
+	RTT time.Duration `json:"rtt_ns"`
+	// Replay is the progress of a replay to a restarted server, while
+	// one runs.
+	Replay *ReplayStatus `json:"replay,omitempty"`
+	Stats  Stats         `json:"stats"`
 	// Latency holds percentiles of completed requests since the attach,
 	// per operation: read, write, flush, other (trim, write zeroes).
 	Latency map[string]Percentiles `json:"latency"`
+}
+
+// ReplayStatus is how far a replay to a restarted server has come.
+type ReplayStatus struct {
+	Writes    int64 `json:"writes"`
+	Done      int64 `json:"done"`
+	Bytes     int64 `json:"bytes"`
+	DoneBytes int64 `json:"done_bytes"`
 }
 
 // Percentiles of request latency, from the submission to the completion.
@@ -87,6 +98,7 @@ func (a *Attachment) Status() Status {
 		Queues:     a.cfg.Connections,
 		Stats:      a.Stats(),
 		Latency:    a.latency.percentiles(),
+		Replay:     a.replaying.status(),
 	}
 	st.State, st.Since, st.Error = a.state.get()
 	a.table.mu.Lock()

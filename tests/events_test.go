@@ -2,6 +2,7 @@ package tests
 
 import (
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +13,8 @@ import (
 // TestEvents: dst events --json, started before the faults, shows every
 // connection the fault proxy cuts as "lost" then "reconnected", in order,
 // and a server killed and restarted as "lost", "server-restarted",
-// "replayed" and "reconnected"; then "closed" when attach stops.
+// "replaying" (with progress every tenth), "replayed" and "reconnected";
+// then "closed" when attach stops.
 func TestEvents(t *testing.T) {
 	t.Setenv("DST_RUN_DIR", shortTempDir(t))
 	e := newFaultEnv(t, false)
@@ -42,7 +44,7 @@ func TestEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var types []string
+	var types, progress []string
 	for _, line := range strings.Split(strings.TrimSpace(ev.out.String()), "\n") {
 		var x struct {
 			Name, Type, Detail string
@@ -59,14 +61,31 @@ func TestEvents(t *testing.T) {
 		if x.Type == "replayed" && x.Count == 0 || x.Type == "lost" && x.Detail == "" {
 			t.Errorf("event %+v lacks its count or detail", x)
 		}
-		if x.Type != "reconnect-failed" { // as many as attempts; not counted
+		switch x.Type {
+		case "reconnect-failed": // as many as attempts; not counted
+		case "replay-progress": // one per tenth reached; checked below
+			progress = append(progress, x.Detail)
+		default:
 			types = append(types, x.Type)
 		}
 	}
 	got := strings.Join(types, " ")
 	t.Logf("events: %s", got)
-	want := "lost reconnected lost reconnected lost server-restarted replayed reconnected closed"
+	want := "lost reconnected lost reconnected lost server-restarted replaying replayed reconnected closed"
 	if got != want {
 		t.Errorf("events\n got %s\nwant %s", got, want)
+	}
+	// The replay's progress: tenths, rising, ending at 100%.
+	t.Logf("replay progress: %s", strings.Join(progress, " "))
+	last := 0
+	for _, p := range progress {
+		n, err := strconv.Atoi(strings.TrimSuffix(p, "%"))
+		if err != nil || n <= last || n%10 != 0 {
+			t.Errorf("replay progress %q after %d%%", p, last)
+		}
+		last = n
+	}
+	if last != 100 {
+		t.Errorf("replay progress ended at %d%%, want 100%%", last)
 	}
 }

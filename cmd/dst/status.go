@@ -239,6 +239,10 @@ func printStatus(out io.Writer, st *attachmentStatus) {
 	s := st.Stats
 	fmt.Fprintf(w, "  transactions\t%d reconnects, %d resent, %d replayed, %d timeouts, %d checksum retries\n",
 		s.Reconnects, s.Resent, s.Replayed, s.Timeouts, s.ChecksumRetries)
+	if r := st.Replay; r != nil && r.Writes > 0 {
+		fmt.Fprintf(w, "  replaying\t%d of %d writes, %d of %d bytes (%d%%)\n", r.Done, r.Writes, r.DoneBytes, r.Bytes,
+			100*r.Done/r.Writes)
+	}
 	fmt.Fprintf(w, "  not yet durable\t%d writes, %d bytes (acknowledged, kept for replay until a flush)\n",
 		s.ReplayEntries, s.ReplayBytes)
 	for _, op := range []string{"read", "write", "flush", "other"} {
