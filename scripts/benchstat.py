@@ -128,7 +128,7 @@ def perf(path):
 
 # --- report ------------------------------------------------------------------
 
-TARGETS = ["dst", "nbdkit-relay", "nbdkit-tls", "nbdkit-tcp"]
+TARGETS = ["dst", "dst-metrics", "nbdkit-relay", "nbdkit-tls", "nbdkit-tcp"]
 METRICS = [
     ("seq_read_MBps", "seq read MB/s", "{:.1f}"),
     ("seq_write_MBps", "seq write MB/s", "{:.1f}"),
@@ -137,7 +137,8 @@ METRICS = [
     ("randwrite_qd1_iops", "randwrite QD1 IOPS", "{:.0f}"),
     ("randwrite_qd32_iops", "randwrite QD32 IOPS", "{:.0f}"),
 ]
-PROCESSES = ["dst attach", "dst serve", "nbdkit-relay relay", "nbdkit-relay server",
+PROCESSES = ["dst attach", "dst serve", "dst-metrics attach", "dst-metrics serve",
+             "nbdkit-relay relay", "nbdkit-relay server",
              "nbdkit-tls server", "nbdkit-tcp server"]
 COSTS = [
     ("randread_qd1.cpu_us_per_req", "randread QD1 µs CPU/req", "{:.1f}"),
@@ -228,23 +229,25 @@ def report(args):
         a, b = med.get("dst", {}).get(k), med.get(other, {}).get(k)
         return "-" if a is None or not b else f"{a / b:.2f}"
 
+    # dst-metrics runs only when asked for (bench --only metrics).
+    targets = [t for t in TARGETS if t != "dst-metrics" or t in per]
     ratios = {f"dst/{o}": {k: round(med["dst"][k] / med[o][k], 4) for k, _, _ in METRICS
                            if med.get("dst", {}).get(k) and med.get(o, {}).get(k)}
-              for o in TARGETS[1:]}
+              for o in targets[1:]}
     ratios = {k: v for k, v in ratios.items() if v}
 
     if title:
         print(title)
         print()
-    if rounds and any(t in per for t in TARGETS):
+    if rounds and any(t in per for t in targets):
         print(f"Per round ({' / '.join(str(r) for r in rounds)}):")
         print()
-        table(["metric"] + TARGETS,
-              [[name] + [cell(t, k, fmt, True) for t in TARGETS] for k, name, fmt in METRICS])
+        table(["metric"] + targets,
+              [[name] + [cell(t, k, fmt, True) for t in targets] for k, name, fmt in METRICS])
         print(f"Medians over {len(rounds)} round(s):")
         print()
-        table(["metric"] + TARGETS + [f"dst/{o}" for o in TARGETS[1:]],
-              [[name] + [cell(t, k, fmt) for t in TARGETS] + [ratio(k, o) for o in TARGETS[1:]]
+        table(["metric"] + targets + [f"dst/{o}" for o in targets[1:]],
+              [[name] + [cell(t, k, fmt) for t in targets] + [ratio(k, o) for o in targets[1:]]
                for k, name, fmt in METRICS])
 
     for costs, what in ((COSTS, "/proc/PID/stat and /proc/PID/task/*/status"),

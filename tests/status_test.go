@@ -97,6 +97,23 @@ func TestStatus(t *testing.T) {
 			t.Errorf("status socket answered %.40q to %.40q; want a 4xx error", reply, bad)
 		}
 	}
+	// A peer that is not root cannot connect at all: the socket is 0600.
+	// (The run directory is opened up so that only the socket's mode can
+	// refuse it.)
+	if os.Geteuid() == 0 {
+		requireTool(t, "setpriv")
+		if err := os.Chmod(runDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		bin := filepath.Join(runDir, "dst") // where nobody may run it
+		if data, err := os.ReadFile(dstBin); err != nil || os.WriteFile(bin, data, 0o755) != nil {
+			t.Fatalf("copying dst: %v", err)
+		}
+		out, err := runErr("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", bin, "status", "st1")
+		if err == nil || !strings.Contains(out, "permission denied") {
+			t.Errorf("dst status as nobody: %v\n%s", err, out)
+		}
+	}
 	run(t, "nbdcopy", "--flush", src, a.uri())
 	if out := run(t, dstBin, "status", "st1", "--json"); !strings.Contains(out, `"state": "connected"`) {
 		t.Errorf("after bad input: %s", out)

@@ -67,7 +67,12 @@ kill -0 "$ATTACH_PID" || fail "dst attach for nbd1 died"
 t mirror repair mir /dev/nbd1
 # Writes during the resync must land on both legs too.
 writefiles /mnt/m/during 2 2
-t mirror wait mir 300
+t mirror wait mir 300 >/tmp/wait.out || { cat /tmp/wait.out; fail "mirror wait failed"; }
+cat /tmp/wait.out
+# Not a terminal: a progress line per tenth of the resync, never going back.
+grep -q '^mir: resyncing [0-9]*% ([0-9]*/[0-9]* regions)$' /tmp/wait.out || fail "mirror wait printed no progress"
+sed -n 's/^mir: resyncing \([0-9]*\)% .*/\1/p' /tmp/wait.out | awk 'NR > 1 && $1 <= last { bad = 1 } { last = $1 } END { exit bad }' ||
+	fail "mirror wait's progress went back or repeated"
 mirror status mir
 dmsetup status mir
 
