@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -22,13 +23,48 @@ type AuthorizedKeys struct {
 
 type authorizedEntry struct {
 	comment string
+	access  Access
 	line    int
 }
 
+// Access is what an authorized key may do on a server.
+type Access struct {
+	// Exports names the exports the key may see and open; nil means every
+	// export.
+	Exports []string
+	// ReadOnly keys may only read.
+	ReadOnly bool
+}
+
+// Allows reports whether the key may see and open export.
+func (a Access) Allows(export string) bool {
+	return a.Exports == nil || slices.Contains(a.Exports, export)
+}
+
+// String describes a for logs: "exports=a,b ro", "all exports rw".
+func (a Access) String() string {
+	s := "all exports"
+	if a.Exports != nil {
+		s = "exports=" + strings.Join(a.Exports, ",")
+	}
+	if a.ReadOnly {
+		return s + " ro"
+	}
+	return s + " rw"
+}
+
 // ParseAuthorizedKeys reads the authorized_keys format: one base64 public key
-// per line, optionally followed by whitespace and a free-form comment; blank
-// lines and lines starting with '#' are ignored. source names the input in
-// errors ("crypto: authorized_keys:3: ...").
+// per line, then, each optional and separated by whitespace, options and a
+// free-form comment; blank lines and lines starting with '#' are ignored.
+// The options come first, as words of their own:
+//
+//	exports=NAME[,NAME...]  the key sees and opens only these exports
+//	ro                      the key may only read
+//	rw                      the key may read and write (the default)
+//
+// A key without options keeps the meaning of a line without them: every
+// export, read-write. source names the input in errors
+// ("crypto: authorized_keys:3: ...").
 func ParseAuthorizedKeys(r io.Reader, source string) (*AuthorizedKeys, error) {
 	a := &AuthorizedKeys{source: source, entries: make(map[PublicKey]authorizedEntry)}
 	sc := bufio.NewScanner(r)
@@ -51,9 +87,9 @@ func (a *AuthorizedKeys) parseLine(line string, lineno int) error {
 	if line == "" || line[0] == '#' {
 		return nil
 	}
-	keyText, comment := line, ""
+	keyText, rest := line, ""
 	if i := strings.IndexAny(line, " \t"); i >= 0 {
-		keyText, comment = line[:i], strings.TrimSpace(line[i:])
+		keyText, rest = line[:i], strings.TrimSpace(line[i:])
 	}
 	b, err := decodeKey(keyText, "public")
 	if err != nil {
@@ -63,9 +99,49 @@ func (a *AuthorizedKeys) parseLine(line string, lineno int) error {
 	if prev, dup := a.entries[k]; dup {
 		return fmt.Errorf("crypto: %s:%d: duplicate key %s (first on line %d)", a.source, lineno, k, prev.line)
 	}
-	a.entries[k] = authorizedEntry{comment: comment, line: lineno}
+	access, comment, err := parseOptions(rest)
+	if err != nil {
+		return fmt.Errorf("crypto: %s:%d: %w", a.source, lineno, err)
+	}
+	a.entries[k] = authorizedEntry{comment: comment, access: access, line: lineno}
 	a.order = append(a.order, k)
 	return nil
+}
+
+// parseOptions reads the options at the start of rest; what follows them
+// is the comment.
+func parseOptions(rest string) (Access, string, error) {
+	var acc Access
+	var seenMode, seenExports bool
+	for rest != "" {
+		word, after, _ := strings.Cut(rest, " ")
+		if i := strings.IndexByte(word, '\t'); i >= 0 {
+			word, after = word[:i], rest[i+1:]
+		}
+		switch {
+		case word == "ro" || word == "rw":
+			if seenMode {
+				return acc, "", fmt.Errorf("ro or rw given twice")
+			}
+			seenMode, acc.ReadOnly = true, word == "ro"
+		case strings.HasPrefix(word, "exports="):
+			if seenExports {
+				return acc, "", fmt.Errorf("exports= given twice")
+			}
+			seenExports = true
+			acc.Exports = []string{}
+			for _, name := range strings.Split(strings.TrimPrefix(word, "exports="), ",") {
+				if name == "" {
+					return acc, "", fmt.Errorf("exports=%s: an empty export name", strings.TrimPrefix(word, "exports="))
+				}
+				acc.Exports = append(acc.Exports, name)
+			}
+		default:
+			return acc, rest, nil
+		}
+		rest = strings.TrimSpace(after)
+	}
+	return acc, "", nil
 }
 
 // LoadAuthorizedKeys reads an authorized_keys file; errors name the file.
@@ -82,6 +158,12 @@ func LoadAuthorizedKeys(path string) (*AuthorizedKeys, error) {
 func (a *AuthorizedKeys) Contains(k PublicKey) (comment string, ok bool) {
 	e, ok := a.entries[k]
 	return e.comment, ok
+}
+
+// Access returns what k may do, and whether it is authorized at all.
+func (a *AuthorizedKeys) Access(k PublicKey) (Access, bool) {
+	e, ok := a.entries[k]
+	return e.access, ok
 }
 
 // Authorize is a ServerConfig.Authorize callback: nil for a listed key, an

@@ -89,3 +89,45 @@ func TestLoadAuthorizedKeys(t *testing.T) {
 		t.Errorf("missing file error %v", err)
 	}
 }
+
+// TestAuthorizedKeyOptions: options after the key limit what it may open
+// and whether it may write; the comment follows them; a key without
+// options may do everything, as before options existed.
+func TestAuthorizedKeyOptions(t *testing.T) {
+	k1, k2, k3, k4 := testKey("a").Public(), testKey("b").Public(), testKey("c").Public(), testKey("d").Public()
+	in := k1.String() + " exports=disk0,images ro backup host\n" +
+		k2.String() + "\tro\tlaptop\n" +
+		k3.String() + " exports=disk0 rw\n" +
+		k4.String() + " roaming laptop\n"
+	a, err := ParseAuthorizedKeys(strings.NewReader(in), "authorized_keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		k       PublicKey
+		access  string
+		comment string
+		allows  map[string]bool
+	}{
+		{k1, "exports=disk0,images ro", "backup host", map[string]bool{"disk0": true, "images": true, "other": false}},
+		{k2, "all exports ro", "laptop", map[string]bool{"disk0": true, "other": true}},
+		{k3, "exports=disk0 rw", "", map[string]bool{"disk0": true, "images": false}},
+		{k4, "all exports rw", "roaming laptop", map[string]bool{"disk0": true}},
+	} {
+		acc, ok := a.Access(c.k)
+		comment, _ := a.Contains(c.k)
+		if !ok || acc.String() != c.access || comment != c.comment {
+			t.Errorf("key %v: access %q, comment %q; want %q, %q", c.k, acc, comment, c.access, c.comment)
+		}
+		for e, want := range c.allows {
+			if acc.Allows(e) != want {
+				t.Errorf("key %v (%v): Allows(%q) = %v", c.k, acc, e, !want)
+			}
+		}
+	}
+	for _, bad := range []string{" ro rw", " exports=a exports=b", " exports=", " exports=a,,b"} {
+		if _, err := ParseAuthorizedKeys(strings.NewReader(k1.String()+bad+"\n"), "ak"); err == nil || !strings.Contains(err.Error(), "ak:1:") {
+			t.Errorf("%q: err = %v, want a refusal naming the line", bad, err)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/internal/inflight"
@@ -51,6 +52,9 @@ type queueConn struct {
 	served served            // counted here, not per session: no cache line shared between queues
 	hdr    [wire.RequestSize]byte
 	discID uint64 // the DISCONNECT request's id, for its reply
+	// draining is set when the server stops reading the connection so it
+	// can close it once its requests are answered (drain).
+	draining atomic.Bool
 
 	closeOnce sync.Once
 }
@@ -80,10 +84,11 @@ func (s *Server) serveQueue(conn *crypto.Conn, body []byte, log *slog.Logger) {
 		refuse(conn, log, wire.StatusESTALE, "the queue's attachment and epoch are not its session's")
 		return
 	}
-	e := s.exports[q.Export]
-	if e == nil {
-		log.Warn("refusing queue: unknown export", "export", q.Export)
-		refuse(conn, log, wire.StatusEINVAL, s.noExportMessage(q.Export))
+	acc := se.accessOf()
+	e := s.table.Load().byName[q.Export]
+	if e == nil || !acc.Allows(q.Export) {
+		log.Warn("refusing queue: unknown export, or one the key may not open", "export", q.Export)
+		refuse(conn, log, wire.StatusEINVAL, s.noExportMessage(q.Export, acc))
 		return
 	}
 	qc := &queueConn{
@@ -102,7 +107,17 @@ func (s *Server) serveQueue(conn *crypto.Conn, body []byte, log *slog.Logger) {
 		return
 	}
 	defer se.unbind(qc)
-	msg := wire.AppendMessage(nil, wire.MsgOpened, wire.AppendOpened(nil, &wire.Opened{Export: e.describe()}))
+	// A reload may have removed the export since it was looked up; bound
+	// first, so that the reload either sees this queue to drain it or
+	// this check sees the export removed (reload.go).
+	if e.removed.Load() {
+		log.Warn("refusing queue: the export was reconfigured or removed", "export", q.Export)
+		refuse(conn, log, wire.StatusESTALE, "the export was reconfigured or removed; reconnect")
+		qc.close()
+		qc.w.Wait()
+		return
+	}
+	msg := wire.AppendMessage(nil, wire.MsgOpened, wire.AppendOpened(nil, &wire.Opened{Export: view(e.describe(), acc)}))
 	if _, err := conn.Write(msg); err != nil {
 		log.Debug("writing OPENED", "err", err)
 		qc.close()
@@ -118,7 +133,7 @@ func (s *Server) serveQueue(conn *crypto.Conn, body []byte, log *slog.Logger) {
 func (q *queueConn) serve() {
 	err := q.readLoop()
 	switch {
-	case err == nil, errors.Is(err, errDisconnect):
+	case err == nil, errors.Is(err, errDisconnect), q.draining.Load():
 		// Let in-flight requests finish and be answered.
 	case errors.Is(err, wire.ErrMalformed), errors.Is(err, wire.ErrShort):
 		q.log.Warn("closing queue: malformed request", "err", err)
@@ -218,7 +233,7 @@ func (q *queueConn) check(r *wire.Request) wire.Status {
 	switch {
 	case r.Cmd == wire.CmdFlush:
 		return wire.StatusOK
-	case q.exp.readOnly && r.Cmd != wire.CmdRead:
+	case r.Cmd != wire.CmdRead && (q.exp.readOnly || q.se.accessOf().ReadOnly):
 		return wire.StatusEPERM
 	case (r.Cmd == wire.CmdRead || r.Cmd == wire.CmdWrite) && r.Length > e.MaxTransfer:
 		return wire.StatusEINVAL

@@ -42,8 +42,9 @@ func (s *Server) CheckSizes() []Resize {
 	s.resizeMu.Lock()
 	defer s.resizeMu.Unlock()
 	var grew []Resize
-	for _, name := range s.names {
-		e := s.exports[name]
+	t := s.table.Load()
+	for _, name := range t.names {
+		e := t.byName[name]
 		r, ok := e.b.(Refresher)
 		if !ok {
 			continue
@@ -93,7 +94,9 @@ func (s *Server) broadcast(ev *wire.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for se := range s.sessions {
-		go se.sendEvent(msg)
+		if acc := se.accessOf(); acc == nil || ev.Export == "" || acc.Allows(ev.Export) {
+			go se.sendEvent(msg)
+		}
 	}
 }
 

@@ -34,11 +34,15 @@ var ErrServerClosed = errors.New("server: closed")
 // Server serves exports to authenticated clients. Create it with New; it
 // is safe for concurrent use, and Serve may run on several listeners.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	exports map[string]*export
-	names   []string // export names in configuration order, for messages
-	info    wire.ServerInfo
+	cfg Config
+	log *slog.Logger
+	// table is the export table; SetExports replaces it (reload.go).
+	table atomic.Pointer[exportTable]
+	info  wire.ServerInfo // without exports: Info adds the table's
+	// exportsMu serializes SetExports; retiring counts exports replaced or
+	// removed whose queues still drain.
+	exportsMu sync.Mutex
+	retiring  sync.WaitGroup
 
 	replay     *crypto.ReplayFilter
 	keys       atomic.Pointer[keyring]
@@ -75,6 +79,7 @@ type Server struct {
 
 // export is one entry of the export table.
 type export struct {
+	cfg      ExportConfig
 	info     wire.ExportInfo // as opened; the size is size's
 	b        Backend
 	readOnly bool
@@ -83,6 +88,13 @@ type export struct {
 	size atomic.Uint64
 	// shrunk is the smaller size last seen and logged, under resizeMu.
 	shrunk int64
+	// removed is set when a reload took the export out of the table; its
+	// queues then drain (reload.go). users counts the queues bound to it;
+	// drained is made at the removal and closed once users is zero.
+	removed atomic.Bool
+	usersMu sync.Mutex
+	users   int
+	drained chan struct{}
 }
 
 // describe returns the export's current ExportInfo.
@@ -95,7 +107,7 @@ func (e *export) describe() wire.ExportInfo {
 // New validates cfg, opens every export and starts the worker pool. The
 // server instance id is chosen here, so it changes at every start.
 func New(cfg *Config) (*Server, error) {
-	s := &Server{cfg: *cfg, exports: make(map[string]*export)}
+	s := &Server{cfg: *cfg}
 	c := &s.cfg
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -113,18 +125,18 @@ func New(cfg *Config) (*Server, error) {
 	if err := checkExports(c.Exports); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	t := &exportTable{byName: make(map[string]*export)}
 	for _, ec := range c.Exports {
 		e, err := s.openExport(ec)
 		if err != nil {
-			s.closeOwned()
+			t.closeOwned()
 			return nil, err
 		}
-		s.exports[ec.Name] = e
-		s.names = append(s.names, ec.Name)
-		s.info.Exports = append(s.info.Exports, e.info)
+		t.add(e)
 	}
+	s.table.Store(t)
 	if err := s.makeInfo(); err != nil {
-		s.closeOwned()
+		t.closeOwned()
 		return nil, err
 	}
 	s.replay = crypto.NewReplayFilter()
@@ -163,7 +175,17 @@ func (s *Server) makeInfo() error {
 		host = "unknown"
 	}
 	s.info.Server = host
-	if n := len(wire.AppendServerInfo(nil, &s.info)); n > wire.MaxMessage {
+	return s.checkInfo(s.table.Load())
+}
+
+// checkInfo refuses an export table whose SERVER_INFO would not fit in a
+// message.
+func (s *Server) checkInfo(t *exportTable) error {
+	info := s.info
+	for _, n := range t.names {
+		info.Exports = append(info.Exports, t.byName[n].describe())
+	}
+	if n := len(wire.AppendServerInfo(nil, &info)); n > wire.MaxMessage {
 		return fmt.Errorf("server: export list of %d bytes exceeds the %d byte message limit", n, wire.MaxMessage)
 	}
 	return nil
@@ -234,7 +256,7 @@ func (s *Server) openExport(ec ExportConfig) (*export, error) {
 	}
 	s.log.Info("export", "name", ec.Name, "path", ec.Path, "size", info.Size,
 		"block", info.LogicalBlock, "flags", info.Flags, "identity", info.Identity)
-	e := &export{info: info, b: b, readOnly: ec.ReadOnly, owned: owned}
+	e := &export{cfg: ec, info: info, b: b, readOnly: ec.ReadOnly, owned: owned}
 	e.size.Store(info.Size)
 	return e, nil
 }
@@ -285,9 +307,10 @@ func describe(ec ExportConfig, b Backend) (wire.ExportInfo, error) {
 // export's current size.
 func (s *Server) Info() wire.ServerInfo {
 	info := s.info
-	info.Exports = make([]wire.ExportInfo, len(s.names))
-	for i, name := range s.names {
-		info.Exports[i] = s.exports[name].describe()
+	t := s.table.Load()
+	info.Exports = make([]wire.ExportInfo, len(t.names))
+	for i, name := range t.names {
+		info.Exports[i] = t.byName[name].describe()
 	}
 	return info
 }
@@ -316,29 +339,10 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.cancel()
 	s.active.Wait()
+	s.retiring.Wait() // exports a reload removed: closed once their queues drained
 	close(s.stopped)
 	s.workers.Wait()
-	return s.closeExports()
-}
-
-// closeOwned closes the backends New opened, when New fails: backends
-// passed in by the caller stay theirs until New succeeds.
-func (s *Server) closeOwned() {
-	for _, e := range s.exports {
-		if e.owned {
-			e.b.Close()
-		}
-	}
-}
-
-func (s *Server) closeExports() error {
-	var errs []error
-	for _, e := range s.exports {
-		if err := e.b.Close(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return s.table.Load().closeAll()
 }
 
 // keyring is the server's own keys: the current one and those of a
@@ -361,16 +365,25 @@ func (s *Server) SetKeys(current crypto.PrivateKey, more []crypto.PrivateKey) er
 
 // SetAuthorized replaces the authorized client keys, as on a reload of the
 // authorized keys file: new connections are checked against a, and the
-// sessions of clients whose key a no longer lists are fenced and ended at
-// once, with their queue connections.
+// sessions of clients whose key a no longer lists, or no longer allows an
+// export they have open, are fenced and ended at once, with their queue
+// connections. A key that became read-only gets EPERM from its next write.
 func (s *Server) SetAuthorized(a *crypto.AuthorizedKeys) {
 	s.authorized.Store(a)
 	s.mu.Lock()
 	var revoked []*session
 	for se := range s.sessions {
-		if _, ok := a.Contains(se.key); !ok {
+		acc, ok := a.Access(se.key)
+		if !ok {
 			revoked = append(revoked, se)
 			s.log.Warn("ending session: client key no longer authorized", "key", se.key)
+			continue
+		}
+		se.access.Store(&acc) // read-only from its next request, if it became so
+		if lost := se.lostExport(&acc); lost != "" {
+			revoked = append(revoked, se)
+			s.log.Warn("ending session: client key may no longer open an export it has open",
+				"key", se.key, "export", lost)
 		}
 	}
 	s.mu.Unlock()

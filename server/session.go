@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dstproject/dst/crypto"
@@ -56,6 +57,8 @@ type session struct {
 	log        *slog.Logger
 	keyBytes   *inflight.Limiter // payload bytes in flight, all sessions of the key
 	since      time.Time
+	// access is what the key may do (access.go); a reload replaces it.
+	access atomic.Pointer[crypto.Access]
 
 	mu    sync.Mutex
 	token wire.Identity // SERVER_INFO's session token, set once HELLO is answered
@@ -98,9 +101,11 @@ func (s *Server) serveControl(ctx context.Context, conn *crypto.Conn, peer strin
 		}
 	}
 	// A reload may have revoked the key while the handshake ran.
-	if _, ok := s.authorized.Load().Contains(se.key); !ok {
+	acc, ok := s.authorized.Load().Access(se.key)
+	if !ok {
 		sess.Close()
 	}
+	se.access.Store(&acc)
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
 
@@ -229,7 +234,7 @@ func (se *session) serveHello(st *yamux.Stream, body []byte, log *slog.Logger) {
 	se.token, se.hello, se.ctl = token, h, st
 	se.mu.Unlock()
 	se.srv.register(se, token)
-	info := se.srv.Info()
+	info := se.srv.infoFor(se.accessOf())
 	info.Session, info.Clock = token, serverClock()
 	msg := wire.AppendMessage(nil, wire.MsgServerInfo, wire.AppendServerInfo(nil, &info))
 	_, err = st.Write(msg)
@@ -278,6 +283,7 @@ func (se *session) bind(q *queueConn) bool {
 	}
 	se.queues[q] = struct{}{}
 	se.qwg.Add(1)
+	q.exp.acquire()
 	return true
 }
 
@@ -287,11 +293,14 @@ func (se *session) unbind(q *queueConn) {
 	delete(se.queues, q)
 	se.past.add(q.served.load())
 	se.mu.Unlock()
+	q.exp.release()
 	se.qwg.Done()
 }
 
-func (s *Server) noExportMessage(name string) string {
-	return fmt.Sprintf("no export named %q (exports: %s)", name, strings.Join(s.names, ", "))
+// noExportMessage refuses an export a key may not open, or that does not
+// exist, alike: the key learns only of the exports it may see.
+func (s *Server) noExportMessage(name string, acc *crypto.Access) string {
+	return fmt.Sprintf("no export named %q (exports: %s)", name, strings.Join(s.visible(acc), ", "))
 }
 
 // refuse sends an ERROR message; the caller then closes the stream or

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"runtime"
@@ -789,4 +790,143 @@ func TestResizeEvents(t *testing.T) {
 	if grew := e.srv.CheckSizes(); len(grew) != 0 || e.srv.Info().Exports[0].Size != 3<<20 {
 		t.Fatalf("after a shrink: CheckSizes = %+v, size %d", grew, e.srv.Info().Exports[0].Size)
 	}
+}
+
+// TestKeyAccess: a key limited by authorized_keys options sees and opens
+// only its exports (another is refused as if it did not exist) and, when
+// read-only, gets EPERM on writes with the data unchanged; a reload
+// applies to live sessions: read-write from the next request, and a
+// session that lost an export it has open ends.
+func TestKeyAccess(t *testing.T) {
+	e := newEnv(t, exportSpec{name: "a", size: 1 << 20}, exportSpec{name: "b", size: 1 << 20})
+	setOptions := func(opts string) {
+		a, err := crypto.ParseAuthorizedKeys(strings.NewReader(e.key.Public().String()+" "+opts+"\n"), "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.srv.SetAuthorized(a)
+	}
+	setOptions("exports=a ro limited")
+	c := e.connect()
+	_, typ, body := message(t, c, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Client: "t"}))
+	info, err := wire.DecodeServerInfo(body)
+	if typ != wire.MsgServerInfo || err != nil {
+		t.Fatalf("HELLO: %v, %v", typ, err)
+	}
+	if len(info.Exports) != 1 || info.Exports[0].Name != "a" || info.Exports[0].Flags&wire.ExportReadOnly == 0 ||
+		info.Exports[0].Flags&(wire.ExportTrim|wire.ExportWriteZeroes) != 0 {
+		t.Fatalf("a key limited to a, read-only, sees %+v", info.Exports)
+	}
+	_, typ, body = e.queue(e.key, c.queueMsg("b"))
+	if em, _ := wire.DecodeError(body); typ != wire.MsgError || em.Status != wire.StatusEINVAL ||
+		em.Message != `no export named "b" (exports: a)` {
+		t.Fatalf("QUEUE b: %v %+v", typ, em)
+	}
+	q := e.open(c, "a")
+	if q.info.Flags&wire.ExportReadOnly == 0 {
+		t.Errorf("OPENED describes a as %v to a read-only key", q.info.Flags)
+	}
+	p := bytes.Repeat([]byte{0x5a}, 4096)
+	if st := q.write(0, p, 0); st != wire.StatusEPERM {
+		t.Fatalf("a write with a read-only key: %v, want EPERM", st)
+	}
+	if !bytes.Equal(e.mem["a"].Bytes()[:4096], make([]byte, 4096)) {
+		t.Fatal("a refused write changed the data")
+	}
+	if _, st := q.read(0, 4096); st != wire.StatusOK {
+		t.Fatalf("a read with a read-only key: %v", st)
+	}
+
+	setOptions("exports=a limited")
+	if st := q.write(0, p, 0); st != wire.StatusOK {
+		t.Fatalf("a write after the key became read-write: %v", st)
+	}
+	if !bytes.Equal(e.mem["a"].Bytes()[:4096], p) {
+		t.Fatal("the write did not land")
+	}
+
+	setOptions("exports=b limited")
+	select {
+	case <-q.closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the queue on a is still open after the key lost a")
+	}
+}
+
+// TestSetExports: a reload's export list applies at once: a new export
+// appears for new sessions, an unchanged one keeps its queues, a removed
+// one drains its queues (what was in flight is answered, then the
+// connection closes) and is refused to new ones, a changed one (here made
+// read-only) drains and comes back with its new options; a list that
+// fails changes nothing.
+func TestSetExports(t *testing.T) {
+	e := newEnv(t, exportSpec{name: "a", size: 1 << 20}, exportSpec{name: "b", size: 1 << 20})
+	qa, qb := e.open(e.cli, "a"), e.open(e.cli, "b")
+	p := bytes.Repeat([]byte{7}, 4096)
+	if st := qa.write(0, p, 0); st != wire.StatusOK {
+		t.Fatal(st)
+	}
+	c := servertest.NewMemBackend(2 << 20)
+	cfg := func(name string, b *servertest.MemBackend, ro bool) server.ExportConfig {
+		return server.ExportConfig{Name: name, Path: "mem:" + name, Backend: b, ReadOnly: ro}
+	}
+	if _, err := e.srv.SetExports([]server.ExportConfig{cfg("a", e.mem["a"], false), {Name: "x", Path: "/nonexistent/x.img"}}); err == nil {
+		t.Fatal("a list with an export that cannot open was applied")
+	}
+	if names := exportNames(e.srv.Info()); names != "a b" {
+		t.Fatalf("after a failed reload: exports %s", names)
+	}
+	changes, err := e.srv.SetExports([]server.ExportConfig{cfg("a", e.mem["a"], false), cfg("c", c, false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(changes) != "[{c added} {b removed}]" {
+		t.Errorf("changes %v", changes)
+	}
+	select {
+	case <-qb.closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the removed export's queue did not close")
+	}
+	if st := qa.write(4096, p, 0); st != wire.StatusOK {
+		t.Fatalf("a write on the unchanged export after the reload: %v", st)
+	}
+	c2 := e.connect()
+	_, _, body := message(t, c2, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Client: "t"}))
+	if info, err := wire.DecodeServerInfo(body); err != nil || exportNames(info) != "a c" {
+		t.Fatalf("a new session sees %v, %v", exportNames(info), err)
+	}
+	if _, typ, _ := e.queue(e.key, c2.queueMsg("b")); typ != wire.MsgError {
+		t.Fatalf("QUEUE for the removed export: %v", typ)
+	}
+	if st := e.open(c2, "c").write(0, p, 0); st != wire.StatusOK {
+		t.Fatalf("a write on the new export: %v", st)
+	}
+
+	// Changed: a becomes read-only.
+	if _, err := e.srv.SetExports([]server.ExportConfig{cfg("a", e.mem["a"], true), cfg("c", c, false)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-qa.closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the changed export's queue did not close")
+	}
+	if st := e.open(c2, "a").write(0, make([]byte, 4096), 0); st != wire.StatusEPERM {
+		t.Fatalf("a write on the export made read-only: %v", st)
+	}
+	if !bytes.Equal(e.mem["a"].Bytes()[:4096], p) || e.mem["a"].Closed() {
+		t.Error("export a lost its data, or its backend, in the change")
+	}
+	if !e.mem["b"].Closed() {
+		t.Error("the removed export's backend is still open")
+	}
+}
+
+func exportNames(info wire.ServerInfo) string {
+	var names []string
+	for _, x := range info.Exports {
+		names = append(names, x.Name)
+	}
+	return strings.Join(names, " ")
 }

@@ -37,9 +37,11 @@ type SessionStatus struct {
 	Since      time.Time `json:"since"`
 	Fenced     bool      `json:"fenced"` // a newer session of the attachment took over
 	Queues     int       `json:"queues"`
-	InFlight   int       `json:"in_flight"`
-	Requests   uint64    `json:"requests"`
-	BytesRead  uint64    `json:"bytes_read"`
+	// Access is what the key may do: "all exports rw", "exports=a,b ro".
+	Access    string `json:"access"`
+	InFlight  int    `json:"in_flight"`
+	Requests  uint64 `json:"requests"`
+	BytesRead uint64 `json:"bytes_read"`
 	// BytesWritten counts WRITE payloads applied.
 	BytesWritten uint64 `json:"bytes_written"`
 }
@@ -64,6 +66,9 @@ func (s *Server) Status() Status {
 		if auth != nil {
 			ss.Comment, _ = auth.Contains(se.key)
 		}
+		if acc := se.accessOf(); acc != nil {
+			ss.Access = acc.String()
+		}
 		se.mu.Lock()
 		if !se.token.IsZero() {
 			ss.Client, ss.Epoch = se.hello.Client, se.hello.Epoch
@@ -85,8 +90,9 @@ func (s *Server) Status() Status {
 		st.Sessions = append(st.Sessions, ss)
 	}
 	sort.Slice(st.Sessions, func(i, j int) bool { return st.Sessions[i].Since.Before(st.Sessions[j].Since) })
-	for _, name := range s.names {
-		e := s.exports[name]
+	t := s.table.Load()
+	for _, name := range t.names {
+		e := t.byName[name]
 		st.Exports = append(st.Exports, ExportStatus{
 			Name: name, Size: e.size.Load(), ReadOnly: e.readOnly,
 			Identity: e.info.Identity.String(), Queues: queues[e],

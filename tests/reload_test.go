@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -76,5 +77,99 @@ func TestReloadRightAfterStart(t *testing.T) {
 			t.Fatalf("start %d: dst info after the reload: %v\n%s", i+1, err, out)
 		}
 		p.stop(t)
+	}
+}
+
+// TestReloadExports: SIGHUP re-reads serve.toml's exports: an added one
+// appears in dst info, a removed one goes, and a client of an export that
+// stayed copies data across the reload without noticing it.
+func TestReloadExports(t *testing.T) {
+	requireDst(t)
+	requireTool(t, "nbdcopy")
+	dir := t.TempDir()
+	t.Setenv("DST_RUN_DIR", shortTempDir(t))
+	serverKey, serverPub := keygen(t, dir, "server")
+	clientKey, clientPub := keygen(t, dir, "client")
+	authorized := filepath.Join(dir, "authorized_keys")
+	if err := os.WriteFile(authorized, []byte(clientPub+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b", "c"} {
+		writeRandomFile(t, filepath.Join(dir, n+".img"), 8<<20)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	conf := filepath.Join(dir, "serve.toml")
+	writeConf := func(names ...string) {
+		s := fmt.Sprintf("listen = %q\nkey = %q\nauthorized_keys = %q\n", addr, serverKey, authorized)
+		for _, n := range names {
+			s += fmt.Sprintf("[[export]]\nname = %q\npath = %q\n", n, filepath.Join(dir, n+".img"))
+		}
+		if err := os.WriteFile(conf, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeConf("a", "b")
+	serve := startProc(t, "dst serve", dstBin, "serve", "--config", conf, "--status-socket", "none")
+	if err := serve.waitFor("listening", startTimeout, func() bool { return strings.Contains(serve.out.String(), "listening") }); err != nil {
+		t.Fatal(err)
+	}
+	info := func() string { return run(t, dstBin, "info", "--key", clientKey, "--server-key", serverPub, addr) }
+	sock := filepath.Join(shortTempDir(t), "a.sock")
+	att := startProc(t, "dst attach", dstBin, "attach", "--key", clientKey, "--server-key", serverPub, addr, "a",
+		"--nbd-listen", "unix:"+sock)
+	if err := att.waitFor("NBD socket", startTimeout, func() bool { return isSocket(sock) }); err != nil {
+		t.Fatal(err)
+	}
+	uri := "nbd+unix:///a?socket=" + sock
+	src := filepath.Join(dir, "src")
+	writeRandomFile(t, src, 8<<20)
+	copied := make(chan error, 1)
+	go func() {
+		for range 5 {
+			if out, err := runErr("nbdcopy", "--flush", src, uri); err != nil {
+				copied <- fmt.Errorf("%v: %s", err, out)
+				return
+			}
+		}
+		copied <- nil
+	}()
+
+	writeConf("a", "c")
+	serve.cmd.Process.Signal(syscall.SIGHUP)
+	if err := serve.waitFor("the reload", 10*time.Second, func() bool {
+		o := serve.out.String()
+		return strings.Contains(o, "msg=\"export added\" export=c") && strings.Contains(o, "msg=\"export removed\" export=b")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := info()
+	for _, want := range []string{"a", "c"} {
+		if !regexp.MustCompile(`(?m)^` + want + `\s`).MatchString(got) {
+			t.Errorf("dst info after the reload lacks export %s:\n%s", want, got)
+		}
+	}
+	if regexp.MustCompile(`(?m)^b\s`).MatchString(got) {
+		t.Errorf("dst info after the reload still lists b:\n%s", got)
+	}
+	if err := <-copied; err != nil {
+		t.Fatalf("copying to export a across the reload: %v", err)
+	}
+	sameContent(t, src, filepath.Join(dir, "a.img"), 8<<20)
+	if strings.Contains(att.out.String(), "msg=lost") || strings.Contains(att.out.String(), "reconnect") {
+		t.Errorf("the client of an unchanged export noticed the reload:\n%s", att.out.String())
+	}
+
+	// A config that fails to parse changes nothing.
+	if err := os.WriteFile(conf, []byte("[[export]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	serve.cmd.Process.Signal(syscall.SIGHUP)
+	if err := serve.waitFor("the failed reload", 10*time.Second, func() bool {
+		return strings.Contains(serve.out.String(), "reloading keys failed")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := info(); !regexp.MustCompile(`(?m)^c\s`).MatchString(got) {
+		t.Errorf("after a failed reload:\n%s", got)
 	}
 }

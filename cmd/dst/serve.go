@@ -83,13 +83,15 @@ func cmdServe(ctx context.Context, args []string) error {
 		}
 		cfg.Authorized = a
 	}
+	var flagExports []server.ExportConfig
 	for _, e := range exports {
 		ec, err := server.ParseExportFlag(e)
 		if err != nil {
 			return usageError{err}
 		}
-		cfg.Exports = append(cfg.Exports, ec)
+		flagExports = append(flagExports, ec)
 	}
+	cfg.Exports = append(cfg.Exports, flagExports...)
 	if len(ciphers) > 0 {
 		cfg.Ciphers = nil
 		for _, c := range ciphers {
@@ -139,6 +141,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	for _, k := range cfg.MoreKeys {
 		log.Info("also answering to a key of a rotation", "public_key", k.Public().String())
 	}
+	logClientKeys(log, cfg.Authorized)
 	if cfg.MetricsListen != "" {
 		ml, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
@@ -165,13 +168,14 @@ func cmdServe(ctx context.Context, args []string) error {
 	})
 	go reloadOnHangup(ctx, log, srv, hup, func() (*reloaded, error) {
 		var r reloaded
-		var c *server.Config
-		if *authFile == "" || len(keyFiles) == 0 {
-			var err error
-			if c, err = server.LoadConfig(*config, keyPolicy); err != nil {
+		if *config != "" {
+			c, err := server.LoadConfig(*config, keyPolicy)
+			if err != nil {
 				return nil, err
 			}
 			r.authorized, r.key, r.more = c.Authorized, c.PrivateKey, c.MoreKeys
+			// The file's exports, then those of --export, which stay.
+			r.exports = append(c.Exports, flagExports...)
 		}
 		if *authFile != "" {
 			a, err := crypto.LoadAuthorizedKeys(*authFile)
@@ -221,13 +225,16 @@ type reloaded struct {
 	authorized *crypto.AuthorizedKeys
 	key        crypto.PrivateKey
 	more       []crypto.PrivateKey
+	exports    []server.ExportConfig // nil: no config file, the exports stay
 }
 
-// reloadOnHangup re-reads the authorized keys and the server's own keys,
-// and looks at once for exports that grew, on each SIGHUP that arrives on
-// hup, as sshd and WireGuard's syncconf let one do: sessions of client keys no longer listed end, new connections are
+// reloadOnHangup re-reads the authorized keys, the server's own keys and
+// the config file's exports, and looks at once for exports that grew, on
+// each SIGHUP that arrives on hup, as sshd and WireGuard's syncconf let one
+// do: sessions of client keys no longer listed end, new connections are
 // checked against the new list and answered under the new server keys
-// (live sessions keep theirs). A file that fails to load changes nothing.
+// (live sessions keep theirs), exports come and go (server.SetExports). A
+// file that fails to load changes nothing.
 func reloadOnHangup(ctx context.Context, log *slog.Logger, srv *server.Server, hup <-chan os.Signal,
 	load func() (*reloaded, error)) {
 	for {
@@ -250,9 +257,24 @@ func reloadOnHangup(ctx context.Context, log *slog.Logger, srv *server.Server, h
 				pubs = append(pubs, k.Public().String())
 			}
 			log.Info("reloaded authorized keys", "keys", r.authorized.Len(), "server_keys", pubs)
+			logClientKeys(log, r.authorized)
+			if r.exports != nil {
+				if _, err := srv.SetExports(r.exports); err != nil {
+					log.Error("reloading exports failed; keeping the current ones", "err", err)
+				}
+			}
 		}
 		srv.CheckSizes()            // an export that grew is served at its new size now
 		notify(log, sdnotify.Ready) // after a failed reload too: systemd waits for it
+	}
+}
+
+// logClientKeys logs what each authorized client key may open.
+func logClientKeys(log *slog.Logger, a *crypto.AuthorizedKeys) {
+	for _, k := range a.Keys() {
+		comment, _ := a.Contains(k)
+		acc, _ := a.Access(k)
+		log.Info("client key", "key", k.String(), "comment", comment, "access", acc.String())
 	}
 }
 

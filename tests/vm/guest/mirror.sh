@@ -33,6 +33,9 @@ attach b disk /dev/nbd1 --io-timeout "$IOT"
 t mirror create mir --type mirror --nosync /dev/nbd0 /dev/nbd1
 mirror status mir
 mirror status mir | head -1 | grep -q ', in sync$' || fail "new mirror not in sync"
+# Follow the mirror as the kernel sees it, for the whole scenario.
+mirror events mir >/tmp/events.out 2>&1 &
+EVENTS=$!
 mkfs.ext4 -q -F /dev/mapper/mir
 mkdir -p /mnt/m
 mount -t ext4 /dev/mapper/mir /mnt/m
@@ -75,6 +78,14 @@ sed -n 's/^mir: resyncing \([0-9]*\)% .*/\1/p' /tmp/wait.out | awk 'NR > 1 && $1
 	fail "mirror wait's progress went back or repeated"
 mirror status mir
 dmsetup status mir
+sleep 1
+kill "$EVENTS" 2>/dev/null
+echo "--- dst-mirror events:"
+cat /tmp/events.out
+grep -q 'mir: mirror, in-sync, legs /dev/nbd0:alive /dev/nbd1:alive' /tmp/events.out || fail "events did not start with the mirror's state"
+grep -q 'mir: leg /dev/nbd1 failed' /tmp/events.out || fail "events did not report the failed leg"
+grep -q 'mir: resyncing' /tmp/events.out || fail "events did not report the resync"
+tail -n 3 /tmp/events.out | grep -q 'mir: in-sync' || fail "events did not report the end of the resync"
 
 umount /mnt/m
 e2fsck -f -n /dev/mapper/mir
