@@ -37,6 +37,20 @@ type AttachConfig struct {
 	// to replay to a restarted server. Zero means 256 MiB; negative turns
 	// replay off.
 	ReplayBuffer int64
+	// ReadOnly attaches for reading only: the attachment takes no writer
+	// lease, so it may join an export another attachment writes, and its
+	// writes fail with EPERM.
+	ReadOnly bool
+	// TakeOver takes the export's writer lease even if another attachment
+	// holds it: the server fences that attachment first. Only the first
+	// connection asks; a reconnect that finds the lease taken by another
+	// fails the attachment for good.
+	TakeOver bool
+	// Resume continues an attachment a process that ended had made (its
+	// id, kept by the caller): the server takes the new sessions for newer
+	// ones of it, fences the old, and keeps its writer lease. Zero: a new
+	// attachment.
+	Resume wire.Identity
 }
 
 // DefaultConnections is the number of queue connections when
@@ -120,10 +134,18 @@ func Attach(ctx context.Context, cfg *AttachConfig) (*Attachment, error) {
 	if c.ReplayBuffer > 0 {
 		a.replay = newReplayLog(c.ReplayBuffer)
 	}
-	if _, err := rand.Read(a.id[:]); err != nil {
-		a.cancel()
-		return nil, fmt.Errorf("client: choosing attachment id: %w", err)
+	first := uint64(1)
+	if c.Resume.IsZero() {
+		if _, err := rand.Read(a.id[:]); err != nil {
+			a.cancel()
+			return nil, fmt.Errorf("client: choosing attachment id: %w", err)
+		}
+	} else {
+		// Newer than any epoch the ended process used: it counted from 1,
+		// one per reconnect, and earlier resumptions from their own clock.
+		a.id, first = c.Resume, uint64(time.Now().UnixNano())
 	}
+	a.epoch.Store(first - 1)
 	g, err := a.connect(ctx, a.epoch.Add(1), true)
 	if err != nil {
 		a.cancel()
@@ -140,8 +162,13 @@ func Attach(ctx context.Context, cfg *AttachConfig) (*Attachment, error) {
 	return a, nil
 }
 
+// ID names the attachment to servers; a process that takes the attachment
+// over after this one ends passes it as AttachConfig.Resume.
+func (a *Attachment) ID() wire.Identity { return a.id }
+
 // Lost is closed when the attachment has failed for good (the export's
-// identity changed): every request since fails with EIO.
+// identity changed, or another attachment took its writer lease): every
+// request since fails with EIO.
 func (a *Attachment) Lost() <-chan struct{} { return a.lost }
 
 // Err says why the attachment failed for good, or is nil.

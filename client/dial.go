@@ -179,14 +179,14 @@ func (s *Session) hello(ctx context.Context, h *wire.Hello) error {
 // dialQueue opens a queue connection bound to session s and to export,
 // and checks that the server still describes the export as
 // autoconfiguration did.
-func dialQueue(ctx context.Context, cfg *Config, s *Session, export wire.ExportInfo) (*crypto.Conn, net.Conn, error) {
+func dialQueue(ctx context.Context, cfg *Config, s *Session, export wire.ExportInfo, flags wire.QueueFlags) (*crypto.Conn, net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.dialTimeout())
 	defer cancel()
 	conn, raw, err := channel(ctx, cfg.pinned(s.serverKey))
 	if err != nil {
 		return nil, nil, err
 	}
-	q := &wire.Queue{Version: wire.Version, Attachment: s.said.Attachment, Epoch: s.said.Epoch,
+	q := &wire.Queue{Version: wire.Version, Flags: flags, Attachment: s.said.Attachment, Epoch: s.said.Epoch,
 		Session: s.info.Session, Export: export.Name}
 	body, err := roundTrip(ctx, conn, wire.AppendMessage(nil, wire.MsgQueue, wire.AppendQueue(nil, q)), wire.MsgOpened)
 	if err == nil {
@@ -197,10 +197,24 @@ func dialQueue(ctx context.Context, cfg *Config, s *Session, export wire.ExportI
 	}
 	if err != nil {
 		abort(raw)
+		var em *wire.ErrorMsg
+		if errors.As(err, &em) && em.Status == wire.StatusEBUSY {
+			err = leaseHeldError(em.Message)
+		}
 		return nil, nil, fmt.Errorf("client: opening a queue on %s: %w", cfg.Server, err)
 	}
 	return conn, raw, nil
 }
+
+// ErrLeaseHeld says another attachment holds the export's writer lease.
+var ErrLeaseHeld = errors.New("client: the export is held for writing by another attachment")
+
+// leaseHeldError is ErrLeaseHeld with the server's words, which name the
+// holder.
+type leaseHeldError string
+
+func (e leaseHeldError) Error() string        { return string(e) }
+func (e leaseHeldError) Is(target error) bool { return target == ErrLeaseHeld }
 
 // ErrIdentityChanged says the disk behind an export name is not the one
 // the attachment was made to.

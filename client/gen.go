@@ -62,6 +62,9 @@ func (g *generation) pick() *queue {
 func (g *generation) shutdown(err error, graceful bool) {
 	g.kill(err)
 	if g.sess != nil {
+		if err == errClosedGen {
+			g.sess.bye() // the attachment closes: its writer lease may go at once
+		}
 		if graceful {
 			g.sess.Close()
 		} else {
@@ -92,8 +95,15 @@ func (a *Attachment) connect(ctx context.Context, epoch uint64, first bool) (*ge
 	if err := a.checkExport(g.info, first); err != nil {
 		return fail(err)
 	}
+	var flags wire.QueueFlags
+	if c.ReadOnly {
+		flags |= wire.QueueReadOnly
+	}
+	if c.TakeOver && first {
+		flags |= wire.QueueTakeOver
+	}
 	for i := 0; i < c.Connections; i++ {
-		conn, raw, err := dialQueue(ctx, &c.Config, s, a.export)
+		conn, raw, err := dialQueue(ctx, &c.Config, s, a.export, flags)
 		if err != nil {
 			return fail(err)
 		}
@@ -131,6 +141,10 @@ func (a *Attachment) checkExport(info wire.ServerInfo, first bool) error {
 		return err
 	}
 	if first {
+		if a.cfg.ReadOnly {
+			e.Flags |= wire.ExportReadOnly
+			e.Flags &^= wire.ExportTrim | wire.ExportWriteZeroes
+		}
 		a.export = e
 		a.size.Store(e.Size)
 		return nil
@@ -219,7 +233,9 @@ func (a *Attachment) reconnect() *generation {
 		switch {
 		case ctx.Err() != nil:
 			return nil
-		case errors.Is(err, ErrIdentityChanged):
+		case errors.Is(err, ErrIdentityChanged), errors.Is(err, ErrLeaseHeld):
+			// Another disk, or another writer took over: this attachment
+			// must never write again.
 			a.fail(err)
 			return nil
 		}

@@ -2,9 +2,12 @@ package client
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,8 +53,12 @@ func TestResize(t *testing.T) {
 	if err := do(a, wire.CmdRead, 0, 4*size-4096, 4096, got); err != nil || !bytes.Equal(got, p) {
 		t.Fatalf("reading it back: %v, same=%v", err, bytes.Equal(got, p))
 	}
-	// A new attachment is told the new size at once.
-	b := e.attach(t, "disk", 1)
+	// A new attachment (a reader: a holds the writer lease) is told the
+	// new size at once.
+	b, err := Attach(context.Background(), &AttachConfig{Config: *e.config(), Export: "disk", Connections: 1, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if b.Size() != 4*size {
 		t.Errorf("a new attachment's Size() = %d", b.Size())
 	}
@@ -117,4 +124,74 @@ func TestReplayProgress(t *testing.T) {
 	if p.status() != nil {
 		t.Error("progress after the replay")
 	}
+}
+
+// TestWriterLease: a second writer is refused, naming the holder; a reader
+// joins and cannot write; a take-over fences the holder, which fails for
+// good when it finds the lease gone; a closed attachment frees the lease
+// at once (BYE); Resume continues an attachment under its lease.
+func TestWriterLease(t *testing.T) {
+	e := newEnv(t, "pipe", 1<<20)
+	attach := func(ac AttachConfig) (*Attachment, error) {
+		ac.Config, ac.Export, ac.Connections = *e.config(), "disk", 1
+		ac.KeepaliveInterval, ac.KeepaliveTimeout = 50*time.Millisecond, 500*time.Millisecond
+		return Attach(context.Background(), &ac)
+	}
+	p := bytes.Repeat([]byte{1}, 4096)
+	a, err := attach(AttachConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := do(a, wire.CmdWrite, 0, 0, 4096, p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := attach(AttachConfig{}); !errors.Is(err, ErrLeaseHeld) || !strings.Contains(err.Error(), "held for writing by test") {
+		t.Fatalf("a second writer: %v", err)
+	}
+	r, err := attach(AttachConfig{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("a reader: %v", err)
+	}
+	defer r.Close()
+	if !r.NBDExport().ReadOnly {
+		t.Error("a read-only attachment's NBD export is writable")
+	}
+	if err := do(r, wire.CmdWrite, 0, 0, 4096, p); err == nil {
+		t.Error("a read-only attachment wrote")
+	}
+
+	// Take-over: a is fenced, reconnects, finds the lease gone, fails.
+	b, err := attach(AttachConfig{TakeOver: true})
+	if err != nil {
+		t.Fatalf("take-over: %v", err)
+	}
+	select {
+	case <-a.Lost():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the old holder did not fail after the take-over")
+	}
+	if !errors.Is(a.Err(), ErrLeaseHeld) {
+		t.Errorf("the old holder failed with %v", a.Err())
+	}
+	if err := do(a, wire.CmdWrite, 0, 0, 4096, make([]byte, 4096)); err == nil {
+		t.Error("the old holder wrote after the take-over")
+	}
+
+	// Resume: b's id, in a new Attachment, keeps the lease.
+	b2, err := attach(AttachConfig{Resume: b.ID()})
+	if err != nil {
+		t.Fatalf("resuming b: %v", err)
+	}
+	if err := do(b2, wire.CmdWrite, 0, 0, 4096, p); err != nil {
+		t.Fatalf("a write of the resumed attachment: %v", err)
+	}
+	b.Close()
+	// A closed attachment lets go at once.
+	b2.Close()
+	c, err := attach(AttachConfig{})
+	if err != nil {
+		t.Fatalf("a writer after the holder closed: %v", err)
+	}
+	c.Close()
 }

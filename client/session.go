@@ -55,6 +55,18 @@ func (s *Session) ServerKey() crypto.PublicKey { return s.serverKey }
 // Close ends the session.
 func (s *Session) Close() error { return s.mux.Close() }
 
+// bye tells the server the attachment is closing (BYE), so that it frees
+// the attachment's writer lease once the session ends rather than hold it
+// for a reconnect. Best effort: a server that does not hear it lets the
+// lease lapse after its grace.
+func (s *Session) bye() {
+	if s.ctl == nil {
+		return
+	}
+	s.ctl.SetWriteDeadline(time.Now().Add(time.Second))
+	s.ctl.Write(wire.AppendMessage(nil, wire.MsgBye, nil))
+}
+
 // abort ends the session with a TCP reset rather than an orderly close:
 // the server learns at once that the session is gone, and the client's
 // unsent bytes are dropped rather than delivered late. (A reset does not

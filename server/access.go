@@ -16,9 +16,10 @@ import (
 // accessOf returns the session's access now.
 func (se *session) accessOf() *crypto.Access { return se.access.Load() }
 
-// view is export e as a key with access acc sees it.
-func view(e wire.ExportInfo, acc *crypto.Access) wire.ExportInfo {
-	if acc.ReadOnly {
+// view is export e as a key with access acc sees it, on a read-only
+// queue if ro.
+func view(e wire.ExportInfo, acc *crypto.Access, ro bool) wire.ExportInfo {
+	if acc.ReadOnly || ro {
 		e.Flags |= wire.ExportReadOnly
 		e.Flags &^= wire.ExportTrim | wire.ExportWriteZeroes
 	}
@@ -31,7 +32,7 @@ func (s *Server) infoFor(acc *crypto.Access) wire.ServerInfo {
 	exports := info.Exports[:0]
 	for _, e := range info.Exports {
 		if acc.Allows(e.Name) {
-			exports = append(exports, view(e, acc))
+			exports = append(exports, view(e, acc, false))
 		}
 	}
 	info.Exports = exports

@@ -28,6 +28,12 @@ type ExportConfig struct {
 	// you want to keep. It makes no sense with ReadOnly.
 	Volatile bool
 
+	// Shared exports let several attachments write at once, for cluster
+	// file systems (GFS2, OCFS2) that coordinate their own writers.
+	// Otherwise one read-write attachment at a time holds the export's
+	// writer lease (lease.go).
+	Shared bool
+
 	// Backend, if set, is served instead of opening Path (which then only
 	// appears in logs). Tests use it with servertest.MemBackend. The
 	// server closes it in Close; if New fails, it stays the caller's.
@@ -51,6 +57,9 @@ type Config struct {
 	// MaxSessionsPerKey bounds the control sessions one client key may
 	// hold at once; 0 means DefaultMaxSessionsPerKey.
 	MaxSessionsPerKey int
+	// LeaseGrace is how long a writer lease outlives the last session of
+	// its holder, for the holder to reconnect; 0 means DefaultLeaseGrace.
+	LeaseGrace time.Duration
 	// SizeCheck is how often the server looks for exports that grew
 	// (CheckSizes); 0 means DefaultSizeCheck, negative never (the caller
 	// calls CheckSizes itself).
@@ -62,7 +71,7 @@ type Config struct {
 // NAME=PATH[,ro|,rw][,volatile]. ,ro makes it read-only; ,volatile is the
 // testing option ExportConfig.Volatile.
 func ParseExportFlag(s string) (ExportConfig, error) {
-	const usage = "want NAME=PATH[,ro][,volatile]"
+	const usage = "want NAME=PATH[,ro][,shared][,volatile]"
 	name, path, ok := strings.Cut(s, "=")
 	if !ok {
 		return ExportConfig{}, fmt.Errorf("server: export %q: %s", s, usage)
@@ -75,6 +84,8 @@ func ParseExportFlag(s string) (ExportConfig, error) {
 			path = p
 		} else if p, ok := strings.CutSuffix(path, ",volatile"); ok {
 			path, e.Volatile = p, true
+		} else if p, ok := strings.CutSuffix(path, ",shared"); ok {
+			path, e.Shared = p, true
 		} else {
 			break
 		}
@@ -120,6 +131,7 @@ type exportFile struct {
 	Path     string `toml:"path"`
 	ReadOnly bool   `toml:"read_only"`
 	Volatile bool   `toml:"volatile"`
+	Shared   bool   `toml:"shared"`
 }
 
 // LoadConfig reads a TOML configuration file:
@@ -195,7 +207,7 @@ func LoadConfig(path string, keyMode crypto.KeyModePolicy) (*Config, error) {
 		if e.Path == "" {
 			return nil, fmt.Errorf("server: config %s: export %d (%q) has no path", path, i+1, e.Name)
 		}
-		ec := ExportConfig{Name: e.Name, Path: rel(e.Path), ReadOnly: e.ReadOnly, Volatile: e.Volatile}
+		ec := ExportConfig{Name: e.Name, Path: rel(e.Path), ReadOnly: e.ReadOnly, Volatile: e.Volatile, Shared: e.Shared}
 		if err := checkVolatile(ec); err != nil {
 			return nil, fmt.Errorf("server: config %s: export %d (%q): %w", path, i+1, e.Name, err)
 		}

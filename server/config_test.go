@@ -26,6 +26,7 @@ func TestParseExportFlag(t *testing.T) {
 		{in: "disk=/img/a.raw,rw,volatile", want: server.ExportConfig{Name: "disk", Path: "/img/a.raw", Volatile: true}},
 		{in: "disk=/img/a.raw,volatile,rw", want: server.ExportConfig{Name: "disk", Path: "/img/a.raw", Volatile: true}},
 		{in: "disk=/img/volatile", want: server.ExportConfig{Name: "disk", Path: "/img/volatile"}},
+		{in: "gfs=/dev/sdc,shared", want: server.ExportConfig{Name: "gfs", Path: "/dev/sdc", Shared: true}},
 		{in: "disk=/img/a.raw,ro,volatile", err: "volatile and read-only"},
 		{in: "disk=/img/a.raw,volatile,ro", err: "volatile and read-only"},
 		{in: "disk=,volatile", err: "empty path"},

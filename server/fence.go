@@ -31,6 +31,7 @@ type attachment struct {
 	epoch    uint64
 	sessions map[*session]struct{}
 	idle     time.Time // when its last session ended
+	bye      bool      // its client said BYE: it is closing (lease.go)
 }
 
 // Bounds on the attachment records kept after their sessions end: long
@@ -67,6 +68,7 @@ func (s *Server) admit(se *session, k attachKey, epoch uint64) error {
 		}
 	}
 	a.sessions[se] = struct{}{}
+	a.bye = false
 	se.attach, se.attachKey = a, k
 	s.fenceMu.Unlock()
 
@@ -77,6 +79,14 @@ func (s *Server) admit(se *session, k attachKey, epoch uint64) error {
 		se.log.Info("fenced older sessions of the attachment", "epoch", epoch, "fenced", len(old))
 	}
 	return nil
+}
+
+// admitUnfenced gives a session that opted out of fencing (an all-zero
+// attachment id) a record of its own, which its writer leases belong to.
+func (s *Server) admitUnfenced(se *session) {
+	s.fenceMu.Lock()
+	defer s.fenceMu.Unlock()
+	se.attach = &attachment{sessions: map[*session]struct{}{se: {}}}
 }
 
 // leave removes an ended session from its attachment's record.

@@ -47,6 +47,9 @@ type exportSpec struct {
 	name     string
 	size     int64
 	readOnly bool
+	// leased exports have a writer lease; the others are shared, as
+	// tests of everything else open several writers on one export.
+	leased bool
 }
 
 func newEnv(t testing.TB, specs ...exportSpec) *env {
@@ -66,7 +69,8 @@ func newEnvConfig(t testing.TB, cfg *server.Config, specs ...exportSpec) *env {
 	for _, s := range specs {
 		m := servertest.NewMemBackend(s.size)
 		e.mem[s.name] = m
-		cfg.Exports = append(cfg.Exports, server.ExportConfig{Name: s.name, Path: "mem:" + s.name, ReadOnly: s.readOnly, Backend: m})
+		cfg.Exports = append(cfg.Exports, server.ExportConfig{Name: s.name, Path: "mem:" + s.name, ReadOnly: s.readOnly,
+			Shared: !s.leased, Backend: m})
 	}
 	e.start(cfg)
 	return e
@@ -153,9 +157,10 @@ type ctl struct {
 	key crypto.PrivateKey
 	mux *yamux.Session
 
-	mu    sync.Mutex
-	hello wire.Hello
-	info  wire.ServerInfo // once a HELLO was answered
+	mu        sync.Mutex
+	hello     wire.Hello
+	info      wire.ServerInfo // once a HELLO was answered
+	ctlStream *yamux.Stream   // the stream HELLO was answered on
 }
 
 // connect starts one more control session and returns its client side.
@@ -208,7 +213,7 @@ func exchange(c *ctl, typ wire.MsgType, body []byte) (*yamux.Stream, wire.MsgTyp
 			return nil, 0, nil, err
 		}
 		c.mu.Lock()
-		c.hello, c.info = h, info
+		c.hello, c.info, c.ctlStream = h, info, st
 		c.mu.Unlock()
 	}
 	return st, rt, rb, nil

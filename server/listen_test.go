@@ -52,7 +52,7 @@ func newTCPEnvLog(t *testing.T, log *slog.Logger) *tcpEnv {
 	srv, err := server.New(&server.Config{
 		PrivateKey: sk,
 		Authorized: auth,
-		Exports:    []server.ExportConfig{{Name: "disk", Backend: servertest.NewMemBackend(1 << 20)}},
+		Exports:    []server.ExportConfig{{Name: "disk", Backend: servertest.NewMemBackend(1 << 20), Shared: true}},
 		Logger:     log,
 	})
 	if err != nil {
@@ -224,7 +224,7 @@ func TestServeAfterClose(t *testing.T) {
 	sk, _ := crypto.GeneratePrivateKey()
 	auth, _ := crypto.ParseAuthorizedKeys(strings.NewReader(""), "empty")
 	srv, err := server.New(&server.Config{PrivateKey: sk, Authorized: auth, Logger: testsupport.Logger(t),
-		Exports: []server.ExportConfig{{Name: "d", Backend: servertest.NewMemBackend(4096)}}})
+		Exports: []server.ExportConfig{{Name: "d", Backend: servertest.NewMemBackend(4096), Shared: true}}})
 	if err != nil {
 		t.Fatal(err)
 	}

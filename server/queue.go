@@ -43,15 +43,18 @@ var errDisconnect = errors.New("server: client disconnected")
 // its replies stalls only its own connection, then its reader through the
 // budget, never a worker other clients need.
 type queueConn struct {
-	se     *session
-	conn   *crypto.Conn
-	exp    *export
-	log    *slog.Logger
-	w      *qconn.Writer[*op]
-	budget *inflight.Limiter // requests and bytes in flight on this connection
-	served served            // counted here, not per session: no cache line shared between queues
-	hdr    [wire.RequestSize]byte
-	discID uint64 // the DISCONNECT request's id, for its reply
+	se   *session
+	conn *crypto.Conn
+	exp  *export
+	// readOnly: the export, the key or the queue's client made it so;
+	// a queue that may write holds the writer lease.
+	readOnly bool
+	log      *slog.Logger
+	w        *qconn.Writer[*op]
+	budget   *inflight.Limiter // requests and bytes in flight on this connection
+	served   served            // counted here, not per session: no cache line shared between queues
+	hdr      [wire.RequestSize]byte
+	discID   uint64 // the DISCONNECT request's id, for its reply
 	// draining is set when the server stops reading the connection so it
 	// can close it once its requests are answered (drain).
 	draining atomic.Bool
@@ -92,11 +95,12 @@ func (s *Server) serveQueue(conn *crypto.Conn, body []byte, log *slog.Logger) {
 		return
 	}
 	qc := &queueConn{
-		se:     se,
-		conn:   conn,
-		exp:    e,
-		log:    se.log.With("export", q.Export),
-		budget: inflight.New(maxInflight, maxInflightBytes),
+		se:       se,
+		conn:     conn,
+		exp:      e,
+		readOnly: q.Flags&wire.QueueReadOnly != 0,
+		log:      se.log.With("export", q.Export),
+		budget:   inflight.New(maxInflight, maxInflightBytes),
 	}
 	qc.w = qconn.NewWriter(conn, qc.encodeReply, qc.done, qc.writeFailed)
 	if !se.bind(qc) {
@@ -117,7 +121,17 @@ func (s *Server) serveQueue(conn *crypto.Conn, body []byte, log *slog.Logger) {
 		qc.w.Wait()
 		return
 	}
-	msg := wire.AppendMessage(nil, wire.MsgOpened, wire.AppendOpened(nil, &wire.Opened{Export: view(e.describe(), acc)}))
+	// A queue that may write holds the export's writer lease (lease.go).
+	if qc.readOnly || e.readOnly || acc.ReadOnly {
+		qc.readOnly = true
+	} else if err := s.acquireLease(se, e, q.Flags&wire.QueueTakeOver != 0); err != nil {
+		log.Warn("refusing queue: the export's writer lease is held", "export", q.Export, "err", err)
+		refuse(conn, log, wire.StatusEBUSY, err.Error())
+		qc.close()
+		qc.w.Wait()
+		return
+	}
+	msg := wire.AppendMessage(nil, wire.MsgOpened, wire.AppendOpened(nil, &wire.Opened{Export: view(e.describe(), acc, qc.readOnly)}))
 	if _, err := conn.Write(msg); err != nil {
 		log.Debug("writing OPENED", "err", err)
 		qc.close()
@@ -233,7 +247,7 @@ func (q *queueConn) check(r *wire.Request) wire.Status {
 	switch {
 	case r.Cmd == wire.CmdFlush:
 		return wire.StatusOK
-	case r.Cmd != wire.CmdRead && (q.exp.readOnly || q.se.accessOf().ReadOnly):
+	case r.Cmd != wire.CmdRead && (q.readOnly || q.se.accessOf().ReadOnly):
 		return wire.StatusEPERM
 	case (r.Cmd == wire.CmdRead || r.Cmd == wire.CmdWrite) && r.Length > e.MaxTransfer:
 		return wire.StatusEINVAL

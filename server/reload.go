@@ -63,7 +63,7 @@ func (t *exportTable) closeAll() error {
 // export configured as a.
 func sameConfig(a, b ExportConfig) bool {
 	return a.Name == b.Name && a.Path == b.Path && a.ReadOnly == b.ReadOnly &&
-		a.Volatile == b.Volatile && a.Backend == b.Backend
+		a.Volatile == b.Volatile && a.Shared == b.Shared && a.Backend == b.Backend
 }
 
 func (e *export) acquire() {

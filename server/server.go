@@ -65,6 +65,7 @@ type Server struct {
 
 	fenceMu sync.Mutex
 	attach  map[attachKey]*attachment // see fence.go
+	leases  map[string]*lease         // writer leases by export name, see lease.go
 
 	jobs    chan *op      // requests for the worker pool
 	stopped chan struct{} // closed after every session ended: workers exit
@@ -147,6 +148,10 @@ func New(cfg *Config) (*Server, error) {
 	s.perKey = make(map[crypto.PublicKey]*keyState)
 	s.keyCapLog = newRateLog(s.log, logEvery, "refusing session: too many sessions for its key")
 	s.attach = make(map[attachKey]*attachment)
+	s.leases = make(map[string]*lease)
+	if c.LeaseGrace <= 0 {
+		c.LeaseGrace = DefaultLeaseGrace
+	}
 	s.admission = newAdmission(s.log, maxHandshakes, maxHandshakesPerSource)
 	s.jobs = make(chan *op)
 	s.stopped = make(chan struct{})
@@ -280,6 +285,9 @@ func describe(ec ExportConfig, b Backend) (wire.ExportInfo, error) {
 		return e, fmt.Errorf("block sizes %d/%d: want powers of two from 512 to 64 KiB, physical ≥ logical", logical, physical)
 	case size < int64(logical) || size%int64(logical) != 0:
 		return e, fmt.Errorf("size %d is not a positive multiple of the %d byte block", size, logical)
+	}
+	if ec.Shared {
+		e.Flags |= wire.ExportShared
 	}
 	if ec.ReadOnly {
 		e.Flags |= wire.ExportReadOnly

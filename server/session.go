@@ -219,6 +219,8 @@ func (se *session) serveHello(st *yamux.Stream, body []byte, log *slog.Logger) {
 			refuse(st, log, wire.StatusESTALE, "a newer session of this attachment exists")
 			return
 		}
+	} else {
+		se.srv.admitUnfenced(se)
 	}
 	// An event (resize.go) may be sent from the moment ctl is set, but
 	// not before SERVER_INFO: eventMu is held until it is written. A size
@@ -251,6 +253,10 @@ func (se *session) serveHello(st *yamux.Stream, body []byte, log *slog.Logger) {
 				log.Debug("control stream ended", "err", err)
 			}
 			return
+		}
+		if typ == wire.MsgBye {
+			se.srv.sayBye(se)
+			continue
 		}
 		if typ != wire.MsgPing {
 			log.Warn("closing control stream: unexpected message", "type", typ)

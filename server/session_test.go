@@ -25,7 +25,7 @@ import (
 )
 
 func TestHello(t *testing.T) {
-	e := newEnv(t, exportSpec{name: "a", size: 1 << 20}, exportSpec{name: "b", size: 2 << 20, readOnly: true})
+	e := newEnv(t, exportSpec{name: "a", size: 1 << 20, leased: true}, exportSpec{name: "b", size: 2 << 20, readOnly: true, leased: true})
 	_, typ, body := message(t, e.cli, wire.MsgHello, wire.AppendHello(nil, &wire.Hello{Version: wire.Version, Client: "test"}))
 	if typ != wire.MsgServerInfo {
 		t.Fatalf("HELLO answered with %v", typ)
@@ -795,8 +795,9 @@ func TestResizeEvents(t *testing.T) {
 // TestKeyAccess: a key limited by authorized_keys options sees and opens
 // only its exports (another is refused as if it did not exist) and, when
 // read-only, gets EPERM on writes with the data unchanged; a reload
-// applies to live sessions: read-write from the next request, and a
-// session that lost an export it has open ends.
+// applies to live sessions: a session that lost an export it has open
+// ends, and one that became read-write writes on the queues it opens from
+// then on.
 func TestKeyAccess(t *testing.T) {
 	e := newEnv(t, exportSpec{name: "a", size: 1 << 20}, exportSpec{name: "b", size: 1 << 20})
 	setOptions := func(opts string) {
@@ -837,7 +838,13 @@ func TestKeyAccess(t *testing.T) {
 		t.Fatalf("a read with a read-only key: %v", st)
 	}
 
+	// Read-write again: a queue opened read-only stays so (it holds no
+	// writer lease); a new one writes.
 	setOptions("exports=a limited")
+	if st := q.write(0, p, 0); st != wire.StatusEPERM {
+		t.Fatalf("a write on the queue opened read-only, after the key became read-write: %v", st)
+	}
+	q = e.open(c, "a")
 	if st := q.write(0, p, 0); st != wire.StatusOK {
 		t.Fatalf("a write after the key became read-write: %v", st)
 	}
@@ -868,7 +875,7 @@ func TestSetExports(t *testing.T) {
 	}
 	c := servertest.NewMemBackend(2 << 20)
 	cfg := func(name string, b *servertest.MemBackend, ro bool) server.ExportConfig {
-		return server.ExportConfig{Name: name, Path: "mem:" + name, Backend: b, ReadOnly: ro}
+		return server.ExportConfig{Name: name, Path: "mem:" + name, Backend: b, ReadOnly: ro, Shared: true}
 	}
 	if _, err := e.srv.SetExports([]server.ExportConfig{cfg("a", e.mem["a"], false), {Name: "x", Path: "/nonexistent/x.img"}}); err == nil {
 		t.Fatal("a list with an export that cannot open was applied")

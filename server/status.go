@@ -23,6 +23,10 @@ type ExportStatus struct {
 	ReadOnly bool   `json:"read_only"`
 	Identity string `json:"identity"`
 	Queues   int    `json:"queues"` // queue connections open to it
+	Shared   bool   `json:"shared,omitempty"`
+	// Writer names the holder of the writer lease: key comment, address,
+	// since when; empty when none holds it.
+	Writer string `json:"writer,omitempty"`
 }
 
 // SessionStatus describes one client session: its control connection and
@@ -96,6 +100,7 @@ func (s *Server) Status() Status {
 		st.Exports = append(st.Exports, ExportStatus{
 			Name: name, Size: e.size.Load(), ReadOnly: e.readOnly,
 			Identity: e.info.Identity.String(), Queues: queues[e],
+			Shared: e.cfg.Shared, Writer: s.leaseStatus(name),
 		})
 	}
 	return st

@@ -145,7 +145,9 @@ func TestGarbageConnections(t *testing.T) {
 	}
 	s.alive(t)
 	qemuIO(t, a.uri(), "read -P 0x42 0 4M", "read -P 0x24 8M 1M")
-	// The accept loop still works: a new client can attach and do I/O.
+	// The accept loop still works: a new client can attach and do I/O,
+	// once the first has detached and freed the writer lease.
+	a.proc.stop(t)
 	b := s.attach(t, "disk")
 	qemuIO(t, b.uri(), "read -P 0x42 0 4M", "write -P 0x99 12M 64k", "read -P 0x99 12M 64k")
 }

@@ -44,7 +44,8 @@ func TestServerKeyRotation(t *testing.T) {
 		if len(more) > 0 {
 			fmt.Fprintf(&b, "more_keys = [%q]\n", strings.Join(more, `", "`))
 		}
-		fmt.Fprintf(&b, "[[export]]\nname = \"disk\"\npath = %q\n", img)
+		// Shared: three clients, each pinning other keys, write at once.
+		fmt.Fprintf(&b, "[[export]]\nname = \"disk\"\npath = %q\nshared = true\n", img)
 		if err := os.WriteFile(conf, []byte(b.String()), 0o600); err != nil {
 			t.Fatal(err)
 		}

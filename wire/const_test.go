@@ -85,6 +85,7 @@ func TestConstStatus(t *testing.T) {
 		{StatusEPERM, 1, "EPERM"},
 		{StatusEIO, 5, "EIO"},
 		{StatusENOMEM, 12, "ENOMEM"},
+		{StatusEBUSY, 16, "EBUSY"}, // the export's writer lease is held
 		{StatusEINVAL, 22, "EINVAL"},
 		{StatusENOSPC, 28, "ENOSPC"},
 		{StatusEOVERFLOW, 75, "EOVERFLOW"},
@@ -131,6 +132,7 @@ func TestConstMsgType(t *testing.T) {
 		{MsgControl, 8, "CONTROL"}, // version 3
 		{MsgQueue, 9, "QUEUE"},
 		{MsgEvent, 10, "EVENT"},
+		{MsgBye, 11, "BYE"},
 	}
 	for _, p := range pins {
 		if uint16(p.m) != p.want {
@@ -146,7 +148,7 @@ func TestConstMsgType(t *testing.T) {
 	for _, tt := range []struct {
 		m    MsgType
 		want string
-	}{{0, "MSG_0"}, {11, "MSG_11"}, {0x0100, "MSG_256"}, {0xffff, "MSG_65535"}} {
+	}{{0, "MSG_0"}, {12, "MSG_12"}, {0x0100, "MSG_256"}, {0xffff, "MSG_65535"}} {
 		if got := tt.m.String(); got != tt.want {
 			t.Errorf("MsgType(%d).String() = %q, want %q", uint16(tt.m), got, tt.want)
 		}
@@ -166,6 +168,7 @@ func TestConstExportFlags(t *testing.T) {
 		{ExportWriteZeroes, 1 << 4, "write-zeroes"},
 		{ExportRotational, 1 << 5, "rotational"},
 		{ExportMultiConn, 1 << 6, "multi-conn"},
+		{ExportShared, 1 << 7, "shared"},
 	}
 	var all ExportFlags
 	for _, p := range pins {
@@ -186,10 +189,10 @@ func TestConstExportFlags(t *testing.T) {
 	}{
 		{0, "none"},
 		{ExportReadOnly | ExportTrim, "read-only,trim"},
-		{all, "read-only,flush,fua,trim,write-zeroes,rotational,multi-conn"},
-		{0x80, "0x80"},
+		{all, "read-only,flush,fua,trim,write-zeroes,rotational,multi-conn,shared"},
+		{0x100, "0x100"},
 		{ExportFlush | 0x80000000, "flush,0x80000000"},
-		{0xffffffff, "read-only,flush,fua,trim,write-zeroes,rotational,multi-conn,0xffffff80"},
+		{0xffffffff, "read-only,flush,fua,trim,write-zeroes,rotational,multi-conn,shared,0xffffff00"},
 	} {
 		if got := tt.f.String(); got != tt.want {
 			t.Errorf("ExportFlags(%#x).String() = %q, want %q", uint32(tt.f), got, tt.want)

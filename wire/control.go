@@ -21,6 +21,7 @@ const (
 	MsgControl MsgType = 8  // client → server, first on a control connection
 	MsgQueue   MsgType = 9  // client → server, first on a queue connection
 	MsgEvent   MsgType = 10 // server → client, on the control stream
+	MsgBye     MsgType = 11 // client → server, on the control stream: the attachment closes
 )
 
 var msgNames = map[MsgType]string{
@@ -33,6 +34,7 @@ var msgNames = map[MsgType]string{
 	MsgControl:    "CONTROL",
 	MsgQueue:      "QUEUE",
 	MsgEvent:      "EVENT",
+	MsgBye:        "BYE",
 }
 
 func (t MsgType) String() string {
@@ -129,9 +131,10 @@ const (
 	ExportWriteZeroes ExportFlags = 1 << 4
 	ExportRotational  ExportFlags = 1 << 5
 	ExportMultiConn   ExportFlags = 1 << 6 // a FLUSH on any queue covers writes completed on all
+	ExportShared      ExportFlags = 1 << 7 // several attachments may write at once (no writer lease)
 
 	knownExportFlags = ExportReadOnly | ExportFlush | ExportFUA | ExportTrim |
-		ExportWriteZeroes | ExportRotational | ExportMultiConn
+		ExportWriteZeroes | ExportRotational | ExportMultiConn | ExportShared
 )
 
 var exportFlagNames = []struct {
@@ -145,6 +148,7 @@ var exportFlagNames = []struct {
 	{ExportWriteZeroes, "write-zeroes"},
 	{ExportRotational, "rotational"},
 	{ExportMultiConn, "multi-conn"},
+	{ExportShared, "shared"},
 }
 
 func (f ExportFlags) String() string {
@@ -449,23 +453,38 @@ func DecodeControl(body []byte) (Control, error) {
 // them) and to an export. Requests and replies follow it.
 //
 //	0  version    u16
-//	2  flags      u16 (zero)
+//	2  flags      u16  QueueFlags
 //	4  attachment [16] the control session's HELLO attachment
 //	20 epoch      u64  the control session's HELLO epoch
 //	28 session    [16] the control session's SERVER_INFO session
 //	44 export     string
 type Queue struct {
 	Version    uint16
+	Flags      QueueFlags
 	Attachment Identity
 	Epoch      uint64
 	Session    Identity
 	Export     string
 }
 
+// QueueFlags say how a queue connection uses its export.
+type QueueFlags uint16
+
+const (
+	// QueueReadOnly: the queue only reads; it takes no writer lease, and
+	// the server refuses its writes.
+	QueueReadOnly QueueFlags = 1 << 0
+	// QueueTakeOver: take the export's writer lease even if another
+	// attachment holds it, fencing that one first.
+	QueueTakeOver QueueFlags = 1 << 1
+
+	knownQueueFlags = QueueReadOnly | QueueTakeOver
+)
+
 // AppendQueue appends q's body.
 func AppendQueue(b []byte, q *Queue) []byte {
 	b = binary.BigEndian.AppendUint16(b, q.Version)
-	b = binary.BigEndian.AppendUint16(b, 0)
+	b = binary.BigEndian.AppendUint16(b, uint16(q.Flags))
 	b = append(b, q.Attachment[:]...)
 	b = binary.BigEndian.AppendUint64(b, q.Epoch)
 	b = append(b, q.Session[:]...)
@@ -476,9 +495,9 @@ func AppendQueue(b []byte, q *Queue) []byte {
 // rest does not parse.
 func DecodeQueue(body []byte) (Queue, error) {
 	d := decoder{b: body, what: "QUEUE"}
-	q := Queue{Version: d.u16()}
-	if d.u16() != 0 && d.err == nil {
-		d.fail("nonzero flags")
+	q := Queue{Version: d.u16(), Flags: QueueFlags(d.u16())}
+	if q.Flags&^knownQueueFlags != 0 && d.err == nil {
+		d.fail("unknown flags %#x", uint16(q.Flags&^knownQueueFlags))
 	}
 	copy(q.Attachment[:], d.bytes(IdentitySize))
 	q.Epoch = d.u64()

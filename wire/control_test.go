@@ -122,6 +122,7 @@ func TestControlRoundTrip(t *testing.T) {
 		{queueCodec, Queue{Version: math.MaxUint16, Attachment: maxExport.Identity, Epoch: max64,
 			Session: Identity{0xff, 1}, Export: maxName}, nil},
 		{queueCodec, Queue{Version: Version, Epoch: 1, Export: longName}, Queue{Version: Version, Epoch: 1, Export: maxName}},
+		{queueCodec, Queue{Version: Version, Flags: QueueReadOnly | QueueTakeOver, Epoch: 1, Export: "e"}, nil},
 		{controlCodec, Control{Version: Version}, nil},
 		{controlCodec, Control{Version: math.MaxUint16}, nil},
 
@@ -220,7 +221,7 @@ func TestExportValidation(t *testing.T) {
 	}{
 		{"valid", func(e *ExportInfo) {}, true},
 		{"all known flags", func(e *ExportInfo) { e.Flags = knownExportFlags }, true},
-		{"unknown flag 0x80", func(e *ExportInfo) { e.Flags |= 0x80 }, false},
+		{"unknown flag 0x100", func(e *ExportInfo) { e.Flags |= 0x100 }, false},
 		{"unknown flag 1<<31", func(e *ExportInfo) { e.Flags = 1 << 31 }, false},
 		{"size 0", func(e *ExportInfo) { e.Size = 0 }, true},
 		{"size not a block multiple", func(e *ExportInfo) { e.Size = 1<<40 + 512 }, false},
@@ -325,7 +326,7 @@ func TestControlRejects(t *testing.T) {
 		{"Queue without export", queueCodec, make([]byte, 44), ErrShort},
 		{"Queue name length 255, body 1", queueCodec, append(make([]byte, 44), 255, 'x'), ErrShort},
 		{"Queue two names", queueCodec, append(make([]byte, 44), 1, 'a', 1, 'b'), ErrMalformed},
-		{"Queue flags", queueCodec, append([]byte{0, 3, 0, 1}, make([]byte, 41)...), ErrMalformed},
+		{"Queue unknown flag", queueCodec, append([]byte{0, 3, 0, 4}, make([]byte, 41)...), ErrMalformed},
 		{"Control empty", controlCodec, nil, ErrShort},
 		{"Control flags", controlCodec, []byte{0, 3, 0, 1}, ErrMalformed},
 		{"Control long", controlCodec, []byte{0, 3, 0, 0, 0}, ErrMalformed},
@@ -397,7 +398,7 @@ func TestMsgHeader(t *testing.T) {
 		{"one byte short", header(1, 0, 0)[:MsgHeaderSize-1], ErrShort, 0, 0},
 		{"type 0", header(0, 0, 0), ErrMalformed, 0, 0},
 		{"type 3, OPEN before version 3", header(3, 0, 1), ErrMalformed, 0, 0},
-		{"type 11, the first unknown", header(11, 0, 0), ErrMalformed, 0, 0},
+		{"type 12, the first unknown", header(12, 0, 0), ErrMalformed, 0, 0},
 		{"Ping with reserved set", header(6, 1, 8), ErrMalformed, 0, 0},
 		{"type 0x0100", header(0x0100, 0, 0), ErrMalformed, 0, 0},
 		{"type 65535", header(math.MaxUint16, 0, 0), ErrMalformed, 0, 0},
@@ -470,7 +471,7 @@ func TestReadMessageErrors(t *testing.T) {
 	}{
 		{"header cut", hello[:3], io.ErrUnexpectedEOF},
 		{"body cut", hello[:len(hello)-1], io.ErrUnexpectedEOF},
-		{"unknown type", AppendMessage(nil, 11, nil), ErrMalformed},
+		{"unknown type", AppendMessage(nil, 12, nil), ErrMalformed},
 		// Refused before the body is read, or allocated: there is none.
 		{"length over MaxMessage", binary.BigEndian.AppendUint32([]byte{0, 1, 0, 0}, MaxMessage+1), ErrMalformed},
 		{"length 2^32-1", binary.BigEndian.AppendUint32([]byte{0, 1, 0, 0}, math.MaxUint32), ErrMalformed},

@@ -183,6 +183,7 @@ const (
 	StatusEPERM     Status = 1
 	StatusEIO       Status = 5
 	StatusENOMEM    Status = 12
+	StatusEBUSY     Status = 16 // another attachment holds the export's writer lease
 	StatusEINVAL    Status = 22
 	StatusENOSPC    Status = 28
 	StatusEOVERFLOW Status = 75
@@ -201,6 +202,7 @@ var statusNames = map[Status]string{
 	StatusEPERM:       "EPERM",
 	StatusEIO:         "EIO",
 	StatusENOMEM:      "ENOMEM",
+	StatusEBUSY:       "EBUSY",
 	StatusEINVAL:      "EINVAL",
 	StatusENOSPC:      "ENOSPC",
 	StatusEOVERFLOW:   "EOVERFLOW",

@@ -111,7 +111,7 @@ func FuzzDecodeReply(f *testing.F) {
 var zeros = make([]byte, MaxMessage)
 
 func FuzzDecodeMsgHeader(f *testing.F) {
-	for _, typ := range []MsgType{MsgHello, MsgServerInfo, MsgOpened, MsgError, MsgPing, MsgPong, MsgControl, MsgQueue, MsgEvent} {
+	for _, typ := range []MsgType{MsgHello, MsgServerInfo, MsgOpened, MsgError, MsgPing, MsgPong, MsgControl, MsgQueue, MsgEvent, MsgBye} {
 		addVariants(f, AppendMessage(nil, typ, []byte("body")))
 	}
 	f.Add(AppendMessage(nil, MsgControl, nil))

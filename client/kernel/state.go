@@ -22,9 +22,12 @@ type State struct {
 	// /dev/disk/by-id/dst-IDENTITY from them.
 	Name     string `json:"name,omitempty"`
 	Identity string `json:"identity,omitempty"`
-	PID      int    `json:"pid"`
-	Queues   int    `json:"queues"` // kernel sockets, which a reconfigure must match
-	Started  string `json:"started"`
+	// Attachment is the attachment id, hex: a restarted attach that takes
+	// the device over continues the attachment, and its writer lease.
+	Attachment string `json:"attachment,omitempty"`
+	PID        int    `json:"pid"`
+	Queues     int    `json:"queues"` // kernel sockets, which a reconfigure must match
+	Started    string `json:"started"`
 }
 
 // Alive reports whether the recorded process still runs and is a dst:

@@ -98,6 +98,8 @@ func cmdAttach(ctx context.Context, args []string) error {
 	deadConn := fs.Duration("dead-conn-timeout", 60*time.Second, "with a device: how long the kernel holds I/O for a restarted dst attach")
 	metricsListen := fs.String("metrics-listen", "", "answer Prometheus scrapes at `HOST:PORT`/metrics (default off)")
 	name := fs.String("name", "", "`NAME` of this attachment for dst status (its socket is <run dir>/attach/NAME.sock);\ndefault the device's name (nbd0), or with --nbd-listen the export's")
+	readOnly := fs.Bool("read-only", false, "attach for reading only: no writer lease is taken, so this may join an export\nanother attachment writes; writes fail")
+	takeOver := fs.Bool("take-over", false, "take the export's writer lease from the attachment holding it (the server fences\nthat one first); only when that client is gone for good")
 	logger := logFlag(fs)
 	pos, err := parse(fs, args, 2, 3)
 	if err != nil {
@@ -168,6 +170,9 @@ func cmdAttach(ctx context.Context, args []string) error {
 		KeepaliveInterval: *keepalive,
 		KeepaliveTimeout:  *keepaliveTimeout,
 		ReplayBuffer:      replay.replayBuffer(),
+		ReadOnly:          *readOnly,
+		TakeOver:          *takeOver,
+		Resume:            kopt.resumeID(),
 	})
 	if err != nil {
 		return explain(err, cfg)

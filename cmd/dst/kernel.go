@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"github.com/dstproject/dst/client"
 	"github.com/dstproject/dst/client/kernel"
 	"github.com/dstproject/dst/internal/sdnotify"
+	"github.com/dstproject/dst/wire"
 )
 
 // kernelTimeoutMargin is how much longer than --io-timeout the kernel waits
@@ -31,6 +33,7 @@ type kernelOptions struct {
 	timeout         time.Duration
 	deadConnTimeout time.Duration
 	reconfigure     bool   // the device waits for us after a crash
+	resume          string // then: the attachment id the crashed attach used, hex
 	server, export  string // for the state file and the backend identifier
 	name            string // for dst status; empty: the device's name
 	startStatus     func(name, device string)
@@ -117,7 +120,24 @@ func (k *kernelOptions) plan(log *slog.Logger, server, export string) error {
 			"queues", p.Queues, "asked", k.queues)
 	}
 	k.reconfigure, k.queues = p.Reconfigure, p.Queues
+	if k.reconfigure && saved != nil {
+		k.resume = saved.Attachment
+	}
 	return nil
+}
+
+// resumeID is the attachment a takeover of the device continues: the
+// crashed attach's, so that the server keeps its writer lease and fences
+// its old sessions by epoch. Zero for a new attachment (and for k nil).
+func (k *kernelOptions) resumeID() wire.Identity {
+	var id wire.Identity
+	if k == nil || k.resume == "" {
+		return id
+	}
+	if b, err := hex.DecodeString(k.resume); err == nil && len(b) == len(id) {
+		copy(id[:], b)
+	}
+	return id
 }
 
 // loadDriver loads the nbd module where the kernel did not on the netlink
@@ -159,7 +179,7 @@ func serveKernel(ctx context.Context, log *slog.Logger, a *client.Attachment, cf
 	}
 	st := &kernel.State{Device: dev.Path, Server: cfg.Server, Export: k.export, PID: os.Getpid(),
 		Queues: k.queues, Started: time.Now().UTC().Format(time.RFC3339),
-		Name: cmp.Or(k.name, k.export), Identity: a.Export().Identity.String()}
+		Name: cmp.Or(k.name, k.export), Identity: a.Export().Identity.String(), Attachment: a.ID().String()}
 	if err := states().Write(dev.Index, st); err != nil {
 		log.Warn("cannot record the device; dst list and udev will not know it", "err", err)
 	} else if err := triggerUdev(dev.Index); err != nil {

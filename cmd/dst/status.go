@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -275,13 +276,20 @@ func cmdServeStatus(ctx context.Context, args []string) error {
 		return enc.Encode(st)
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 8, 2, ' ', 0)
-	fmt.Fprintf(w, "instance %s\n\nEXPORT\tSIZE\tMODE\tQUEUES\tIDENTITY\n", st.Instance)
+	fmt.Fprintf(w, "instance %s\n\nEXPORT\tSIZE\tMODE\tQUEUES\tIDENTITY\tWRITER\n", st.Instance)
 	for _, e := range st.Exports {
 		mode := "rw"
-		if e.ReadOnly {
+		switch {
+		case e.ReadOnly:
 			mode = "ro"
+		case e.Shared:
+			mode = "rw,shared"
 		}
-		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%s\n", e.Name, e.Size, mode, e.Queues, e.Identity)
+		writer := cmp.Or(e.Writer, "-")
+		if e.Shared {
+			writer = "(any)"
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%s\t%s\n", e.Name, e.Size, mode, e.Queues, e.Identity, writer)
 	}
 	fmt.Fprintf(w, "\nCLIENT\tREMOTE\tHOST\tEPOCH\tSINCE\tQUEUES\tIN FLIGHT\tREAD\tWRITTEN\n")
 	for _, se := range st.Sessions {
