@@ -519,3 +519,42 @@ func TestDstMirror(t *testing.T) {
 		e.fails(t, "no device-mapper device", "status", "m")
 	})
 }
+
+// TestPackage: scripts/package builds a .deb holding the binary, dst-mirror,
+// the units, the udev rule, the examples as conffiles, the man pages and
+// completion, and lintian finds no error in it. (TestVMSystemd installs it
+// in a Debian root and runs it under systemd.)
+func TestPackage(t *testing.T) {
+	requireDst(t)
+	requireTool(t, "dpkg-deb", "lintian", "strip")
+	dir := t.TempDir()
+	requireTool(t, "go")
+	// Built by scripts/package itself: static, stripped, as shipped.
+	out := run(t, "../scripts/package", "-o", dir, "--version", "1.2.3-1")
+	t.Logf("scripts/package:\n%s", out)
+	deb := filepath.Join(dir, "dst_1.2.3-1_amd64.deb")
+	if strings.Contains(out, "\nE: ") {
+		t.Errorf("lintian reports errors:\n%s", out)
+	}
+	contents := run(t, "dpkg-deb", "-c", deb)
+	for _, f := range []string{"./usr/bin/dst", "./usr/sbin/dst-mirror", "./lib/systemd/system/dst-serve.service",
+		"./lib/systemd/system/dst-attach@.service", "./lib/udev/rules.d/60-dst.rules", "./etc/dst/serve.toml",
+		"./etc/dst/examples/attach.conf.example", "./usr/share/man/man8/dst.8.gz", "./usr/share/man/man8/dst-mirror.8.gz",
+		"./usr/share/man/man5/dst-serve.toml.5.gz", "./usr/share/bash-completion/completions/dst",
+		"./usr/share/zsh/vendor-completions/_dst", "./usr/share/doc/dst/copyright"} {
+		if !strings.Contains(contents, " "+f+"\n") {
+			t.Errorf("the package lacks %s", f)
+		}
+	}
+	if v := strings.TrimSpace(run(t, "dpkg-deb", "-f", deb, "Version")); v != "1.2.3-1" {
+		t.Errorf("Version %q", v)
+	}
+	conf := run(t, "sh", "-c", "dpkg-deb --ctrl-tarfile "+deb+" | tar -xOf - ./conffiles")
+	if !strings.Contains(conf, "/etc/dst/serve.toml") || !strings.Contains(conf, "/etc/dst/authorized_keys") {
+		t.Errorf("conffiles:\n%s", conf)
+	}
+	unit := run(t, "sh", "-c", "dpkg-deb --fsys-tarfile "+deb+" | tar -xOf - ./lib/systemd/system/dst-serve.service")
+	if !strings.Contains(unit, "ExecStart=/usr/bin/dst serve") {
+		t.Errorf("the packaged unit does not run /usr/bin/dst:\n%s", unit)
+	}
+}

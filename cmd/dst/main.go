@@ -68,6 +68,9 @@ func main() {
 		fmt.Fprint(os.Stdout, usage)
 		return
 	}
+	if name == "--version" || name == "-V" {
+		name = "version"
+	}
 	cmd, ok := commands[name]
 	if !ok {
 		fmt.Fprintf(os.Stderr, "dst: unknown command %q\n\n%s", name, usage)

@@ -124,13 +124,15 @@ func TestVMFreshDevice(t *testing.T) {
 	})
 }
 
-// TestVMSystemd runs dst-serve and dst-attach@data under a real systemd,
-// installed with scripts/install, across a reboot (guest/systemd.sh).
+// TestVMSystemd installs dst's Debian package (scripts/package) in a
+// Debian root file system and runs dst-serve and dst-attach@data under a
+// real systemd across a reboot, then purges the package
+// (guest/systemd.sh).
 func TestVMSystemd(t *testing.T) {
 	runScenario(t, scenario{
 		script:  "systemd.sh",
 		timeout: 6 * time.Minute,
 		systemd: true,
-		files:   []string{"scripts"},
+		deb:     true,
 	})
 }

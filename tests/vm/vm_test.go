@@ -33,6 +33,9 @@ type scenario struct {
 	// systemd boots a Debian root file system with systemd as PID 1
 	// (run --systemd); the script and files are under /opt/vm.
 	systemd bool
+	// deb builds dst's Debian package (scripts/package) from the binary
+	// under test and puts it in the guest beside the files.
+	deb bool
 }
 
 // serverSpec declares a host dst server. The guest finds it as
@@ -171,6 +174,9 @@ func runGuest(t *testing.T, sc scenario) (*host, bool) {
 	for _, f := range sc.files {
 		args = append(args, filepath.Join("..", "..", f))
 	}
+	if sc.deb {
+		args = append(args, buildDeb(t))
+	}
 	cmd := exec.CommandContext(ctx, "./run", args...)
 	cmd.Env = append(os.Environ(), fmt.Sprintf("DST_VM_TIMEOUT=%d", int(timeout.Seconds())))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -231,6 +237,22 @@ func (h *host) logConsole(r io.Reader, booted chan<- struct{}) <-chan struct{} {
 		}
 	}()
 	return done
+}
+
+// buildDeb builds dst's Debian package from the binary under test and
+// returns its path.
+func buildDeb(t *testing.T) string {
+	dir := t.TempDir()
+	out, err := exec.Command("../../scripts/package", "--bin", dstBin, "-o", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("scripts/package: %v\n%s", err, out)
+	}
+	t.Logf("scripts/package:\n%s", out)
+	debs, _ := filepath.Glob(filepath.Join(dir, "dst_*_amd64.deb"))
+	if len(debs) != 1 {
+		t.Fatalf("scripts/package made %v", debs)
+	}
+	return debs[0]
 }
 
 // serveControl answers the guest's vmctl requests: GET /VERB/SERVER.

@@ -1,7 +1,7 @@
 # systemd.sh - dst under a real systemd (PID 1 of a Debian root file system,
 # tests/vm/run --systemd). A "storage" network namespace runs dst-serve; the
 # root namespace is the client, with dst-attach@data and an fstab line.
-# Boot 1 installs with scripts/install, enables the units, makes a file
+# Boot 1 installs dst's Debian package, enables the units, makes a file
 # system and writes files, and reboots. Boot 2 finds the file system mounted
 # again with the files, reloads dst-serve for a new key, SIGKILLs
 # dst-attach@data during writes, and stops everything cleanly. Each step's
@@ -59,7 +59,15 @@ no_io_errors() {
 echo "boot $PHASE: the scenario starts $(up)s after the kernel"
 case $PHASE in
 1)
-	step install /opt/vm/scripts/install --bin /opt/vm/dst
+	step install dpkg -i /opt/vm/dst_*_amd64.deb
+	[ "$(command -v dst)" = /usr/bin/dst ] || fail "dst is not /usr/bin/dst after installing the package"
+	dst --version || fail "dst --version failed"
+	[ -s /etc/dst/server.key ] || fail "the package made no server key"
+	for f in /lib/systemd/system/dst-serve.service /lib/systemd/system/dst-attach@.service \
+		/lib/udev/rules.d/60-dst.rules /usr/sbin/dst-mirror /usr/share/man/man8/dst.8.gz \
+		/usr/share/man/man5/dst-serve.toml.5.gz /usr/share/bash-completion/completions/dst; do
+		[ -e "$f" ] || fail "the package did not install $f"
+	done
 	cat >/etc/systemd/system/storage-netns.service <<'UNIT'
 [Unit]
 Description=network namespace "storage", linked to the root namespace by a veth pair
@@ -205,6 +213,11 @@ CONF
 	if journalctl --no-pager -b -u dst-serve -u 'dst-attach@data' | grep -iE 'permission denied|operation not permitted|read-only file system'; then
 		fail "the sandbox refused something"
 	fi
+	# Purge: the configuration goes, the keys stay unless asked.
+	step purge dpkg --purge dst
+	[ ! -e /usr/bin/dst ] && [ ! -e /lib/systemd/system/dst-serve.service ] || fail "purge left dst's files"
+	[ ! -e /etc/dst/serve.toml ] || fail "purge left /etc/dst/serve.toml"
+	[ -s /etc/dst/server.key ] && [ -s /etc/dst/client.key ] || fail "purge removed the keys"
 	echo "systemd scenario passed"
 	;;
 esac
