@@ -46,7 +46,10 @@ type Config struct {
 	// MetricsListen is where the command answers Prometheus scrapes
 	// (host:port); empty: nowhere.
 	MetricsListen string
-	PrivateKey    crypto.PrivateKey
+	// Announce advertises the server on the local network with mDNS
+	// (internal/discover); the command does it.
+	Announce   bool
+	PrivateKey crypto.PrivateKey
 	// MoreKeys are further private keys the server answers to while its
 	// key is being rotated (crypto.ServerConfig.MoreKeys).
 	MoreKeys   []crypto.PrivateKey
@@ -116,6 +119,7 @@ func checkVolatile(e ExportConfig) error {
 type configFile struct {
 	Listen               string       `toml:"listen"`
 	MetricsListen        string       `toml:"metrics_listen"`
+	Announce             bool         `toml:"announce"`
 	Key                  string       `toml:"key"`
 	MoreKeys             []string     `toml:"more_keys"`
 	AuthorizedKeys       string       `toml:"authorized_keys"`
@@ -138,6 +142,7 @@ type exportFile struct {
 //
 //	listen = ":7700"
 //	metrics_listen = "127.0.0.1:9477"   # optional: Prometheus /metrics
+//	announce = true                     # optional: mDNS on the local network
 //	key = "server.key"                  # private key file
 //	more_keys = ["next.key"]            # optional: keys of a rotation in progress
 //	authorized_keys = "authorized_keys"
@@ -176,7 +181,8 @@ func LoadConfig(path string, keyMode crypto.KeyModePolicy) (*Config, error) {
 		}
 		return filepath.Join(dir, p)
 	}
-	c := &Config{Listen: f.Listen, MetricsListen: f.MetricsListen, Workers: f.Workers, MaxSessionsPerKey: f.MaxSessionsPerKey}
+	c := &Config{Listen: f.Listen, MetricsListen: f.MetricsListen, Announce: f.Announce, Workers: f.Workers,
+		MaxSessionsPerKey: f.MaxSessionsPerKey}
 	if f.MaxSessionsPerKey < 0 {
 		return nil, fmt.Errorf("server: config %s: max_sessions_per_key = %d: want a positive number", path, f.MaxSessionsPerKey)
 	}

@@ -32,7 +32,14 @@ var (
 	buildErr error
 )
 
-func TestMain(m *testing.M) { os.Exit(runTests(m)) }
+func TestMain(m *testing.M) {
+	// The test binary doubles as a spoofer of mDNS announcements, run in
+	// a network namespace by TestDiscovery.
+	if key := os.Getenv("DST_TEST_SPOOF_KEY"); key != "" {
+		os.Exit(spoof(key, os.Getenv("DST_TEST_SPOOF_ADDR")))
+	}
+	os.Exit(runTests(m))
+}
 
 // runTests builds dst once for the whole package. A build failure is kept and
 // reported by every test that needs the binary, rather than aborting here, so

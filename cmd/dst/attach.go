@@ -67,8 +67,8 @@ func (f *clientFlags) config(addr string, log *slog.Logger) (*client.Config, err
 	if err != nil {
 		return nil, usageError{err}
 	}
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return nil, usagef("server address %q: want HOST:PORT", addr)
+	if _, _, err := net.SplitHostPort(addr); err != nil && addr != "auto" {
+		return nil, usagef("server address %q: want HOST:PORT, or auto to find the server holding --server-key on the local network", addr)
 	}
 	return &client.Config{
 		Server:         addr,
@@ -162,17 +162,21 @@ func cmdAttach(ctx context.Context, args []string) error {
 		defer ml.Close()
 	}
 
-	a, err := client.Attach(ctx, &client.AttachConfig{
-		Config:            *cfg,
-		Export:            pos[1],
-		Connections:       *conns,
-		IOTimeout:         *ioTimeout,
-		KeepaliveInterval: *keepalive,
-		KeepaliveTimeout:  *keepaliveTimeout,
-		ReplayBuffer:      replay.replayBuffer(),
-		ReadOnly:          *readOnly,
-		TakeOver:          *takeOver,
-		Resume:            kopt.resumeID(),
+	var a *client.Attachment
+	err = eachServer(ctx, log, cfg, func(cfg *client.Config) (err error) {
+		a, err = client.Attach(ctx, &client.AttachConfig{
+			Config:            *cfg,
+			Export:            pos[1],
+			Connections:       *conns,
+			IOTimeout:         *ioTimeout,
+			KeepaliveInterval: *keepalive,
+			KeepaliveTimeout:  *keepaliveTimeout,
+			ReplayBuffer:      replay.replayBuffer(),
+			ReadOnly:          *readOnly,
+			TakeOver:          *takeOver,
+			Resume:            kopt.resumeID(),
+		})
+		return err
 	})
 	if err != nil {
 		return explain(err, cfg)

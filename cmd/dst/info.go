@@ -21,7 +21,11 @@ func cmdInfo(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := client.Dial(ctx, cfg)
+	var s *client.Session
+	err = eachServer(ctx, logger(), cfg, func(cfg *client.Config) (err error) {
+		s, err = client.Dial(ctx, cfg)
+		return err
+	})
 	if err != nil {
 		return explain(err, cfg)
 	}

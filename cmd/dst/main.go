@@ -35,6 +35,9 @@ Usage:
   dst events [/dev/nbdN|NAME]... [--json]
                                        follow attachments' state changes as they happen
   dst info [flags] HOST:PORT           print what autoconfiguration learns from a server
+  dst discover                         list the dst servers announced on the local network
+                                       (attach and info take auto for HOST:PORT: the one holding
+                                       --server-key)
   dst udev nbdN                        udev properties of a device (run by 60-dst.rules)
   dst version
 
@@ -42,17 +45,18 @@ Run "dst COMMAND -h" for a command's flags.
 `
 
 var commands = map[string]func(ctx context.Context, args []string) error{
-	"keygen":  cmdKeygen,
-	"pubkey":  cmdPubkey,
-	"serve":   cmdServe,
-	"attach":  cmdAttach,
-	"detach":  cmdDetach,
-	"list":    cmdList,
-	"status":  cmdStatus,
-	"events":  cmdEvents,
-	"info":    cmdInfo,
-	"udev":    cmdUdev,
-	"version": cmdVersion,
+	"keygen":   cmdKeygen,
+	"pubkey":   cmdPubkey,
+	"serve":    cmdServe,
+	"attach":   cmdAttach,
+	"detach":   cmdDetach,
+	"list":     cmdList,
+	"status":   cmdStatus,
+	"events":   cmdEvents,
+	"info":     cmdInfo,
+	"udev":     cmdUdev,
+	"discover": cmdDiscover,
+	"version":  cmdVersion,
 }
 
 // version is set at build time with -ldflags "-X main.version=...".

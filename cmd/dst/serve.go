@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/discover"
 	"github.com/dstproject/dst/internal/metrics"
 	"github.com/dstproject/dst/internal/sdnotify"
 	"github.com/dstproject/dst/server"
@@ -35,6 +36,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	workers := fs.Int("workers", 0, "bound on concurrently running I/O requests (default 64)")
 	perKey := fs.Int("max-sessions-per-key", 0, "bound on the sessions one client key may hold at once (default 64)")
 	metricsListen := fs.String("metrics-listen", "", "answer Prometheus scrapes at `HOST:PORT`/metrics (default off)")
+	announce := fs.Bool("announce", false, "advertise this server on the local network (mDNS, _dst._tcp) with its public key,\nfor dst attach --server-key KEY auto")
 	statusSock := fs.String("status-socket", "", "answer dst serve status on the unix socket `PATH` (default <run dir>/serve.sock, i.e.\n/run/dst/serve.sock; none: no socket)")
 	keyMode := keyModeFlag(fs)
 	logger := logFlag(fs)
@@ -154,6 +156,13 @@ func cmdServe(ctx context.Context, args []string) error {
 			}
 		}()
 	}
+	if *announce || cfg.Announce {
+		stop, err := announceServer(log, l.Addr().(*net.TCPAddr), cfg.PrivateKey.Public())
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	switch *statusSock {
 	case "none":
 	case "":
@@ -267,6 +276,21 @@ func reloadOnHangup(ctx context.Context, log *slog.Logger, srv *server.Server, h
 		srv.CheckSizes()            // an export that grew is served at its new size now
 		notify(log, sdnotify.Ready) // after a failed reload too: systemd waits for it
 	}
+}
+
+// announceServer advertises the server at addr on the local network: at
+// its address, or at every interface's when it listens on all.
+func announceServer(log *slog.Logger, addr *net.TCPAddr, key crypto.PublicKey) (func(), error) {
+	ips := []net.IP{addr.IP}
+	if addr.IP.IsUnspecified() {
+		ips = discover.LocalIPs()
+	}
+	stop, err := discover.Announce(key, addr.Port, ips)
+	if err != nil {
+		return nil, fmt.Errorf("--announce: %w", err)
+	}
+	log.Info("announcing on the local network", "service", discover.Service, "addresses", ips, "port", addr.Port)
+	return stop, nil
 }
 
 // logClientKeys logs what each authorized client key may open.
