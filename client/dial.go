@@ -138,7 +138,8 @@ func dial(ctx context.Context, cfg *Config, attachment wire.Identity, epoch uint
 		abort(raw)
 		return nil, err
 	}
-	s := &Session{mux: sess, raw: raw, cipher: conn.Cipher(), serverKey: conn.PeerKey(), dead: make(chan struct{})}
+	s := &Session{mux: sess, raw: raw, cipher: conn.Cipher(), serverKey: conn.PeerKey(), dead: make(chan struct{}),
+		readDone: make(chan struct{})}
 	h := &wire.Hello{Version: wire.Version, Flags: wire.HelloEvents, Attachment: attachment, Epoch: epoch}
 	if err := s.hello(ctx, h); err != nil {
 		s.abort()

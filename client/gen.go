@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -27,6 +28,8 @@ type generation struct {
 	sess   *Session
 	queues []*queue
 	next   atomic.Uint64
+	// controlRead is set once readControl runs on sess.
+	controlRead bool
 
 	dead     chan struct{}
 	deadOnce sync.Once
@@ -55,12 +58,22 @@ func (g *generation) pick() *queue {
 	return g.queues[g.next.Add(1)%uint64(len(g.queues))]
 }
 
+// controlLinger bounds the wait for a control stream's last messages
+// when a generation ends because the server closed a connection.
+const controlLinger = 200 * time.Millisecond
+
 // shutdown kills the generation, closes its connections (with a reset
 // unless graceful) and waits for its goroutines and for any goroutine
 // still writing on its queues. After it, nothing of the generation
 // touches the transaction table or a transaction's request.
 func (g *generation) shutdown(err error, graceful bool) {
 	g.kill(err)
+	if g.sess != nil && g.controlRead && !graceful && errors.Is(g.err, io.EOF) {
+		// The server closed a connection in order (it is restarting or
+		// stopping): its control stream may still hold an EVENT saying
+		// why, ahead of its own end. Read it before the reset.
+		g.sess.awaitControl(controlLinger)
+	}
 	if g.sess != nil {
 		if err == errClosedGen {
 			g.sess.bye() // the attachment closes: its writer lease may go at once
@@ -114,6 +127,7 @@ func (a *Attachment) connect(ctx context.Context, epoch uint64, first bool) (*ge
 		go func() { defer g.wg.Done(); q.recvLoop() }()
 	}
 	s.onEvent = a.serverEvent
+	g.controlRead = true
 	g.wg.Add(3)
 	go func() { defer g.wg.Done(); s.keepalive(c.KeepaliveInterval, c.KeepaliveTimeout) }()
 	go func() { defer g.wg.Done(); s.readControl() }()

@@ -30,6 +30,8 @@ type Session struct {
 	// onEvent is called, on the goroutine that reads the control stream,
 	// with each EVENT the server sends; set before that goroutine starts.
 	onEvent func(wire.Event)
+	// readDone is closed when readControl returns.
+	readDone chan struct{}
 
 	dead     chan struct{} // closed by kill
 	deadOnce sync.Once
@@ -54,6 +56,17 @@ func (s *Session) ServerKey() crypto.PublicKey { return s.serverKey }
 
 // Close ends the session.
 func (s *Session) Close() error { return s.mux.Close() }
+
+// awaitControl waits up to d for the control stream to end, so that what
+// the server sent before closing it is read.
+func (s *Session) awaitControl(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-s.readDone:
+	case <-t.C:
+	}
+}
 
 // bye tells the server the attachment is closing (BYE), so that it frees
 // the attachment's writer lease once the session ends rather than hold it
@@ -130,6 +143,7 @@ func (s *Session) keepalive(interval, timeout time.Duration) {
 // readControl reads the control stream: PONGs, and EVENTs, which it
 // hands to onEvent.
 func (s *Session) readControl() {
+	defer close(s.readDone)
 	for {
 		typ, body, err := wire.ReadMessage(s.ctl)
 		if err != nil {
