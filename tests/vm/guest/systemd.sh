@@ -215,9 +215,9 @@ CONF
 	fi
 	# Purge: the configuration goes, the keys stay unless asked.
 	step purge dpkg --purge dst
-	[ ! -e /usr/bin/dst ] && [ ! -e /lib/systemd/system/dst-serve.service ] || fail "purge left dst's files"
+	if [ -e /usr/bin/dst ] || [ -e /lib/systemd/system/dst-serve.service ]; then fail "purge left dst's files"; fi
 	[ ! -e /etc/dst/serve.toml ] || fail "purge left /etc/dst/serve.toml"
-	[ -s /etc/dst/server.key ] && [ -s /etc/dst/client.key ] || fail "purge removed the keys"
+	if [ ! -s /etc/dst/server.key ] || [ ! -s /etc/dst/client.key ]; then fail "purge removed the keys"; fi
 	echo "systemd scenario passed"
 	;;
 esac
