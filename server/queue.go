@@ -103,11 +103,15 @@ func (s *Server) serveQueue(conn *crypto.Conn, body []byte, log *slog.Logger) {
 		budget:   inflight.New(maxInflight, maxInflightBytes),
 	}
 	qc.w = qconn.NewWriter(conn, qc.encodeReply, qc.done, qc.writeFailed)
-	if !se.bind(qc) {
-		log.Warn("refusing queue: its session has ended or has too many queues")
-		refuse(conn, log, wire.StatusESTALE, "the session has ended")
+	// turnAway refuses the queue once its writer runs.
+	turnAway := func(status wire.Status, msg string) {
+		refuse(conn, log, status, msg)
 		qc.close()
 		qc.w.Wait()
+	}
+	if !se.bind(qc) {
+		log.Warn("refusing queue: its session has ended or has too many queues")
+		turnAway(wire.StatusESTALE, "the session has ended")
 		return
 	}
 	defer se.unbind(qc)
@@ -116,9 +120,7 @@ func (s *Server) serveQueue(conn *crypto.Conn, body []byte, log *slog.Logger) {
 	// this check sees the export removed (reload.go).
 	if e.removed.Load() {
 		log.Warn("refusing queue: the export was reconfigured or removed", "export", q.Export)
-		refuse(conn, log, wire.StatusESTALE, "the export was reconfigured or removed; reconnect")
-		qc.close()
-		qc.w.Wait()
+		turnAway(wire.StatusESTALE, "the export was reconfigured or removed; reconnect")
 		return
 	}
 	// A queue that may write holds the export's writer lease (lease.go).
@@ -126,9 +128,7 @@ func (s *Server) serveQueue(conn *crypto.Conn, body []byte, log *slog.Logger) {
 		qc.readOnly = true
 	} else if err := s.acquireLease(se, e, q.Flags&wire.QueueTakeOver != 0); err != nil {
 		log.Warn("refusing queue: the export's writer lease is held", "export", q.Export, "err", err)
-		refuse(conn, log, wire.StatusEBUSY, err.Error())
-		qc.close()
-		qc.w.Wait()
+		turnAway(wire.StatusEBUSY, err.Error())
 		return
 	}
 	msg := wire.AppendMessage(nil, wire.MsgOpened, wire.AppendOpened(nil, &wire.Opened{Export: view(e.describe(), acc, qc.readOnly)}))

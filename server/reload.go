@@ -165,12 +165,7 @@ func (s *Server) SetExports(exports []ExportConfig) ([]ExportChange, error) {
 // them answer what they have in flight and close, then closes e's backend.
 func (s *Server) drainExport(e *export) {
 	drained := e.retire()
-	s.mu.Lock()
-	sessions := make([]*session, 0, len(s.sessions))
-	for se := range s.sessions {
-		sessions = append(sessions, se)
-	}
-	s.mu.Unlock()
+	sessions := s.liveSessions()
 	n := 0
 	for _, se := range sessions {
 		se.mu.Lock()

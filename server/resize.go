@@ -123,12 +123,7 @@ func (se *session) sendEvent(msg []byte) {
 // server is stopping, and waits up to wait for the events to be written.
 func (s *Server) NotifyShutdown(why string, wait time.Duration) {
 	msg := wire.AppendMessage(nil, wire.MsgEvent, wire.AppendEvent(nil, &wire.Event{Kind: wire.EventShutdown, Message: why}))
-	s.mu.Lock()
-	sessions := make([]*session, 0, len(s.sessions))
-	for se := range s.sessions {
-		sessions = append(sessions, se)
-	}
-	s.mu.Unlock()
+	sessions := s.liveSessions()
 	done := make(chan struct{}, len(sessions))
 	for _, se := range sessions {
 		go func() { se.sendEvent(msg); done <- struct{}{} }()

@@ -413,6 +413,18 @@ type keyState struct {
 	bytes    *inflight.Limiter // payload bytes in flight, all the key's sessions
 }
 
+// liveSessions returns the live sessions, for work that must not hold mu
+// while it visits them.
+func (s *Server) liveSessions() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sessions := make([]*session, 0, len(s.sessions))
+	for se := range s.sessions {
+		sessions = append(sessions, se)
+	}
+	return sessions
+}
+
 // track registers a live control session until the returned function is
 // called, and gives it its key's byte budget. n counts the live sessions
 // of se's key, se included.

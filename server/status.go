@@ -55,12 +55,7 @@ func (s *Server) Status() Status {
 	st := Status{Instance: s.info.Instance.String()}
 	queues := map[*export]int{}
 	auth := s.authorized.Load()
-	s.mu.Lock()
-	sessions := make([]*session, 0, len(s.sessions))
-	for se := range s.sessions {
-		sessions = append(sessions, se)
-	}
-	s.mu.Unlock()
+	sessions := s.liveSessions()
 	for _, se := range sessions {
 		ss := SessionStatus{
 			Key:    se.key.String(),
