@@ -71,6 +71,14 @@ func newFaultEnv(t testing.TB, volatile bool) *faultEnv {
 	if err := os.WriteFile(e.authorized, []byte(clientPub+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Registered first, so it runs last: on a failure the end of the
+	// test's output (what CI shows) is attach's last lines.
+	t.Cleanup(func() {
+		if t.Failed() && e.att != nil {
+			lines := strings.Split(strings.TrimSpace(e.att.out.String()), "\n")
+			t.Logf("--- last lines of dst attach:\n%s", strings.Join(lines[max(0, len(lines)-12):], "\n"))
+		}
+	})
 	e.startServe()
 	p, err := faultproxy.New(e.addr)
 	if err != nil {
@@ -314,10 +322,13 @@ type timedDisk struct {
 	longest atomic.Int64 // nanoseconds
 
 	failedBefore, failedAfter atomic.Int64
+	startedAfter              atomic.Int64 // operations started after the mark
+	lastErr                   atomic.Pointer[string]
 }
 
 func (t *timedDisk) setMark() {
 	t.first.Store(0)
+	t.startedAfter.Store(0)
 	t.mark.Store(time.Now().UnixNano())
 }
 
@@ -341,6 +352,13 @@ func (t *timedDisk) op(f func() error) error {
 		}
 	}
 	m := t.mark.Load()
+	if m != 0 && start >= m {
+		t.startedAfter.Add(1)
+	}
+	if err != nil {
+		msg := err.Error()
+		t.lastErr.Store(&msg)
+	}
 	switch {
 	case err == nil && m != 0 && start >= m:
 		t.first.CompareAndSwap(0, end)

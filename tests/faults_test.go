@@ -26,7 +26,12 @@ func waitFirstSuccess(t testing.TB, td *timedDisk, limit time.Duration) time.Dur
 	deadline := time.Now().Add(limit)
 	for td.sinceMark() < 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("tests: no operation succeeded within %v of the fault", limit)
+			last := "none"
+			if p := td.lastErr.Load(); p != nil {
+				last = *p
+			}
+			t.Fatalf("tests: no operation succeeded within %v of the fault: %d started after it, %d failed; last error: %s",
+				limit, td.startedAfter.Load(), td.failedAfter.Load(), last)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
