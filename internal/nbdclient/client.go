@@ -3,6 +3,7 @@ package nbdclient
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -24,36 +25,72 @@ var ErrClosed = errors.New("nbdclient: client closed")
 // cause (often an errno such as EPIPE or ECONNRESET) is wrapped too.
 var ErrConnection = errors.New("connection")
 
+// ReplyError is a request's error as the server replied it: the errno,
+// and the message of a structured error chunk if there was one. It
+// unwraps to the errno as a syscall.Errno, so errors.Is(err, syscall.EIO)
+// works.
+type ReplyError struct {
+	Errno   syscall.Errno
+	Message string
+}
+
+func (e *ReplyError) Error() string {
+	if e.Message == "" {
+		return e.Errno.Error()
+	}
+	return e.Errno.Error() + ": " + e.Message
+}
+
+func (e *ReplyError) Unwrap() error { return e.Errno }
+
 // Client is one NBD connection in the transmission phase. Its methods are
-// safe for concurrent use; each blocks until its reply arrives or the
-// connection ends. There are no timeouts: Close (within about a second)
-// fails whatever is in flight, so a test facing a silent server uses that.
+// safe for concurrent use. There are no timeouts: Close (within about a
+// second) fails whatever is in flight, so a caller facing a silent server
+// uses that.
 //
 // Locking: wmu serializes whole requests (header and payload) on the
 // socket, so requests from many goroutines never interleave; mu guards the
 // pending map and the connection's first error. The reader goroutine is
-// the only one that reads the socket.
+// the only one that reads the socket, and the only one that completes
+// calls.
 type Client struct {
-	conn  net.Conn
-	size  uint64
-	flags nbdwire.TransFlags
+	conn net.Conn
+	info Export
 
 	wmu sync.Mutex
 
 	mu      sync.Mutex
-	pending map[uint64]*call
+	pending map[uint64]*Call
 	handle  uint64
 	err     error // first connection error; no new requests once set
 
 	readerDone chan struct{}
 }
 
-// call is one request awaiting its reply. buf is where a read's data goes.
-type call struct {
-	cmd  nbdwire.Command
-	buf  []byte
-	done chan error // buffered: the reader never blocks on it
+// Call is one request. The caller fills the request's fields and Done,
+// and passes it to Go; the reader goroutine sets Err and calls Done once
+// the reply is in, or the connection ended. Done must not block: it runs
+// on the goroutine that reads every reply of the connection.
+type Call struct {
+	Cmd    nbdwire.Command
+	Flags  nbdwire.CmdFlags
+	Offset uint64
+	Length uint32
+	// Data is a WRITE's payload, or where a READ's data goes; its length
+	// is Length.
+	Data []byte
+	Err  error
+	Done func(*Call)
+	// Owner is the caller's, for Done to find its context without a
+	// closure.
+	Owner any
+
+	// For a structured READ: the ranges filled so far.
+	filled []span
+	soft   error // the first error chunk; the reply goes on until DONE
 }
+
+type span struct{ lo, hi uint64 }
 
 // Dial connects to the NBD server at addr ("unix" or "tcp" network) and
 // opens export. ctx bounds the connection and the handshake.
@@ -68,7 +105,7 @@ func Dial(ctx context.Context, network, addr, export string) (*Client, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
-	size, flags, err := handshake(conn, export)
+	info, err := handshake(conn, export)
 	if !stop() || err != nil {
 		conn.Close()
 		if err == nil {
@@ -79,9 +116,8 @@ func Dial(ctx context.Context, network, addr, export string) (*Client, error) {
 	conn.SetDeadline(time.Time{})
 	c := &Client{
 		conn:       conn,
-		size:       size,
-		flags:      flags,
-		pending:    make(map[uint64]*call),
+		info:       info,
+		pending:    make(map[uint64]*Call),
 		readerDone: make(chan struct{}),
 	}
 	go c.readLoop()
@@ -89,14 +125,17 @@ func Dial(ctx context.Context, network, addr, export string) (*Client, error) {
 }
 
 // Size returns the export's size in bytes.
-func (c *Client) Size() uint64 { return c.size }
+func (c *Client) Size() uint64 { return c.info.Size }
 
 // Flags returns the export's transmission flags.
-func (c *Client) Flags() nbdwire.TransFlags { return c.flags }
+func (c *Client) Flags() nbdwire.TransFlags { return c.info.Flags }
+
+// Export returns what the server told of the export at the handshake.
+func (c *Client) Export() Export { return c.info }
 
 // ReadAt reads len(p) bytes at off.
 func (c *Client) ReadAt(p []byte, off int64) error {
-	return c.do(nbdwire.CmdRead, 0, off, int64(len(p)), p, nil)
+	return c.do(nbdwire.CmdRead, 0, off, int64(len(p)), p)
 }
 
 // WriteAt writes p at off; with fua the server makes it durable first.
@@ -105,14 +144,20 @@ func (c *Client) WriteAt(p []byte, off int64, fua bool) error {
 	if fua {
 		flags = nbdwire.FlagFUA
 	}
-	return c.do(nbdwire.CmdWrite, flags, off, int64(len(p)), nil, p)
+	return c.do(nbdwire.CmdWrite, flags, off, int64(len(p)), p)
 }
 
 // Flush asks the server to make every completed write durable.
-func (c *Client) Flush() error { return c.do(nbdwire.CmdFlush, 0, 0, 0, nil, nil) }
+func (c *Client) Flush() error { return c.do(nbdwire.CmdFlush, 0, 0, 0, nil) }
 
 // Trim tells the server n bytes at off are unused.
-func (c *Client) Trim(off, n int64) error { return c.do(nbdwire.CmdTrim, 0, off, n, nil, nil) }
+func (c *Client) Trim(off, n int64) error { return c.do(nbdwire.CmdTrim, 0, off, n, nil) }
+
+// WriteZeroes makes n bytes at off read as zero; flags may hold FUA and
+// NO_HOLE.
+func (c *Client) WriteZeroes(off, n int64, flags nbdwire.CmdFlags) error {
+	return c.do(nbdwire.CmdWriteZeroes, flags, off, n, nil)
+}
 
 // Close sends NBD_CMD_DISC and closes the connection. Requests still in
 // flight fail with ErrClosed.
@@ -139,48 +184,67 @@ func (c *Client) Close() error {
 	return err
 }
 
-// do sends one request of n bytes at off and waits for its reply. rbuf is
-// filled by a read; wbuf is a write's payload.
-func (c *Client) do(cmd nbdwire.Command, flags nbdwire.CmdFlags, off, n int64, rbuf, wbuf []byte) error {
+// Err returns the error that ended the connection, or nil while it lives.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// do sends one request of n bytes at off and waits for its reply.
+func (c *Client) do(cmd nbdwire.Command, flags nbdwire.CmdFlags, off, n int64, data []byte) error {
 	if off < 0 || n < 0 || n > math.MaxUint32 {
 		return fmt.Errorf("nbdclient: %v at %d+%d: out of range", cmd, off, n)
 	}
-	cl := &call{cmd: cmd, buf: rbuf, done: make(chan error, 1)}
-	h, err := c.register(cl)
-	if err != nil {
+	done := make(chan struct{})
+	cl := &Call{Cmd: cmd, Flags: flags, Offset: uint64(off), Length: uint32(n), Data: data,
+		Done: func(*Call) { close(done) }}
+	if err := c.Go(cl); err != nil {
 		return fmt.Errorf("nbdclient: %v at %d+%d: %w", cmd, off, n, err)
 	}
-	req := nbdwire.Request{Flags: flags, Cmd: cmd, Cookie: h, Offset: uint64(off), Length: uint32(n)}
-	c.send(req.Append(make([]byte, 0, nbdwire.RequestSize)), wbuf)
-	if err := <-cl.done; err != nil {
-		return fmt.Errorf("nbdclient: %v at %d+%d: %w", cmd, off, n, err)
+	<-done
+	if cl.Err != nil {
+		return fmt.Errorf("nbdclient: %v at %d+%d: %w", cmd, off, n, cl.Err)
 	}
 	return nil
 }
 
-func (c *Client) register(cl *call) (uint64, error) {
+// Go sends cl. Unless it returns an error (the connection has ended, or
+// cl is malformed), cl.Done is called exactly once, on the reader
+// goroutine.
+func (c *Client) Go(cl *Call) error {
+	if (cl.Cmd == nbdwire.CmdRead || cl.Cmd == nbdwire.CmdWrite) && len(cl.Data) != int(cl.Length) {
+		return fmt.Errorf("nbdclient: %v of %d bytes with a buffer of %d", cl.Cmd, cl.Length, len(cl.Data))
+	}
+	cl.Err, cl.filled, cl.soft = nil, cl.filled[:0], nil
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.err != nil {
-		return 0, c.err
+		err := c.err
+		c.mu.Unlock()
+		return err
 	}
 	c.handle++
-	c.pending[c.handle] = cl
-	return c.handle, nil
-}
+	h := c.handle
+	c.pending[h] = cl
+	c.mu.Unlock()
 
-// send writes a request. A failed write breaks the connection: the
-// request may be half sent, so nothing after it could be parsed.
-func (c *Client) send(hdr, payload []byte) {
+	var hdr [nbdwire.RequestSize]byte
+	nbdwire.Request{Flags: cl.Flags, Cmd: cl.Cmd, Cookie: h, Offset: cl.Offset, Length: cl.Length}.Append(hdr[:0])
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	bufs := net.Buffers{hdr}
-	if len(payload) > 0 {
-		bufs = append(bufs, payload)
+	var err error
+	if cl.Cmd == nbdwire.CmdWrite && len(cl.Data) > 0 {
+		bufs := net.Buffers{hdr[:], cl.Data}
+		_, err = bufs.WriteTo(c.conn)
+	} else {
+		_, err = c.conn.Write(hdr[:])
 	}
-	if _, err := bufs.WriteTo(c.conn); err != nil {
+	c.wmu.Unlock()
+	if err != nil {
+		// The request may be half sent, so nothing after it could be
+		// parsed: the connection is done, and the reader fails cl.
 		c.fail(fmt.Errorf("%w: %w", ErrConnection, err))
 	}
+	return nil
 }
 
 // fail records err as the connection's error and closes the socket; the
@@ -207,40 +271,209 @@ func (c *Client) readLoop() {
 	err = c.err
 	c.mu.Unlock()
 	for _, cl := range pending {
-		cl.done <- err
+		cl.Err = err
+		cl.Done(cl)
 	}
 }
 
+// readReplies reads replies, simple or structured, and completes their
+// calls. A call failed with the connection is completed after the
+// connection's error is set. Any reply that breaks the protocol (an unknown handle, a chunk
+// too long for its request or outside its range, data the request did not
+// ask for) ends the connection: nothing after it can be trusted.
 func (c *Client) readReplies(br *bufio.Reader) error {
-	var h [nbdwire.SimpleReplySize]byte
+	var h [nbdwire.ChunkSize]byte
 	for {
-		if _, err := io.ReadFull(br, h[:]); err != nil {
+		if _, err := io.ReadFull(br, h[:4]); err != nil {
 			return fmt.Errorf("%w: %w", ErrConnection, err)
 		}
-		rep, err := nbdwire.DecodeSimpleReply(h[:]) // a structured reply was not negotiated
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrProtocol, err)
-		}
-		errno, handle := rep.Errno, rep.Cookie
-		c.mu.Lock()
-		cl := c.pending[handle]
-		delete(c.pending, handle)
-		c.mu.Unlock()
-		if cl == nil {
-			return fmt.Errorf("%w: reply for unknown handle %d", ErrProtocol, handle)
-		}
-		if errno != 0 {
-			// Simple replies carry no data after an error.
-			cl.done <- syscall.Errno(errno)
-			continue
-		}
-		if cl.cmd == nbdwire.CmdRead {
-			if _, err := io.ReadFull(br, cl.buf); err != nil {
-				err = fmt.Errorf("%w: reading data: %w", ErrConnection, err)
-				cl.done <- err
+		switch m := binary.BigEndian.Uint32(h[:4]); m {
+		case nbdwire.MagicSimpleReply:
+			if err := c.readSimple(br, h[:nbdwire.SimpleReplySize]); err != nil {
 				return err
 			}
+		case nbdwire.MagicStructuredReply:
+			if !c.info.Structured {
+				return fmt.Errorf("%w: structured reply, which was not negotiated", ErrProtocol)
+			}
+			if err := c.readChunk(br, h[:]); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("%w: reply magic %#x", ErrProtocol, m)
 		}
-		cl.done <- nil
 	}
+}
+
+// take removes and returns the call waiting for handle, or nil.
+func (c *Client) take(handle uint64, remove bool) *Call {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cl := c.pending[handle]
+	if remove {
+		delete(c.pending, handle)
+	}
+	return cl
+}
+
+func (c *Client) readSimple(br *bufio.Reader, h []byte) error {
+	if _, err := io.ReadFull(br, h[4:]); err != nil {
+		return fmt.Errorf("%w: %w", ErrConnection, err)
+	}
+	rep, err := nbdwire.DecodeSimpleReply(h)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	cl := c.take(rep.Cookie, true)
+	if cl == nil {
+		return fmt.Errorf("%w: reply for unknown handle %d", ErrProtocol, rep.Cookie)
+	}
+	switch {
+	case rep.Errno != 0:
+		// Simple replies carry no data after an error.
+		cl.Err = &ReplyError{Errno: syscall.Errno(rep.Errno)}
+	case cl.Cmd == nbdwire.CmdRead:
+		if _, err := io.ReadFull(br, cl.Data); err != nil {
+			err = fmt.Errorf("%w: reading data: %w", ErrConnection, err)
+			c.fail(err)
+			cl.Err = err
+			cl.Done(cl)
+			return err
+		}
+	}
+	cl.Done(cl)
+	return nil
+}
+
+// maxErrorChunk bounds an error chunk's payload: errno, length, the
+// longest message the protocol allows, an offset.
+const maxErrorChunk = nbdwire.ChunkErrorMinSize + nbdwire.MaxString + 8
+
+func (c *Client) readChunk(br *bufio.Reader, h []byte) error {
+	if _, err := io.ReadFull(br, h[4:]); err != nil {
+		return fmt.Errorf("%w: %w", ErrConnection, err)
+	}
+	ch, err := nbdwire.DecodeChunk(h)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	done := ch.Flags&nbdwire.ChunkDone != 0
+	cl := c.take(ch.Cookie, done)
+	if cl == nil {
+		return fmt.Errorf("%w: %v chunk for unknown handle %d", ErrProtocol, ch.Type, ch.Cookie)
+	}
+	if err := c.chunkPayload(br, cl, ch); err != nil {
+		if !errors.Is(err, ErrConnection) {
+			err = fmt.Errorf("%w: %v reply to %v at %d+%d: %w", ErrProtocol, ch.Type, cl.Cmd, cl.Offset, cl.Length, err)
+		}
+		if !done {
+			c.take(ch.Cookie, true)
+		}
+		c.fail(err)
+		cl.Err = err
+		cl.Done(cl)
+		return err
+	}
+	if !done {
+		return nil
+	}
+	switch {
+	case cl.soft != nil:
+		cl.Err = cl.soft
+	case cl.Cmd == nbdwire.CmdRead && !covers(cl.filled, uint64(cl.Length)):
+		err := fmt.Errorf("%w: READ at %d+%d: the reply's chunks do not cover it", ErrProtocol, cl.Offset, cl.Length)
+		c.fail(err)
+		cl.Err = err
+		cl.Done(cl)
+		return err
+	}
+	cl.Done(cl)
+	return nil
+}
+
+// chunkPayload reads and applies one chunk's payload; an error means the
+// connection must end.
+func (c *Client) chunkPayload(br *bufio.Reader, cl *Call, ch nbdwire.Chunk) error {
+	read := cl.Cmd == nbdwire.CmdRead
+	switch {
+	case ch.Type == nbdwire.ChunkNone:
+		if ch.Length != 0 || ch.Flags&nbdwire.ChunkDone == 0 {
+			return errors.New("NONE chunk with a payload or without DONE")
+		}
+		return nil
+	case ch.Type.IsError():
+		if ch.Length > maxErrorChunk {
+			return fmt.Errorf("error chunk of %d bytes", ch.Length)
+		}
+		b := make([]byte, ch.Length)
+		if _, err := io.ReadFull(br, b); err != nil {
+			return fmt.Errorf("%w: %w", ErrConnection, err)
+		}
+		e, err := nbdwire.DecodeChunkErr(ch.Type, b)
+		if err != nil {
+			return err
+		}
+		if cl.soft == nil {
+			cl.soft = &ReplyError{Errno: syscall.Errno(e.Errno), Message: e.Message}
+		}
+		return nil
+	case ch.Type == nbdwire.ChunkOffsetData && read:
+		if ch.Length < 8 || ch.Length-8 > cl.Length {
+			return fmt.Errorf("data chunk of %d bytes for a read of %d", ch.Length, cl.Length)
+		}
+		var b [8]byte
+		if _, err := io.ReadFull(br, b[:]); err != nil {
+			return fmt.Errorf("%w: %w", ErrConnection, err)
+		}
+		lo, err := cl.fill(binary.BigEndian.Uint64(b[:]), uint64(ch.Length-8))
+		if err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(br, cl.Data[lo:lo+uint64(ch.Length-8)]); err != nil {
+			return fmt.Errorf("%w: %w", ErrConnection, err)
+		}
+		return nil
+	case ch.Type == nbdwire.ChunkOffsetHole && read:
+		if ch.Length != 12 {
+			return fmt.Errorf("hole chunk of %d bytes", ch.Length)
+		}
+		var b [12]byte
+		if _, err := io.ReadFull(br, b[:]); err != nil {
+			return fmt.Errorf("%w: %w", ErrConnection, err)
+		}
+		n := uint64(binary.BigEndian.Uint32(b[8:]))
+		lo, err := cl.fill(binary.BigEndian.Uint64(b[:]), n)
+		if err != nil {
+			return err
+		}
+		clear(cl.Data[lo : lo+n])
+		return nil
+	}
+	return errors.New("chunk type not allowed for this request")
+}
+
+// fill records that the reply covers n bytes at the export offset off and
+// returns where they go in cl.Data: within the request, and overlapping
+// nothing filled before.
+func (cl *Call) fill(off, n uint64) (uint64, error) {
+	if n == 0 || off < cl.Offset || off-cl.Offset > uint64(cl.Length) || n > uint64(cl.Length)-(off-cl.Offset) {
+		return 0, fmt.Errorf("chunk of %d bytes at %d is outside the request", n, off)
+	}
+	lo := off - cl.Offset
+	for _, s := range cl.filled {
+		if lo < s.hi && s.lo < lo+n {
+			return 0, fmt.Errorf("chunk of %d bytes at %d overlaps an earlier one", n, off)
+		}
+	}
+	cl.filled = append(cl.filled, span{lo, lo + n})
+	return lo, nil
+}
+
+// covers reports whether the non-overlapping spans add up to n bytes.
+func covers(spans []span, n uint64) bool {
+	var sum uint64
+	for _, s := range spans {
+		sum += s.hi - s.lo
+	}
+	return sum == n
 }

@@ -144,3 +144,32 @@ func FuzzDecodeSimpleReply(f *testing.F) {
 	f.Add(unhex(f, "668e33ef 0001 0001 000000000000002a")) // structured
 	fuzzDecoder(f, SimpleReplySize, false, DecodeSimpleReply, func(r SimpleReply) []byte { return r.Append(nil) })
 }
+
+func FuzzDecodeChunk(f *testing.F) {
+	addVariants(f, Chunk{Flags: ChunkDone, Type: ChunkOffsetData, Cookie: 7, Length: 4104}.Append(nil))
+	addVariants(f, SimpleReply{Errno: EIO, Cookie: 7}.Append(nil))
+	fuzzDecoder(f, ChunkSize, false, DecodeChunk, func(c Chunk) []byte { return c.Append(nil) })
+}
+
+func FuzzDecodeChunkErr(f *testing.F) {
+	for _, t := range []ChunkType{ChunkError, ChunkErrorOffset} {
+		addVariants(f, AppendChunkErr(nil, t, ChunkErr{Errno: EIO, Message: "disk on fire", Offset: 4096}))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for _, typ := range []ChunkType{ChunkError, ChunkErrorOffset} {
+			e, err := DecodeChunkErr(typ, b)
+			if err != nil {
+				if !errors.Is(err, ErrShort) && !errors.Is(err, ErrMalformed) {
+					t.Fatalf("error %v wraps neither ErrShort nor ErrMalformed", err)
+				}
+				if errors.Is(err, ErrShort) != (len(b) < ChunkErrorMinSize) {
+					t.Fatalf("%d bytes: error %v", len(b), err)
+				}
+				continue
+			}
+			if enc := AppendChunkErr(nil, typ, e); !bytes.Equal(enc, b) {
+				t.Fatalf("re-encoding %+v as %v: got %x, decoded %x", e, typ, enc, b)
+			}
+		}
+	})
+}

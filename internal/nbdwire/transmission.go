@@ -216,3 +216,134 @@ func DecodeSimpleReply(b []byte) (SimpleReply, error) {
 		Cookie: binary.BigEndian.Uint64(b[replyCookie:]),
 	}, nil
 }
+
+// Structured replies (NBD_OPT_STRUCTURED_REPLY). A reply is one or more
+// chunks, each a ChunkSize-byte header and Length bytes of payload; the
+// last has FlagDone.
+const (
+	ChunkSize = 4 + 2 + 2 + 8 + 4 // magic, flags, type, cookie, length
+
+	chunkMagic  = 0
+	chunkFlags  = 4
+	chunkType   = 6
+	chunkCookie = 8
+	chunkLength = 16
+)
+
+// ChunkFlags is the flags field of a structured reply chunk.
+type ChunkFlags uint16
+
+// ChunkDone marks a reply's last chunk.
+const ChunkDone ChunkFlags = 1 << 0
+
+// ChunkType is the type field of a structured reply chunk. Error types
+// have bit 15 set.
+type ChunkType uint16
+
+const (
+	ChunkNone        ChunkType = 0
+	ChunkOffsetData  ChunkType = 1
+	ChunkOffsetHole  ChunkType = 2
+	ChunkBlockStatus ChunkType = 5
+	ChunkError       ChunkType = 1<<15 | 1
+	ChunkErrorOffset ChunkType = 1<<15 | 2
+)
+
+var chunkTypeNames = map[ChunkType]string{
+	ChunkNone:        "NONE",
+	ChunkOffsetData:  "OFFSET_DATA",
+	ChunkOffsetHole:  "OFFSET_HOLE",
+	ChunkBlockStatus: "BLOCK_STATUS",
+	ChunkError:       "ERROR",
+	ChunkErrorOffset: "ERROR_OFFSET",
+}
+
+func (t ChunkType) String() string { return enumString(t, chunkTypeNames, "REPLY_TYPE_", uint64(t)) }
+
+// IsError reports whether t is an error chunk.
+func (t ChunkType) IsError() bool { return t&(1<<15) != 0 }
+
+// Chunk is a structured reply chunk's header.
+type Chunk struct {
+	Flags  ChunkFlags
+	Type   ChunkType
+	Cookie uint64
+	Length uint32 // of the payload that follows
+}
+
+// Append appends the ChunkSize-byte encoding of c to b.
+func (c Chunk) Append(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, MagicStructuredReply)
+	b = binary.BigEndian.AppendUint16(b, uint16(c.Flags))
+	b = binary.BigEndian.AppendUint16(b, uint16(c.Type))
+	b = binary.BigEndian.AppendUint64(b, c.Cookie)
+	return binary.BigEndian.AppendUint32(b, c.Length)
+}
+
+// DecodeChunk parses the chunk header at the start of b. Neither the type
+// nor the length is checked here: what is legal depends on the request.
+func DecodeChunk(b []byte) (Chunk, error) {
+	if len(b) < ChunkSize {
+		return Chunk{}, short("structured reply chunk", ChunkSize, len(b))
+	}
+	if m := binary.BigEndian.Uint32(b[chunkMagic:]); m != MagicStructuredReply {
+		return Chunk{}, malformed("structured reply magic %#x", m)
+	}
+	return Chunk{
+		Flags:  ChunkFlags(binary.BigEndian.Uint16(b[chunkFlags:])),
+		Type:   ChunkType(binary.BigEndian.Uint16(b[chunkType:])),
+		Cookie: binary.BigEndian.Uint64(b[chunkCookie:]),
+		Length: binary.BigEndian.Uint32(b[chunkLength:]),
+	}, nil
+}
+
+// ChunkErrorMinSize is the shortest payload of an error chunk: the error
+// and the message's length.
+const ChunkErrorMinSize = 4 + 2
+
+// ChunkErr is the payload of an ERROR or ERROR_OFFSET chunk.
+type ChunkErr struct {
+	Errno   Errno
+	Message string
+	Offset  uint64 // ERROR_OFFSET only
+}
+
+// DecodeChunkErr parses the whole of b, the payload of an error chunk of
+// type t. The errno must not be zero.
+func DecodeChunkErr(t ChunkType, b []byte) (ChunkErr, error) {
+	if len(b) < ChunkErrorMinSize {
+		return ChunkErr{}, short("error chunk", ChunkErrorMinSize, len(b))
+	}
+	e := ChunkErr{Errno: Errno(binary.BigEndian.Uint32(b))}
+	if e.Errno == 0 {
+		return ChunkErr{}, malformed("error chunk with error 0")
+	}
+	n := int(binary.BigEndian.Uint16(b[4:]))
+	rest := b[ChunkErrorMinSize:]
+	if n > len(rest) {
+		return ChunkErr{}, malformed("error chunk message of %d bytes in %d", n, len(rest))
+	}
+	e.Message, rest = string(rest[:n]), rest[n:]
+	want := 0
+	if t == ChunkErrorOffset {
+		want = 8
+	}
+	if len(rest) != want {
+		return ChunkErr{}, malformed("%v chunk has %d bytes after its message, want %d", t, len(rest), want)
+	}
+	if want == 8 {
+		e.Offset = binary.BigEndian.Uint64(rest)
+	}
+	return e, nil
+}
+
+// AppendChunkErr appends the payload of an error chunk of type t to b.
+func AppendChunkErr(b []byte, t ChunkType, e ChunkErr) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(e.Errno))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(e.Message)))
+	b = append(b, e.Message...)
+	if t == ChunkErrorOffset {
+		b = binary.BigEndian.AppendUint64(b, e.Offset)
+	}
+	return b
+}

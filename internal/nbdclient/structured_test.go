@@ -1,0 +1,190 @@
+package nbdclient_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dstproject/dst/internal/nbdclient"
+	"github.com/dstproject/dst/internal/nbdwire"
+)
+
+// fakeServer accepts one connection, agrees to structured replies and
+// NBD_OPT_GO for a 1 MiB export, then hands every request header to
+// answer, which writes whatever it likes.
+func fakeServer(t *testing.T, answer func(c net.Conn, r nbdwire.Request)) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "fake.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Write(nbdwire.ServerHello{Flags: nbdwire.HandshakeFixedNewstyle | nbdwire.HandshakeNoZeroes}.Append(nil))
+		var b [nbdwire.OptHeaderSize]byte
+		if _, err := io.ReadFull(c, b[:4]); err != nil {
+			return
+		}
+		for {
+			if _, err := io.ReadFull(c, b[:]); err != nil {
+				return
+			}
+			h, err := nbdwire.DecodeOptHeader(b[:])
+			if err != nil {
+				return
+			}
+			if _, err := io.CopyN(io.Discard, c, int64(h.Length)); err != nil {
+				return
+			}
+			reply := func(typ nbdwire.ReplyType, data []byte) {
+				c.Write(nbdwire.OptReplyHeader{Option: h.Option, Type: typ, Length: uint32(len(data))}.Append(nil))
+				c.Write(data)
+			}
+			if h.Option == nbdwire.OptStructuredReply {
+				reply(nbdwire.RepAck, nil)
+				continue
+			}
+			reply(nbdwire.RepInfo, nbdwire.ExportInfo{Size: 1 << 20, Flags: nbdwire.TransHasFlags | nbdwire.TransSendFlush}.Append(nil))
+			reply(nbdwire.RepInfo, nbdwire.BlockSizeInfo{Min: 512, Preferred: 4096, Max: 1 << 20}.Append(nil))
+			reply(nbdwire.RepAck, nil)
+			break
+		}
+		var rb [nbdwire.RequestSize]byte
+		for {
+			if _, err := io.ReadFull(c, rb[:]); err != nil {
+				return
+			}
+			r, err := nbdwire.DecodeRequest(rb[:])
+			if err != nil {
+				return
+			}
+			if r.Cmd == nbdwire.CmdWrite {
+				io.CopyN(io.Discard, c, int64(r.Length))
+			}
+			answer(c, r)
+		}
+	}()
+	return sock
+}
+
+func chunk(flags nbdwire.ChunkFlags, typ nbdwire.ChunkType, cookie uint64, payload []byte) []byte {
+	b := nbdwire.Chunk{Flags: flags, Type: typ, Cookie: cookie, Length: uint32(len(payload))}.Append(nil)
+	return append(b, payload...)
+}
+
+func offsetData(off uint64, data []byte) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, off), data...)
+}
+
+func hole(off uint64, n uint32) []byte {
+	return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(nil, off), n)
+}
+
+// TestStructuredRead reads a block the server answers in three chunks,
+// out of order: data, a hole, data.
+func TestStructuredRead(t *testing.T) {
+	sock := fakeServer(t, func(c net.Conn, r nbdwire.Request) {
+		var b []byte
+		b = append(b, chunk(0, nbdwire.ChunkOffsetData, r.Cookie, offsetData(r.Offset+3072, bytes.Repeat([]byte{'c'}, 1024)))...)
+		b = append(b, chunk(0, nbdwire.ChunkOffsetHole, r.Cookie, hole(r.Offset+1024, 2048))...)
+		b = append(b, chunk(nbdwire.ChunkDone, nbdwire.ChunkOffsetData, r.Cookie, offsetData(r.Offset, bytes.Repeat([]byte{'a'}, 1024)))...)
+		c.Write(b)
+	})
+	c := dial(t, sock, "x")
+	if e := c.Export(); !e.Structured || e.MinBlock != 512 || e.PreferredBlock != 4096 || e.MaxBlock != 1<<20 {
+		t.Fatalf("export %+v", e)
+	}
+	got := bytes.Repeat([]byte{0xff}, 4096)
+	if err := c.ReadAt(got, 8192); err != nil {
+		t.Fatal(err)
+	}
+	want := append(append(bytes.Repeat([]byte{'a'}, 1024), make([]byte, 2048)...), bytes.Repeat([]byte{'c'}, 1024)...)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("read %q...", got[:16])
+	}
+}
+
+// TestStructuredError checks that an error chunk's errno and message reach
+// the caller and the connection lives on.
+func TestStructuredError(t *testing.T) {
+	n := 0
+	sock := fakeServer(t, func(c net.Conn, r nbdwire.Request) {
+		n++
+		if n == 1 {
+			msg := nbdwire.AppendChunkErr(nil, nbdwire.ChunkErrorOffset, nbdwire.ChunkErr{Errno: nbdwire.EIO, Message: "bad sector", Offset: r.Offset})
+			c.Write(chunk(nbdwire.ChunkDone, nbdwire.ChunkErrorOffset, r.Cookie, msg))
+			return
+		}
+		c.Write(nbdwire.SimpleReply{Cookie: r.Cookie}.Append(nil))
+	})
+	c := dial(t, sock, "x")
+	err := c.ReadAt(make([]byte, 512), 0)
+	var re *nbdclient.ReplyError
+	if !errors.Is(err, syscall.EIO) || !errors.As(err, &re) || re.Message != "bad sector" {
+		t.Fatalf("read = %v, want EIO with the message", err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatalf("flush after an error reply: %v", err)
+	}
+}
+
+// TestBadReplies checks that each reply breaking the protocol ends the
+// connection with ErrProtocol, and fails the request, rather than being
+// trusted or panicking.
+func TestBadReplies(t *testing.T) {
+	for name, bad := range map[string]func(r nbdwire.Request) []byte{
+		"garbage": func(nbdwire.Request) []byte { return bytes.Repeat([]byte{0xee}, 64) },
+		"unknown handle": func(r nbdwire.Request) []byte {
+			return nbdwire.SimpleReply{Cookie: r.Cookie + 100}.Append(nil)
+		},
+		"oversized data chunk": func(r nbdwire.Request) []byte {
+			return chunk(nbdwire.ChunkDone, nbdwire.ChunkOffsetData, r.Cookie, offsetData(r.Offset, make([]byte, r.Length+512)))
+		},
+		"data outside the request": func(r nbdwire.Request) []byte {
+			return chunk(nbdwire.ChunkDone, nbdwire.ChunkOffsetData, r.Cookie, offsetData(r.Offset+512, make([]byte, r.Length)))
+		},
+		"overlapping chunks": func(r nbdwire.Request) []byte {
+			a := chunk(0, nbdwire.ChunkOffsetData, r.Cookie, offsetData(r.Offset, make([]byte, 512)))
+			return append(a, chunk(nbdwire.ChunkDone, nbdwire.ChunkOffsetData, r.Cookie, offsetData(r.Offset, make([]byte, 512)))...)
+		},
+		"short of the request": func(r nbdwire.Request) []byte {
+			return chunk(nbdwire.ChunkDone, nbdwire.ChunkOffsetData, r.Cookie, offsetData(r.Offset, make([]byte, 512)))
+		},
+		"huge error chunk": func(r nbdwire.Request) []byte {
+			return nbdwire.Chunk{Flags: nbdwire.ChunkDone, Type: nbdwire.ChunkError, Cookie: r.Cookie, Length: 1 << 30}.Append(nil)
+		},
+		"hole of the wrong size": func(r nbdwire.Request) []byte {
+			return chunk(nbdwire.ChunkDone, nbdwire.ChunkOffsetHole, r.Cookie, append(hole(r.Offset, r.Length), 0))
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			sock := fakeServer(t, func(c net.Conn, r nbdwire.Request) { c.Write(bad(r)) })
+			c := dial(t, sock, "x")
+			done := make(chan error, 1)
+			go func() { done <- c.ReadAt(make([]byte, 1024), 4096) }()
+			select {
+			case err := <-done:
+				if !errors.Is(err, nbdclient.ErrProtocol) {
+					t.Fatalf("read = %v, want a protocol error", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("read still waiting after 5 s")
+			}
+			if err := c.Err(); !errors.Is(err, nbdclient.ErrProtocol) {
+				t.Fatalf("connection error %v, want a protocol error", err)
+			}
+		})
+	}
+}
