@@ -17,8 +17,12 @@ const DefaultListen = ":7700"
 
 // ExportConfig names one export.
 type ExportConfig struct {
-	Name     string
-	Path     string // regular file or block device
+	Name string
+	Path string // regular file or block device
+	// Upstream, instead of Path, serves an export of another NBD server
+	// (upstream.go): nbd+unix:///EXPORT?socket=PATH or
+	// nbd://HOST[:PORT]/EXPORT.
+	Upstream string
 	ReadOnly bool
 
 	// Volatile, a testing option, puts a model of a volatile write cache
@@ -67,12 +71,18 @@ type Config struct {
 	// (CheckSizes); 0 means DefaultSizeCheck, negative never (the caller
 	// calls CheckSizes itself).
 	SizeCheck time.Duration
-	Logger    *slog.Logger
+	// UpstreamID is the file holding the random id the identities of
+	// upstream exports derive from (created at first use); empty: a new
+	// identity at every start. The command keeps it beside its
+	// configuration file, or its key.
+	UpstreamID string
+	Logger     *slog.Logger
 }
 
 // ParseExportFlag parses the command line form of an export:
-// NAME=PATH[,ro|,rw][,volatile]. ,ro makes it read-only; ,volatile is the
-// testing option ExportConfig.Volatile.
+// NAME=PATH[,ro|,rw][,shared][,volatile]. ,ro makes it read-only;
+// ,volatile is the testing option ExportConfig.Volatile. A PATH that is an
+// NBD URI (nbd+unix:// or nbd://) names an upstream instead.
 func ParseExportFlag(s string) (ExportConfig, error) {
 	const usage = "want NAME=PATH[,ro][,shared][,volatile]"
 	name, path, ok := strings.Cut(s, "=")
@@ -94,6 +104,12 @@ func ParseExportFlag(s string) (ExportConfig, error) {
 		}
 	}
 	e.Path = path
+	if strings.HasPrefix(path, "nbd") && strings.Contains(path, "://") {
+		e.Path, e.Upstream = "", path
+		if _, err := ParseUpstream(path); err != nil {
+			return ExportConfig{}, fmt.Errorf("server: export %q: %w", s, err)
+		}
+	}
 	if err := checkExportName(name); err != nil {
 		return ExportConfig{}, fmt.Errorf("server: export %q: %w; %s", s, err, usage)
 	}
@@ -109,8 +125,11 @@ func ParseExportFlag(s string) (ExportConfig, error) {
 // checkVolatile rejects a volatile cache on a read-only export: there
 // would be nothing to cache, so asking for it is a mistake.
 func checkVolatile(e ExportConfig) error {
-	if e.Volatile && e.ReadOnly {
+	switch {
+	case e.Volatile && e.ReadOnly:
 		return errors.New("volatile and read-only together: a read-only export has no writes to cache")
+	case e.Volatile && e.Upstream != "":
+		return errors.New("volatile and upstream together: an upstream has its own cache")
 	}
 	return nil
 }
@@ -133,6 +152,7 @@ type configFile struct {
 type exportFile struct {
 	Name     string `toml:"name"`
 	Path     string `toml:"path"`
+	Upstream string `toml:"upstream"`
 	ReadOnly bool   `toml:"read_only"`
 	Volatile bool   `toml:"volatile"`
 	Shared   bool   `toml:"shared"`
@@ -156,6 +176,10 @@ type exportFile struct {
 //	path = "/dev/sdb"
 //	read_only = false
 //	volatile = false                    # testing only: see ExportConfig.Volatile
+//
+//	[[export]]
+//	name = "images"
+//	upstream = "nbd+unix:///vm1?socket=/run/qsd/nbd.sock"   # instead of path
 //
 // Relative paths are relative to the file's directory. Unknown keys are an
 // error, so a misspelt option is not silently ignored. The key files are
@@ -182,7 +206,7 @@ func LoadConfig(path string, keyMode crypto.KeyModePolicy) (*Config, error) {
 		return filepath.Join(dir, p)
 	}
 	c := &Config{Listen: f.Listen, MetricsListen: f.MetricsListen, Announce: f.Announce, Workers: f.Workers,
-		MaxSessionsPerKey: f.MaxSessionsPerKey}
+		MaxSessionsPerKey: f.MaxSessionsPerKey, UpstreamID: filepath.Join(dir, "upstream-id")}
 	if f.MaxSessionsPerKey < 0 {
 		return nil, fmt.Errorf("server: config %s: max_sessions_per_key = %d: want a positive number", path, f.MaxSessionsPerKey)
 	}
@@ -210,10 +234,19 @@ func LoadConfig(path string, keyMode crypto.KeyModePolicy) (*Config, error) {
 		c.Ciphers = append(c.Ciphers, ci)
 	}
 	for i, e := range f.Export {
-		if e.Path == "" {
-			return nil, fmt.Errorf("server: config %s: export %d (%q) has no path", path, i+1, e.Name)
+		switch {
+		case e.Path == "" && e.Upstream == "":
+			return nil, fmt.Errorf("server: config %s: export %d (%q) has no path (or upstream)", path, i+1, e.Name)
+		case e.Path != "" && e.Upstream != "":
+			return nil, fmt.Errorf("server: config %s: export %d (%q) has both a path and an upstream", path, i+1, e.Name)
 		}
-		ec := ExportConfig{Name: e.Name, Path: rel(e.Path), ReadOnly: e.ReadOnly, Volatile: e.Volatile, Shared: e.Shared}
+		if e.Upstream != "" {
+			if _, err := ParseUpstream(e.Upstream); err != nil {
+				return nil, fmt.Errorf("server: config %s: export %d (%q): %w", path, i+1, e.Name, err)
+			}
+		}
+		ec := ExportConfig{Name: e.Name, Path: rel(e.Path), Upstream: e.Upstream, ReadOnly: e.ReadOnly,
+			Volatile: e.Volatile, Shared: e.Shared}
 		if err := checkVolatile(ec); err != nil {
 			return nil, fmt.Errorf("server: config %s: export %d (%q): %w", path, i+1, e.Name, err)
 		}

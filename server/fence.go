@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dstproject/dst/crypto"
@@ -127,6 +128,7 @@ func (s *Server) pruneAttach() {
 // fence stops se from starting requests, waits for those it started, and
 // ends it and its queue connections.
 func (se *session) fence() {
+	se.closing.Store(true)
 	se.gate.Lock()
 	se.fenced = true
 	se.gate.Unlock()
@@ -166,8 +168,11 @@ func (se *session) end() { se.gate.RUnlock() }
 // sessionGate is embedded in session: gate is held shared by every
 // request in progress on the backend and exclusively by fence.
 type sessionGate struct {
-	gate      sync.RWMutex
-	fenced    bool // under gate: a newer session, or a revocation, fenced it
+	gate   sync.RWMutex
+	fenced bool // under gate: a newer session, or a revocation, fenced it
+	// closing is set before fence or shutdown waits for gate: requests
+	// waiting for a lost upstream give up then (upstream.go).
+	closing   atomic.Bool
 	ended     bool // under gate: it has ended, and starts nothing more
 	attach    *attachment
 	attachKey attachKey

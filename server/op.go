@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/dstproject/dst/internal/nbdclient"
 	"github.com/dstproject/dst/internal/qconn"
 	"github.com/dstproject/dst/wire"
 )
@@ -19,6 +20,13 @@ type op struct {
 	cost   int64       // budget taken by the reader
 	buf    *[]byte     // WRITE payload, or READ reply header and data
 	status wire.Status // the reply's status
+
+	// For an upstream export (upstream.go): the request as sent upstream,
+	// its connection, and a FUA the upstream lacks, done as a FLUSH after.
+	call      nbdclient.Call
+	upConn    *nbdclient.Client
+	needFlush bool
+	flushStep bool
 }
 
 var opPool = sync.Pool{New: func() any { return new(op) }}
@@ -97,6 +105,28 @@ func (o *op) run() {
 		o.q.log.Warn("request failed", "cmd", r.Cmd, "offset", r.Offset, "length", r.Length,
 			"status", o.status, "err", err)
 	}
+}
+
+// startUpstream checks o as run does, then sends it upstream; the
+// upstream's reply completes it (Upstream.finish).
+func (o *op) startUpstream() {
+	r := &o.req
+	if o.status = o.q.se.begin(r); o.status != wire.StatusOK {
+		if o.status == wire.StatusETIMEDOUT {
+			o.q.log.Warn("request expired before it could start; not applied", "cmd", r.Cmd,
+				"offset", r.Offset, "length", r.Length)
+		}
+		o.q.w.Send(o, qconn.NoBlock)
+		return
+	}
+	if r.Cmd == wire.CmdWrite && wire.Checksum(*o.buf) != r.Checksum {
+		o.status = wire.StatusBadChecksum
+		o.q.log.Warn("WRITE payload failed its checksum", "offset", r.Offset, "length", r.Length)
+		o.q.se.end()
+		o.q.w.Send(o, qconn.NoBlock)
+		return
+	}
+	o.q.exp.up.start(o)
 }
 
 // read fills a buffer with the reply header's room and the data.

@@ -49,6 +49,7 @@ type queueConn struct {
 	// readOnly: the export, the key or the queue's client made it so;
 	// a queue that may write holds the writer lease.
 	readOnly bool
+	upGen    uint64 // the upstream's generation when the queue opened
 	log      *slog.Logger
 	w        *qconn.Writer[*op]
 	budget   *inflight.Limiter // requests and bytes in flight on this connection
@@ -130,6 +131,21 @@ func (s *Server) serveQueue(conn *crypto.Conn, body []byte, log *slog.Logger) {
 		log.Warn("refusing queue: the export's writer lease is held", "export", q.Export, "err", err)
 		turnAway(wire.StatusEBUSY, err.Error())
 		return
+	}
+	if e.up != nil {
+		// The generation first, then the instance: a reset takes a new
+		// instance before it moves the generation on, so a queue that
+		// sees the new generation also sees the instance its session
+		// was told is stale.
+		qc.upGen = e.up.generation()
+		se.mu.Lock()
+		told := se.told
+		se.mu.Unlock()
+		if told != *s.instance.Load() {
+			log.Warn("refusing queue: the export's upstream was reset since its session began", "export", q.Export)
+			turnAway(wire.StatusESTALE, "the storage behind the export was reset; reconnect")
+			return
+		}
 	}
 	msg := wire.AppendMessage(nil, wire.MsgOpened, wire.AppendOpened(nil, &wire.Opened{Export: view(e.describe(), acc, qc.readOnly)}))
 	if _, err := conn.Write(msg); err != nil {
@@ -224,6 +240,10 @@ func (q *queueConn) dispatch(req wire.Request) error {
 	}
 	if o.status = q.check(&req); o.status != wire.StatusOK || q.noop(&req) {
 		q.w.Send(o, qconn.NoBlock)
+		return nil
+	}
+	if q.exp.up != nil {
+		o.startUpstream()
 		return nil
 	}
 	if q.budget.InFlight() == 1 && q.conn.Buffered() == 0 {

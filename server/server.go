@@ -16,6 +16,7 @@ import (
 
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/internal/inflight"
+	"github.com/dstproject/dst/internal/nbdwire"
 	"github.com/dstproject/dst/wire"
 )
 
@@ -38,7 +39,10 @@ type Server struct {
 	log *slog.Logger
 	// table is the export table; SetExports replaces it (reload.go).
 	table atomic.Pointer[exportTable]
-	info  wire.ServerInfo // without exports: Info adds the table's
+	info  wire.ServerInfo // without exports and instance: Info adds them
+	// instance is the instance id: new at every start, and at every reset
+	// of an upstream's storage.
+	instance atomic.Pointer[wire.Identity]
 	// exportsMu serializes SetExports; retiring counts exports replaced or
 	// removed whose queues still drain.
 	exportsMu sync.Mutex
@@ -83,6 +87,7 @@ type export struct {
 	cfg      ExportConfig
 	info     wire.ExportInfo // as opened; the size is size's
 	b        Backend
+	up       *Upstream // b, when the storage is another NBD server
 	readOnly bool
 	owned    bool // opened by New rather than passed in ExportConfig.Backend
 	// size is what clients are told: it only grows (resize.go).
@@ -172,8 +177,8 @@ func New(cfg *Config) (*Server, error) {
 
 func (s *Server) makeInfo() error {
 	s.info.Version = wire.Version
-	if _, err := rand.Read(s.info.Instance[:]); err != nil {
-		return fmt.Errorf("server: choosing instance id: %w", err)
+	if err := s.newInstance(); err != nil {
+		return err
 	}
 	host, err := os.Hostname()
 	if err != nil {
@@ -181,6 +186,17 @@ func (s *Server) makeInfo() error {
 	}
 	s.info.Server = host
 	return s.checkInfo(s.table.Load())
+}
+
+// newInstance chooses a new instance id: at the start, and when an
+// upstream's storage was reset (upstream.go).
+func (s *Server) newInstance() error {
+	var id wire.Identity
+	if _, err := rand.Read(id[:]); err != nil {
+		return fmt.Errorf("server: choosing instance id: %w", err)
+	}
+	s.instance.Store(&id)
+	return nil
 }
 
 // checkInfo refuses an export table whose SERVER_INFO would not fit in a
@@ -214,7 +230,7 @@ func checkExports(exports []ExportConfig) error {
 			return fmt.Errorf("export %q is configured twice", e.Name)
 		}
 		seen[e.Name] = true
-		if e.Path == "" && e.Backend == nil {
+		if e.Path == "" && e.Backend == nil && e.Upstream == "" {
 			return fmt.Errorf("export %q has no path", e.Name)
 		}
 	}
@@ -240,7 +256,20 @@ func checkExportName(name string) error {
 // openExport opens an export's backend and describes it.
 func (s *Server) openExport(ec ExportConfig) (*export, error) {
 	b, owned := ec.Backend, ec.Backend == nil
-	if owned {
+	var up *Upstream
+	if owned && ec.Upstream != "" {
+		var err error
+		if up, err = OpenUpstream(ec.Upstream, ec.Name, s.cfg.UpstreamID, s.log); err != nil {
+			return nil, fmt.Errorf("server: export %q: %w", ec.Name, err)
+		}
+		// A reset (upstream.go) takes a new instance id before requests
+		// of the new generation can run.
+		up.onReset = func(error) { s.newInstance() }
+		if up.has(nbdwire.TransReadOnly) {
+			ec.ReadOnly = true
+		}
+		b = up
+	} else if owned {
 		f, err := OpenFile(ec.Path, ec.ReadOnly, s.log)
 		if err != nil {
 			return nil, fmt.Errorf("server: export %q: %w", ec.Name, err)
@@ -259,9 +288,13 @@ func (s *Server) openExport(ec ExportConfig) (*export, error) {
 		}
 		return nil, fmt.Errorf("server: export %q: %w", ec.Name, err)
 	}
-	s.log.Info("export", "name", ec.Name, "path", ec.Path, "size", info.Size,
+	where := ec.Path
+	if up != nil {
+		where = ec.Upstream
+	}
+	s.log.Info("export", "name", ec.Name, "path", where, "size", info.Size,
 		"block", info.LogicalBlock, "flags", info.Flags, "identity", info.Identity)
-	e := &export{cfg: ec, info: info, b: b, readOnly: ec.ReadOnly, owned: owned}
+	e := &export{cfg: ec, info: info, b: b, up: up, readOnly: ec.ReadOnly, owned: owned}
 	e.size.Store(info.Size)
 	return e, nil
 }
@@ -300,6 +333,9 @@ func describe(ec ExportConfig, b Backend) (wire.ExportInfo, error) {
 	if rotational {
 		e.Flags |= wire.ExportRotational
 	}
+	if up, ok := b.(*Upstream); ok {
+		up.exportInfo(&e)
+	}
 	if id, ok := b.(Identifier); ok {
 		e.Identity = id.Identity()
 	}
@@ -315,6 +351,7 @@ func describe(ec ExportConfig, b Backend) (wire.ExportInfo, error) {
 // export's current size.
 func (s *Server) Info() wire.ServerInfo {
 	info := s.info
+	info.Instance = *s.instance.Load()
 	t := s.table.Load()
 	info.Exports = make([]wire.ExportInfo, len(t.names))
 	for i, name := range t.names {

@@ -63,6 +63,7 @@ type session struct {
 	mu    sync.Mutex
 	token wire.Identity // SERVER_INFO's session token, set once HELLO is answered
 	hello wire.Hello
+	told  wire.Identity // the instance id SERVER_INFO carried
 	ctl   *yamux.Stream // the control stream, once HELLO is answered
 	// eventMu orders what is written on ctl besides PONGs: SERVER_INFO
 	// first, then events one at a time.
@@ -148,6 +149,7 @@ func (se *session) shutdown() {
 	se.srv.forget(se)
 	// Nothing the session queued starts from now on: its client is gone.
 	// Requests already on the backend finish first.
+	se.closing.Store(true)
 	se.gate.Lock()
 	se.ended = true
 	se.gate.Unlock()
@@ -238,6 +240,9 @@ func (se *session) serveHello(st *yamux.Stream, body []byte, log *slog.Logger) {
 	se.srv.register(se, token)
 	info := se.srv.infoFor(se.accessOf())
 	info.Session, info.Clock = token, serverClock()
+	se.mu.Lock()
+	se.told = info.Instance
+	se.mu.Unlock()
 	msg := wire.AppendMessage(nil, wire.MsgServerInfo, wire.AppendServerInfo(nil, &info))
 	_, err = st.Write(msg)
 	se.eventMu.Unlock()

@@ -52,7 +52,7 @@ type SessionStatus struct {
 
 // Status reports the server's exports and live sessions.
 func (s *Server) Status() Status {
-	st := Status{Instance: s.info.Instance.String()}
+	st := Status{Instance: s.instance.Load().String()}
 	queues := map[*export]int{}
 	auth := s.authorized.Load()
 	sessions := s.liveSessions()

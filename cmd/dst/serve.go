@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -31,7 +32,7 @@ func cmdServe(ctx context.Context, args []string) error {
 		"clients may pin any")
 	authFile := fs.String("authorized-keys", "", "`FILE` of client public keys allowed to connect, one per line")
 	var exports, ciphers listFlag
-	fs.Var(&exports, "export", "export a file or block device: `NAME=PATH[,ro]` (repeatable)")
+	fs.Var(&exports, "export", "export a file or block device, or another NBD server's export: `NAME=PATH[,ro]` or\nNAME=nbd+unix:///EXPORT?socket=SOCKET or NAME=nbd://HOST[:PORT]/EXPORT (repeatable)")
 	fs.Var(&ciphers, "cipher", "allow only this `CIPHER` (aes-256-gcm, chacha20-poly1305; repeatable)")
 	workers := fs.Int("workers", 0, "bound on concurrently running I/O requests (default 64)")
 	perKey := fs.Int("max-sessions-per-key", 0, "bound on the sessions one client key may hold at once (default 64)")
@@ -77,6 +78,11 @@ func cmdServe(ctx context.Context, args []string) error {
 			return err
 		}
 		cfg.PrivateKey, cfg.MoreKeys = k, more
+		if cfg.UpstreamID == "" {
+			// Upstream exports' identities derive from an id kept beside
+			// the key when there is no configuration file.
+			cfg.UpstreamID = filepath.Join(filepath.Dir(keyFiles[0]), "upstream-id")
+		}
 	}
 	if *authFile != "" {
 		a, err := crypto.LoadAuthorizedKeys(*authFile)
