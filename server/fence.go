@@ -153,8 +153,10 @@ func (se *session) begin(r *wire.Request) wire.Status {
 		return wire.StatusESTALE
 	}
 	if se.ended {
+		// Not ESHUTDOWN, which would fail the transaction: the client
+		// sends an ESTALE request again on its next session.
 		se.gate.RUnlock()
-		return wire.StatusESHUTDOWN
+		return wire.StatusESTALE
 	}
 	if r.Expires != 0 && serverClock() >= r.Expires {
 		se.gate.RUnlock()

@@ -254,7 +254,7 @@ func (q *queueConn) dispatch(req wire.Request) error {
 	select {
 	case q.se.srv.jobs <- o:
 	case <-q.se.srv.stopped:
-		o.status = wire.StatusESHUTDOWN
+		o.status = wire.StatusESTALE // the server is stopping: the client resends
 		q.w.Send(o, qconn.NoBlock)
 	}
 	return nil

@@ -165,6 +165,16 @@ func (se *session) shutdown() {
 // the rest.
 func (se *session) close() { se.mux.Close() }
 
+// closeQueues closes the session's queue connections at once, dropping
+// replies not yet written: for a session that must answer nothing more.
+func (se *session) closeQueues() {
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	for q := range se.queues {
+		q.close()
+	}
+}
+
 // serveStream reads a stream's first message, which must be HELLO.
 func (se *session) serveStream(st *yamux.Stream) {
 	defer st.Close()

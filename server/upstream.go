@@ -424,8 +424,9 @@ func (u *Upstream) finish(o *op, c *nbdclient.Client, err error) {
 	case errors.Is(err, errStorageReset):
 		q.log.Warn("ending session: the upstream was lost while it had this request; its client resends it after replaying",
 			"cmd", r.Cmd, "offset", r.Offset, "length", r.Length)
-		q.se.close()
 		q.done(o)
+		q.se.closeQueues()
+		q.se.close()
 		return
 	case errors.Is(err, errExpired):
 		o.status = wire.StatusETIMEDOUT
@@ -434,7 +435,7 @@ func (u *Upstream) finish(o *op, c *nbdclient.Client, err error) {
 	case err != nil:
 		o.status = errStatus(err)
 		if errors.Is(err, errShutdownUp) {
-			o.status = wire.StatusESHUTDOWN
+			o.status = wire.StatusESTALE // not applied: the client resends
 		}
 		q.log.Warn("request failed upstream", "cmd", r.Cmd, "offset", r.Offset, "length", r.Length,
 			"status", o.status, "err", err)

@@ -43,6 +43,7 @@ type faultEnv struct {
 	dir      string
 	path     string // the export's backing file
 	volatile bool   // the export models a volatile write cache
+	upstream string // an NBD URI served instead of path (newUpstreamEnv)
 
 	serverKey, authorized, clientKey, serverPub string
 
@@ -60,8 +61,20 @@ type faultEnv struct {
 // newFaultEnv starts serve and the proxy; startAttach completes the path.
 func newFaultEnv(t testing.TB, volatile bool) *faultEnv {
 	t.Helper()
+	return newFaultEnvWith(t, &faultEnv{volatile: volatile})
+}
+
+// newUpstreamEnv is newFaultEnv for an export served from the NBD server
+// at uri.
+func newUpstreamEnv(t testing.TB, uri string) *faultEnv {
+	t.Helper()
+	return newFaultEnvWith(t, &faultEnv{upstream: uri})
+}
+
+func newFaultEnvWith(t testing.TB, e *faultEnv) *faultEnv {
+	t.Helper()
 	requireDst(t)
-	e := &faultEnv{t: t, dir: t.TempDir(), volatile: volatile}
+	e.t, e.dir = t, t.TempDir()
 	e.path = filepath.Join(e.dir, "disk.img")
 	e.newBackingFile()
 	var clientPub string
@@ -109,6 +122,9 @@ func (e *faultEnv) newBackingFile() {
 func (e *faultEnv) startServe() {
 	e.t.Helper()
 	spec := "disk=" + e.path
+	if e.upstream != "" {
+		spec = "disk=" + e.upstream
+	}
 	if e.volatile {
 		spec += ",volatile"
 	}
