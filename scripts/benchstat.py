@@ -128,7 +128,8 @@ def perf(path):
 
 # --- report ------------------------------------------------------------------
 
-TARGETS = ["dst", "dst-metrics", "nbdkit-relay", "nbdkit-tls", "nbdkit-tcp"]
+TARGETS = ["dst", "dst-metrics", "dst-upstream", "nbdkit-relay", "nbdkit-tls", "nbdkit-tcp"]
+OPTIONAL = {"dst-metrics", "dst-upstream"}  # run only when asked for (bench --only)
 METRICS = [
     ("seq_read_MBps", "seq read MB/s", "{:.1f}"),
     ("seq_write_MBps", "seq write MB/s", "{:.1f}"),
@@ -138,6 +139,7 @@ METRICS = [
     ("randwrite_qd32_iops", "randwrite QD32 IOPS", "{:.0f}"),
 ]
 PROCESSES = ["dst attach", "dst serve", "dst-metrics attach", "dst-metrics serve",
+             "dst-upstream attach", "dst-upstream serve", "dst-upstream nbdkit",
              "nbdkit-relay relay", "nbdkit-relay server",
              "nbdkit-tls server", "nbdkit-tcp server"]
 COSTS = [
@@ -229,8 +231,7 @@ def report(args):
         a, b = med.get("dst", {}).get(k), med.get(other, {}).get(k)
         return "-" if a is None or not b else f"{a / b:.2f}"
 
-    # dst-metrics runs only when asked for (bench --only metrics).
-    targets = [t for t in TARGETS if t != "dst-metrics" or t in per]
+    targets = [t for t in TARGETS if t not in OPTIONAL or t in per]
     ratios = {f"dst/{o}": {k: round(med["dst"][k] / med[o][k], 4) for k, _, _ in METRICS
                            if med.get("dst", {}).get(k) and med.get(o, {}).get(k)}
               for o in targets[1:]}

@@ -255,6 +255,7 @@ func checkExportName(name string) error {
 
 // openExport opens an export's backend and describes it.
 func (s *Server) openExport(ec ExportConfig) (*export, error) {
+	cfg := ec // as configured, for reloads to compare (reload.go)
 	b, owned := ec.Backend, ec.Backend == nil
 	var up *Upstream
 	if owned && ec.Upstream != "" {
@@ -294,7 +295,7 @@ func (s *Server) openExport(ec ExportConfig) (*export, error) {
 	}
 	s.log.Info("export", "name", ec.Name, "path", where, "size", info.Size,
 		"block", info.LogicalBlock, "flags", info.Flags, "identity", info.Identity)
-	e := &export{cfg: ec, info: info, b: b, up: up, readOnly: ec.ReadOnly, owned: owned}
+	e := &export{cfg: cfg, info: info, b: b, up: up, readOnly: ec.ReadOnly, owned: owned}
 	e.size.Store(info.Size)
 	return e, nil
 }

@@ -341,7 +341,7 @@ func (u *Upstream) send(c *nbdclient.Client, o *op) {
 		return
 	}
 	cl := &o.call
-	*cl = nbdclient.Call{Offset: r.Offset, Length: r.Length, Done: upstreamDone, Owner: o, Data: cl.Data[:0]}
+	*cl = nbdclient.Call{Offset: r.Offset, Length: r.Length, Done: upstreamDone, Owner: o}
 	fua := r.Flags&wire.FlagFUA != 0
 	switch {
 	case o.flushStep:
@@ -537,7 +537,7 @@ func (u *Upstream) reconnect() {
 // sameExport checks that a reconnect found the export it lost, as far as
 // dst can see: not smaller, same block sizes and description. Another one
 // is refused and logged, and the export fails its requests until dst serve
-// is restarted or reloaded.
+// is restarted (which gives it its new identity).
 func (u *Upstream) sameExport(info nbdclient.Export) error {
 	was := u.info
 	switch {
@@ -545,7 +545,7 @@ func (u *Upstream) sameExport(info nbdclient.Export) error {
 		info.MinBlock != was.MinBlock, info.MaxBlock != was.MaxBlock:
 		if !u.replaced.Swap(true) {
 			u.log.Error("the upstream export was replaced by another (smaller, or other block sizes or description); "+
-				"its requests fail until dst serve is restarted or reloaded",
+				"its requests fail until dst serve is restarted",
 				"size_was", was.Size, "size", info.Size, "description_was", was.Description, "description", info.Description)
 		}
 		return errReplaced

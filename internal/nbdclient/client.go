@@ -58,6 +58,9 @@ type Client struct {
 	info Export
 
 	wmu sync.Mutex
+	hdr [nbdwire.RequestSize]byte // under wmu
+	wb  [2][]byte                 // under wmu: the buffers of one writev
+	wv  net.Buffers               // under wmu: over wb
 
 	mu      sync.Mutex
 	pending map[uint64]*Call
@@ -65,6 +68,7 @@ type Client struct {
 	err     error // first connection error; no new requests once set
 
 	readerDone chan struct{}
+	scratch    [12]byte // the reader's: a chunk's offset and hole length
 }
 
 // Call is one request. The caller fills the request's fields and Done,
@@ -85,8 +89,10 @@ type Call struct {
 	// closure.
 	Owner any
 
-	// For a structured READ: the ranges filled so far.
+	// For a structured READ: the ranges filled so far, in one's room
+	// while there is one (the usual reply is a single chunk).
 	filled []span
+	one    [1]span
 	soft   error // the first error chunk; the reply goes on until DONE
 }
 
@@ -216,7 +222,7 @@ func (c *Client) Go(cl *Call) error {
 	if (cl.Cmd == nbdwire.CmdRead || cl.Cmd == nbdwire.CmdWrite) && len(cl.Data) != int(cl.Length) {
 		return fmt.Errorf("nbdclient: %v of %d bytes with a buffer of %d", cl.Cmd, cl.Length, len(cl.Data))
 	}
-	cl.Err, cl.filled, cl.soft = nil, cl.filled[:0], nil
+	cl.Err, cl.filled, cl.soft = nil, cl.one[:0], nil
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -228,15 +234,17 @@ func (c *Client) Go(cl *Call) error {
 	c.pending[h] = cl
 	c.mu.Unlock()
 
-	var hdr [nbdwire.RequestSize]byte
-	nbdwire.Request{Flags: cl.Flags, Cmd: cl.Cmd, Cookie: h, Offset: cl.Offset, Length: cl.Length}.Append(hdr[:0])
 	c.wmu.Lock()
+	nbdwire.Request{Flags: cl.Flags, Cmd: cl.Cmd, Cookie: h, Offset: cl.Offset, Length: cl.Length}.Append(c.hdr[:0])
 	var err error
 	if cl.Cmd == nbdwire.CmdWrite && len(cl.Data) > 0 {
-		bufs := net.Buffers{hdr[:], cl.Data}
-		_, err = bufs.WriteTo(c.conn)
+		// One writev. WriteTo consumes the slice it is given, so it gets
+		// a fresh one over wb each time.
+		c.wb = [2][]byte{c.hdr[:], cl.Data}
+		c.wv = c.wb[:]
+		_, err = c.wv.WriteTo(c.conn)
 	} else {
-		_, err = c.conn.Write(hdr[:])
+		_, err = c.conn.Write(c.hdr[:])
 	}
 	c.wmu.Unlock()
 	if err != nil {
@@ -421,11 +429,11 @@ func (c *Client) chunkPayload(br *bufio.Reader, cl *Call, ch nbdwire.Chunk) erro
 		if ch.Length < 8 || ch.Length-8 > cl.Length {
 			return fmt.Errorf("data chunk of %d bytes for a read of %d", ch.Length, cl.Length)
 		}
-		var b [8]byte
-		if _, err := io.ReadFull(br, b[:]); err != nil {
+		b := c.scratch[:8]
+		if _, err := io.ReadFull(br, b); err != nil {
 			return fmt.Errorf("%w: %w", ErrConnection, err)
 		}
-		lo, err := cl.fill(binary.BigEndian.Uint64(b[:]), uint64(ch.Length-8))
+		lo, err := cl.fill(binary.BigEndian.Uint64(b), uint64(ch.Length-8))
 		if err != nil {
 			return err
 		}
@@ -437,8 +445,8 @@ func (c *Client) chunkPayload(br *bufio.Reader, cl *Call, ch nbdwire.Chunk) erro
 		if ch.Length != 12 {
 			return fmt.Errorf("hole chunk of %d bytes", ch.Length)
 		}
-		var b [12]byte
-		if _, err := io.ReadFull(br, b[:]); err != nil {
+		b := c.scratch[:12]
+		if _, err := io.ReadFull(br, b); err != nil {
 			return fmt.Errorf("%w: %w", ErrConnection, err)
 		}
 		n := uint64(binary.BigEndian.Uint32(b[8:]))
