@@ -531,14 +531,18 @@ func TestStalledClientDoesNotBlockOthers(t *testing.T) {
 		n = m
 	}
 	// The best of three medians, so one noisy moment on a shared machine
-	// (CI runs packages in parallel) does not decide.
+	// (CI runs packages in parallel) does not decide. A blocked server
+	// would not answer at all (the reads fail after 10 s), or take the
+	// stalled client's replies' time; noise under -race on 2 CPUs has
+	// reached 2.3 times the idle median, so the bound is 5 times.
+	const bound = 5
 	busy := latency()
-	for i := 0; i < 2 && busy > 2*idle; i++ {
+	for i := 0; i < 2 && busy > bound*idle; i++ {
 		busy = min(busy, latency())
 	}
 	t.Logf("median READ 64 KiB latency of another client: idle %v, while one client is stalled after %d requests %v",
 		idle, n, busy)
-	if busy > 2*idle {
+	if busy > bound*idle {
 		t.Fatalf("another client's median latency went from %v to %v while one client was stalled", idle, busy)
 	}
 }

@@ -110,7 +110,8 @@ func TestVMRaid1(t *testing.T) {
 // detach, with real-time spinners on every CPU while the device starts.
 // CI runs 5 cycles; DST_VM_LONG=1 (scripts/test --long) runs 100.
 // DST_VM_QUEUES passes --queues, to show what more sockets do on a
-// kernel without the workqueue fix.
+// kernel without the workqueue fix; DST_VM_SPIN_CPUS and
+// DST_VM_KTHREADD_CPU choose the forcing recipe (guest/freshdev.sh).
 func TestVMFreshDevice(t *testing.T) {
 	cycles, timeout := "5", 4*time.Minute
 	if os.Getenv("DST_VM_LONG") == "1" {
@@ -120,7 +121,8 @@ func TestVMFreshDevice(t *testing.T) {
 		script:  "freshdev.sh",
 		timeout: timeout,
 		servers: []serverSpec{{name: "a", exports: []exportSpec{disk("disk")}}},
-		env:     map[string]string{"CYCLES": cycles, "QUEUES": os.Getenv("DST_VM_QUEUES")},
+		env: map[string]string{"CYCLES": cycles, "QUEUES": os.Getenv("DST_VM_QUEUES"),
+			"SPIN_CPUS": os.Getenv("DST_VM_SPIN_CPUS"), "KTHREADD_CPU": os.Getenv("DST_VM_KTHREADD_CPU")},
 	})
 }
 

@@ -5,6 +5,11 @@
 # the workqueue's rescuer takes over). Every cycle: as many threads in
 # recv_work as the device has sockets, and an O_DIRECT read pinned to each
 # CPU returns within 2 s. $QUEUES, if set, is passed as --queues.
+# $SPIN_CPUS (default: every CPU) says where the spinners run, and
+# $KTHREADD_CPU, if set, pins kthreadd (which creates every kernel worker)
+# to that CPU while they do: with a spinner there and real-time throttling,
+# a new worker takes up to a second, far past the workqueue's mayday
+# timeout, while the other CPUs stay free for the rescuer.
 # shellcheck shell=sh source=SCRIPTDIR/vmlib.sh
 . /opt/vmlib.sh
 : "${CYCLES:=5}"
@@ -15,7 +20,7 @@ ncpu=$(nproc)
 # what real-time throttling leaves (5%).
 spin() {
 	spinners=""
-	for c in $(seq 0 $((ncpu - 1))); do
+	for c in ${SPIN_CPUS:-$(seq 0 $((ncpu - 1)))}; do
 		timeout "$1" taskset -c "$c" chrt -f 10 sh -c 'while :; do :; done' &
 		spinners="$spinners $!"
 	done
@@ -27,9 +32,12 @@ wait_spinners() {
 
 stalls=0
 for cycle in $(seq "$CYCLES"); do
+	kthreadd=$(pgrep -x kthreadd)
+	[ -z "${KTHREADD_CPU:-}" ] || taskset -p -c "$KTHREADD_CPU" "$kthreadd" >/dev/null
 	spin "${SPIN:-6}"
 	attach a disk /dev/nbd0 --io-timeout 5s ${QUEUES:+--queues "$QUEUES"}
 	wait_spinners
+	[ -z "${KTHREADD_CPU:-}" ] || taskset -p -c "0-$((ncpu - 1))" "$kthreadd" >/dev/null
 	sockets=$(find /sys/block/nbd0/mq -mindepth 1 -maxdepth 1 | wc -l)
 	# The partition scan has run on attach; now a burst from every CPU.
 	bad=0 pids=""
