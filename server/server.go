@@ -107,6 +107,9 @@ type export struct {
 func (e *export) describe() wire.ExportInfo {
 	i := e.info
 	i.Size = e.size.Load()
+	if e.up != nil {
+		i.Identity = e.up.Identity() // another if the upstream was replaced
+	}
 	return i
 }
 

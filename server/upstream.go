@@ -144,9 +144,10 @@ type Upstream struct {
 	loopWG  sync.WaitGroup
 
 	next atomic.Uint32 // picks a connection
-	// identity is fixed at the first connection; replaced is set when a
-	// reconnect found another export (smaller, or described differently).
-	identity wire.Identity
+	// identity is set at the first connection, and changed when a
+	// reconnect finds another export (smaller, or with other block sizes
+	// or description), which also sets replaced.
+	identity atomic.Pointer[wire.Identity]
 	replaced atomic.Bool
 }
 
@@ -170,7 +171,8 @@ func OpenUpstream(uri, name, idFile string, log *slog.Logger) (*Upstream, error)
 		conns, info, err := u.dial()
 		if err == nil {
 			u.conns, u.info = conns, info
-			u.identity = u.identityOf(info)
+			id := u.identityOf(info)
+			u.identity.Store(&id)
 			u.log.Info("upstream connected", "size", info.Size, "flags", info.Flags, "connections", len(conns),
 				"structured_replies", info.Structured, "block_min", info.MinBlock, "block_preferred", info.PreferredBlock,
 				"block_max", info.MaxBlock)
@@ -257,7 +259,7 @@ func (u *Upstream) dial() ([]*nbdclient.Client, nbdclient.Export, error) {
 }
 
 // Identity implements Identifier.
-func (u *Upstream) Identity() wire.Identity { return u.identity }
+func (u *Upstream) Identity() wire.Identity { return *u.identity.Load() }
 
 // has reports whether the upstream announced f.
 func (u *Upstream) has(f nbdwire.TransFlags) bool { return u.info.Flags&f != 0 }
@@ -410,6 +412,9 @@ func (u *Upstream) finish(o *op, c *nbdclient.Client, err error) {
 		// The upstream answered with an error: the client's error.
 	case errors.Is(err, errExpired):
 	case errors.Is(err, errShutdownUp), errors.Is(err, errReplaced):
+		// Answered: ESTALE, or EIO for another disk (sessions from before
+		// the loss end anyway, and learn the new identity when their
+		// clients reconnect).
 	default:
 		// The connection broke (or the upstream is shutting down): nobody
 		// knows what became of the request, or of the upstream's cache.
@@ -544,9 +549,19 @@ func (u *Upstream) sameExport(info nbdclient.Export) error {
 	case info.Size < was.Size, info.Description != was.Description,
 		info.MinBlock != was.MinBlock, info.MaxBlock != was.MaxBlock:
 		if !u.replaced.Swap(true) {
-			u.log.Error("the upstream export was replaced by another (smaller, or other block sizes or description); "+
-				"its requests fail until dst serve is restarted",
-				"size_was", was.Size, "size", info.Size, "description_was", was.Description, "description", info.Description)
+			// Another disk gets another identity: clients that reconnect
+			// see it and stop, as for a replaced file.
+			h := sha256.New()
+			old := u.Identity()
+			h.Write(old[:])
+			fmt.Fprintf(h, "\x00replaced\x00%d\x00%d\x00%d\x00%s", info.Size, info.MinBlock, info.MaxBlock, info.Description)
+			var id wire.Identity
+			copy(id[:], h.Sum(nil))
+			u.identity.Store(&id)
+			u.log.Error("the upstream export was replaced by another (smaller, or other block sizes or description): "+
+				"it gets a new identity, so clients stop using it; its requests fail until dst serve is restarted",
+				"size_was", was.Size, "size", info.Size, "description_was", was.Description, "description", info.Description,
+				"identity", id)
 		}
 		return errReplaced
 	}

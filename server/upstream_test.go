@@ -306,3 +306,43 @@ func TestParseUpstream(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamReplaced checks that an upstream export found smaller after
+// a reconnect is taken for another disk: a new identity, which a client
+// that reconnects sees, and requests refused.
+func TestUpstreamReplaced(t *testing.T) {
+	exp, _ := memExport(2 << 20)
+	up := newUpstreamNBD(t, exp)
+	e := newUpstreamEnv(t, up)
+	c := e.open(e.cli, "up")
+	was := c.info.Identity
+	up.halt()
+	c.send(wire.Request{Cmd: wire.CmdFlush}, nil)
+	c.ended(5 * time.Second)
+	smaller, _ := memExport(1 << 20)
+	*exp = *smaller
+	up.start()
+	var now wire.Identity
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if now = identityOf(e.srv.Info(), "up"); now != was {
+			break
+		}
+	}
+	if now == was {
+		t.Fatal("the export kept its identity after the upstream was replaced by a smaller one")
+	}
+	c2 := e.open(e.connect(), "up")
+	if c2.info.Identity != now {
+		t.Fatalf("a new session was told identity %v, the export has %v", c2.info.Identity, now)
+	}
+	must(t, c2.do(wire.Request{Cmd: wire.CmdFlush}, nil).rep.Status, wire.StatusEIO, "FLUSH on a replaced upstream")
+}
+
+func identityOf(info wire.ServerInfo, name string) wire.Identity {
+	for _, x := range info.Exports {
+		if x.Name == name {
+			return x.Identity
+		}
+	}
+	return wire.Identity{}
+}
