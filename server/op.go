@@ -27,6 +27,7 @@ type op struct {
 	upConn    *nbdclient.Client
 	needFlush bool
 	flushStep bool
+	wait      bool // the queue's reader waits for the reply (nbdclient.GoWait)
 }
 
 var opPool = sync.Pool{New: func() any { return new(op) }}
@@ -108,8 +109,9 @@ func (o *op) run() {
 }
 
 // startUpstream checks o as run does, then sends it upstream; the
-// upstream's reply completes it (Upstream.finish).
-func (o *op) startUpstream() {
+// upstream's reply completes it (Upstream.finish). With wait, as for the
+// inline path, the caller reads the reply itself if no one else is.
+func (o *op) startUpstream(wait bool) {
 	r := &o.req
 	if o.status = o.q.se.begin(r); o.status != wire.StatusOK {
 		if o.status == wire.StatusETIMEDOUT {
@@ -126,6 +128,7 @@ func (o *op) startUpstream() {
 		o.q.w.Send(o, qconn.NoBlock)
 		return
 	}
+	o.wait = wait
 	o.q.exp.up.start(o)
 }
 

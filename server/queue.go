@@ -242,11 +242,12 @@ func (q *queueConn) dispatch(req wire.Request) error {
 		q.w.Send(o, qconn.NoBlock)
 		return nil
 	}
+	inline := q.budget.InFlight() == 1 && q.conn.Buffered() == 0
 	if q.exp.up != nil {
-		o.startUpstream()
+		o.startUpstream(inline)
 		return nil
 	}
-	if q.budget.InFlight() == 1 && q.conn.Buffered() == 0 {
+	if inline {
 		o.run()
 		q.w.Send(o, qconn.NoBlock)
 		return nil

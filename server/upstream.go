@@ -59,7 +59,7 @@ const (
 	// upstreamConns is how many connections are opened to an upstream
 	// that announces CAN_MULTI_CONN; one otherwise, since a FLUSH then
 	// covers only its own connection's writes.
-	upstreamConns = 4
+	upstreamConns = 2
 	// upstreamDialTimeout bounds one attempt to connect and open the
 	// export.
 	upstreamDialTimeout = 2 * time.Second
@@ -382,7 +382,11 @@ func (u *Upstream) send(c *nbdclient.Client, o *op) {
 		}
 	}
 	o.upConn = c
-	if err := c.Go(cl); err != nil {
+	goCall := c.Go
+	if o.wait && !o.flushStep {
+		goCall = c.GoWait
+	}
+	if err := goCall(cl); err != nil {
 		u.finish(o, c, err)
 	}
 }
@@ -533,6 +537,7 @@ func (u *Upstream) reconnect() {
 		u.mu.Unlock()
 		u.log.Info("upstream reconnected", "attempts", attempt, "waiting", len(waiting), "connections", len(conns))
 		for _, o := range waiting {
+			o.wait = false // this goroutine must not read replies for them
 			u.start(o)
 		}
 		return

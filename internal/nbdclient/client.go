@@ -67,8 +67,16 @@ type Client struct {
 	handle  uint64
 	err     error // first connection error; no new requests once set
 
+	// The reader role: whoever holds role reads replies and completes
+	// calls, the background reader or a caller of GoWait. The fields
+	// after it are the role's.
+	role    sync.Mutex
+	br      *bufio.Reader
+	h       [nbdwire.ChunkSize]byte
+	scratch [12]byte // a chunk's offset and hole length
+
+	wake       chan struct{} // one token: calls are pending that nobody reads for
 	readerDone chan struct{}
-	scratch    [12]byte // the reader's: a chunk's offset and hole length
 }
 
 // Call is one request. The caller fills the request's fields and Done,
@@ -124,6 +132,8 @@ func Dial(ctx context.Context, network, addr, export string) (*Client, error) {
 		conn:       conn,
 		info:       info,
 		pending:    make(map[uint64]*Call),
+		br:         bufio.NewReaderSize(conn, 64<<10),
+		wake:       make(chan struct{}, 1),
 		readerDone: make(chan struct{}),
 	}
 	go c.readLoop()
@@ -183,6 +193,7 @@ func (c *Client) Close() error {
 		c.wmu.Unlock()
 	}
 	err := c.conn.Close()
+	c.poke()
 	<-c.readerDone
 	if !alive || errors.Is(err, net.ErrClosed) {
 		return nil
@@ -219,21 +230,43 @@ func (c *Client) do(cmd nbdwire.Command, flags nbdwire.CmdFlags, off, n int64, d
 // cl is malformed), cl.Done is called exactly once, on the reader
 // goroutine.
 func (c *Client) Go(cl *Call) error {
+	if err := c.send(cl); err != nil {
+		return err
+	}
+	c.poke()
+	return nil
+}
+
+// send registers and writes cl.
+func (c *Client) send(cl *Call) error {
+	h, err := c.register(cl)
+	if err != nil {
+		return err
+	}
+	c.write(cl, h)
+	return nil
+}
+
+// register checks cl and makes it pending under a new handle.
+func (c *Client) register(cl *Call) (uint64, error) {
 	if (cl.Cmd == nbdwire.CmdRead || cl.Cmd == nbdwire.CmdWrite) && len(cl.Data) != int(cl.Length) {
-		return fmt.Errorf("nbdclient: %v of %d bytes with a buffer of %d", cl.Cmd, cl.Length, len(cl.Data))
+		return 0, fmt.Errorf("nbdclient: %v of %d bytes with a buffer of %d", cl.Cmd, cl.Length, len(cl.Data))
 	}
 	cl.Err, cl.filled, cl.soft = nil, cl.one[:0], nil
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.err != nil {
-		err := c.err
-		c.mu.Unlock()
-		return err
+		return 0, c.err
 	}
 	c.handle++
-	h := c.handle
-	c.pending[h] = cl
-	c.mu.Unlock()
+	c.pending[c.handle] = cl
+	return c.handle, nil
+}
 
+// write sends cl's request under handle h. A failed write breaks the
+// connection: the request may be half sent, so nothing after it could be
+// parsed; whoever reads replies next fails the pending calls.
+func (c *Client) write(cl *Call, h uint64) {
 	c.wmu.Lock()
 	nbdwire.Request{Flags: cl.Flags, Cmd: cl.Cmd, Cookie: h, Offset: cl.Offset, Length: cl.Length}.Append(c.hdr[:0])
 	var err error
@@ -248,11 +281,66 @@ func (c *Client) Go(cl *Call) error {
 	}
 	c.wmu.Unlock()
 	if err != nil {
-		// The request may be half sent, so nothing after it could be
-		// parsed: the connection is done, and the reader fails cl.
 		c.fail(fmt.Errorf("%w: %w", ErrConnection, err))
 	}
+}
+
+// GoWait is Go, and then, unless another goroutine is reading replies,
+// reads them itself until cl's has come: cl.Done runs on the caller's
+// goroutine, and a request at queue depth one costs no hand-off to the
+// background reader and back. Replies of other calls read meanwhile are
+// completed too.
+func (c *Client) GoWait(cl *Call) error {
+	h, err := c.register(cl)
+	if err != nil {
+		return err
+	}
+	c.write(cl, h)
+	if !c.role.TryLock() {
+		c.poke()
+		return nil
+	}
+	// Whoever held the role before may have read cl's reply already; cl
+	// is then not to be touched (its Done may have reused it), and its
+	// handle is no longer pending. While the role is held, a pending
+	// handle's reply is still to come.
+	for c.isPending(h) {
+		x, err := c.readOne()
+		if err != nil {
+			c.role.Unlock()
+			c.failAll(x, err)
+			return nil
+		}
+		if x != nil {
+			x.Done(x)
+		}
+	}
+	c.role.Unlock()
+	if c.pendingCount() > 0 {
+		c.poke()
+	}
 	return nil
+}
+
+// poke tells the background reader that calls may be pending.
+func (c *Client) poke() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Client) isPending(h uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.pending[h]
+	return ok
+}
+
+func (c *Client) pendingCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending)
 }
 
 // fail records err as the connection's error and closes the socket; the
@@ -266,50 +354,74 @@ func (c *Client) fail(err error) {
 	c.conn.Close()
 }
 
-// readLoop reads replies until the connection ends, then fails whatever
-// is still pending with the connection's first error.
+// readLoop is the background reader: it reads replies while calls are
+// pending and nobody else holds the reader role, and sleeps otherwise.
+// When the connection ends it fails whatever is pending.
 func (c *Client) readLoop() {
 	defer close(c.readerDone)
-	br := bufio.NewReaderSize(c.conn, 64<<10)
-	err := c.readReplies(br)
+	for range c.wake {
+		c.role.Lock()
+		for c.pendingCount() > 0 {
+			x, err := c.readOne()
+			if err != nil {
+				c.role.Unlock()
+				c.failAll(x, err)
+				return
+			}
+			if x != nil {
+				x.Done(x)
+			}
+		}
+		c.role.Unlock()
+		if c.Err() != nil {
+			c.failAll(nil, c.Err())
+			return
+		}
+	}
+}
+
+// failAll ends the connection with err and fails every pending call, x
+// (already taken out, its Err set) first.
+func (c *Client) failAll(x *Call, err error) {
 	c.fail(err)
+	if x != nil {
+		x.Done(x)
+	}
 	c.mu.Lock()
 	pending := c.pending
-	c.pending = nil
+	c.pending = map[uint64]*Call{}
 	err = c.err
 	c.mu.Unlock()
 	for _, cl := range pending {
 		cl.Err = err
 		cl.Done(cl)
 	}
+	// A GoWait caller that failed wakes the background reader, which
+	// then sees the error and exits.
+	c.poke()
 }
 
-// readReplies reads replies, simple or structured, and completes their
-// calls. A call failed with the connection is completed after the
-// connection's error is set. Any reply that breaks the protocol (an unknown handle, a chunk
-// too long for its request or outside its range, data the request did not
-// ask for) ends the connection: nothing after it can be trusted.
-func (c *Client) readReplies(br *bufio.Reader) error {
-	var h [nbdwire.ChunkSize]byte
-	for {
-		if _, err := io.ReadFull(br, h[:4]); err != nil {
-			return fmt.Errorf("%w: %w", ErrConnection, err)
+// readOne reads one reply or chunk under the reader role and returns the
+// call it completed, if it did (a chunk without DONE completes nothing).
+// On an error, the returned call (if any) has been taken out and carries
+// the error. Any reply that breaks the protocol (an unknown handle, a
+// chunk too long for its request or outside its range, data the request
+// did not ask for) ends the connection: nothing after it can be trusted.
+func (c *Client) readOne() (*Call, error) {
+	br, h := c.br, c.h[:]
+	if _, err := io.ReadFull(br, h[:4]); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConnection, err)
+	}
+	switch m := binary.BigEndian.Uint32(h[:4]); m {
+	case nbdwire.MagicSimpleReply:
+		return c.readSimple(br, h[:nbdwire.SimpleReplySize])
+	case nbdwire.MagicStructuredReply:
+		if !c.info.Structured {
+			return nil, fmt.Errorf("%w: structured reply, which was not negotiated", ErrProtocol)
 		}
-		switch m := binary.BigEndian.Uint32(h[:4]); m {
-		case nbdwire.MagicSimpleReply:
-			if err := c.readSimple(br, h[:nbdwire.SimpleReplySize]); err != nil {
-				return err
-			}
-		case nbdwire.MagicStructuredReply:
-			if !c.info.Structured {
-				return fmt.Errorf("%w: structured reply, which was not negotiated", ErrProtocol)
-			}
-			if err := c.readChunk(br, h[:]); err != nil {
-				return err
-			}
-		default:
-			return fmt.Errorf("%w: reply magic %#x", ErrProtocol, m)
-		}
+		return c.readChunk(br, h)
+	default:
+		return nil, fmt.Errorf("%w: reply magic %#x", ErrProtocol, m)
 	}
 }
 
@@ -324,17 +436,17 @@ func (c *Client) take(handle uint64, remove bool) *Call {
 	return cl
 }
 
-func (c *Client) readSimple(br *bufio.Reader, h []byte) error {
+func (c *Client) readSimple(br *bufio.Reader, h []byte) (*Call, error) {
 	if _, err := io.ReadFull(br, h[4:]); err != nil {
-		return fmt.Errorf("%w: %w", ErrConnection, err)
+		return nil, fmt.Errorf("%w: %w", ErrConnection, err)
 	}
 	rep, err := nbdwire.DecodeSimpleReply(h)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrProtocol, err)
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
 	cl := c.take(rep.Cookie, true)
 	if cl == nil {
-		return fmt.Errorf("%w: reply for unknown handle %d", ErrProtocol, rep.Cookie)
+		return nil, fmt.Errorf("%w: reply for unknown handle %d", ErrProtocol, rep.Cookie)
 	}
 	switch {
 	case rep.Errno != 0:
@@ -342,33 +454,29 @@ func (c *Client) readSimple(br *bufio.Reader, h []byte) error {
 		cl.Err = &ReplyError{Errno: syscall.Errno(rep.Errno)}
 	case cl.Cmd == nbdwire.CmdRead:
 		if _, err := io.ReadFull(br, cl.Data); err != nil {
-			err = fmt.Errorf("%w: reading data: %w", ErrConnection, err)
-			c.fail(err)
-			cl.Err = err
-			cl.Done(cl)
-			return err
+			cl.Err = fmt.Errorf("%w: reading data: %w", ErrConnection, err)
+			return cl, cl.Err
 		}
 	}
-	cl.Done(cl)
-	return nil
+	return cl, nil
 }
 
 // maxErrorChunk bounds an error chunk's payload: errno, length, the
 // longest message the protocol allows, an offset.
 const maxErrorChunk = nbdwire.ChunkErrorMinSize + nbdwire.MaxString + 8
 
-func (c *Client) readChunk(br *bufio.Reader, h []byte) error {
+func (c *Client) readChunk(br *bufio.Reader, h []byte) (*Call, error) {
 	if _, err := io.ReadFull(br, h[4:]); err != nil {
-		return fmt.Errorf("%w: %w", ErrConnection, err)
+		return nil, fmt.Errorf("%w: %w", ErrConnection, err)
 	}
 	ch, err := nbdwire.DecodeChunk(h)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrProtocol, err)
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
 	done := ch.Flags&nbdwire.ChunkDone != 0
 	cl := c.take(ch.Cookie, done)
 	if cl == nil {
-		return fmt.Errorf("%w: %v chunk for unknown handle %d", ErrProtocol, ch.Type, ch.Cookie)
+		return nil, fmt.Errorf("%w: %v chunk for unknown handle %d", ErrProtocol, ch.Type, ch.Cookie)
 	}
 	if err := c.chunkPayload(br, cl, ch); err != nil {
 		if !errors.Is(err, ErrConnection) {
@@ -377,26 +485,20 @@ func (c *Client) readChunk(br *bufio.Reader, h []byte) error {
 		if !done {
 			c.take(ch.Cookie, true)
 		}
-		c.fail(err)
 		cl.Err = err
-		cl.Done(cl)
-		return err
+		return cl, err
 	}
 	if !done {
-		return nil
+		return nil, nil
 	}
 	switch {
 	case cl.soft != nil:
 		cl.Err = cl.soft
 	case cl.Cmd == nbdwire.CmdRead && !covers(cl.filled, uint64(cl.Length)):
-		err := fmt.Errorf("%w: READ at %d+%d: the reply's chunks do not cover it", ErrProtocol, cl.Offset, cl.Length)
-		c.fail(err)
-		cl.Err = err
-		cl.Done(cl)
-		return err
+		cl.Err = fmt.Errorf("%w: READ at %d+%d: the reply's chunks do not cover it", ErrProtocol, cl.Offset, cl.Length)
+		return cl, cl.Err
 	}
-	cl.Done(cl)
-	return nil
+	return cl, nil
 }
 
 // chunkPayload reads and applies one chunk's payload; an error means the

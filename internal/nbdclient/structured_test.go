@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -187,4 +189,54 @@ func TestBadReplies(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGoWaitMixed runs GoWait and Go callers at once on one connection:
+// the reader role passes between them and the background reader, and
+// every call completes exactly once with its own data.
+func TestGoWaitMixed(t *testing.T) {
+	sock, _, _ := serve(t, 1<<20)
+	c := dial(t, sock, "mem")
+	for i := range 256 {
+		if err := c.WriteAt(bytes.Repeat([]byte{byte(i)}, 4096), int64(i)*4096, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range 300 {
+				i := (g*300 + k) % 256
+				done := make(chan struct{})
+				var calls atomic.Int32
+				cl := &nbdclient.Call{Cmd: nbdwire.CmdRead, Offset: uint64(i) * 4096, Length: 4096, Data: make([]byte, 4096),
+					Done: func(*nbdclient.Call) {
+						if calls.Add(1) == 1 {
+							close(done)
+						}
+					}}
+				goCall := c.Go
+				if (g+k)%2 == 0 {
+					goCall = c.GoWait
+				}
+				if err := goCall(cl); err != nil {
+					t.Error(err)
+					return
+				}
+				select {
+				case <-done:
+				case <-time.After(5 * time.Second):
+					t.Errorf("call %d of goroutine %d never completed", k, g)
+					return
+				}
+				if calls.Load() != 1 || cl.Err != nil || !bytes.Equal(cl.Data, bytes.Repeat([]byte{byte(i)}, 4096)) {
+					t.Errorf("block %d: %d completions, err %v", i, calls.Load(), cl.Err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
