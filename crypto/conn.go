@@ -369,6 +369,12 @@ func (c *Conn) Buffered() int {
 	return len(c.pending) + c.r.Buffered()
 }
 
+// Decrypted reports how many bytes of plaintext are waiting to be read:
+// reading at most that many never waits, which Buffered cannot promise (a
+// record may have arrived only in part). It must be called from the
+// goroutine that reads.
+func (c *Conn) Decrypted() int { return len(c.pending) }
+
 // writeSealed writes sealed records to the socket.
 func (c *Conn) writeSealed(b []byte) error {
 	if _, err := c.conn.Write(b); err != nil {

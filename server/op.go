@@ -28,6 +28,7 @@ type op struct {
 	needFlush bool
 	flushStep bool
 	wait      bool // the queue's reader waits for the reply (nbdclient.GoWait)
+	batch     bool // the queue's reader queues the request, and pushes later
 }
 
 var opPool = sync.Pool{New: func() any { return new(op) }}
@@ -110,8 +111,9 @@ func (o *op) run() {
 
 // startUpstream checks o as run does, then sends it upstream; the
 // upstream's reply completes it (Upstream.finish). With wait, as for the
-// inline path, the caller reads the reply itself if no one else is.
-func (o *op) startUpstream(wait bool) {
+// inline path, the caller reads the reply itself if no one else is; with
+// batch, it queues the request and pushes it with those that follow.
+func (o *op) startUpstream(wait, batch bool) {
 	r := &o.req
 	if o.status = o.q.se.begin(r); o.status != wire.StatusOK {
 		if o.status == wire.StatusETIMEDOUT {
@@ -128,7 +130,7 @@ func (o *op) startUpstream(wait bool) {
 		o.q.w.Send(o, qconn.NoBlock)
 		return
 	}
-	o.wait = wait
+	o.wait, o.batch = wait, batch
 	o.q.exp.up.start(o)
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/internal/inflight"
+	"github.com/dstproject/dst/internal/nbdclient"
 	"github.com/dstproject/dst/internal/qconn"
 	"github.com/dstproject/dst/wire"
 )
@@ -50,6 +51,10 @@ type queueConn struct {
 	// a queue that may write holds the writer lease.
 	readOnly bool
 	upGen    uint64 // the upstream's generation when the queue opened
+	// unpushed lists the upstream connections holding requests this
+	// reader queued (nbdclient.Queue) and has not pushed yet. The
+	// reader's own.
+	unpushed []*nbdclient.Client
 	log      *slog.Logger
 	w        *qconn.Writer[*op]
 	budget   *inflight.Limiter // requests and bytes in flight on this connection
@@ -200,7 +205,11 @@ func (q *queueConn) writeFailed(err error) {
 // readLoop reads requests until the connection ends (nil at a clean EOF
 // between requests) or a request is malformed.
 func (q *queueConn) readLoop() error {
+	defer q.push()
 	for {
+		if len(q.unpushed) > 0 && q.conn.Decrypted() < wire.RequestSize {
+			q.push() // the read may wait
+		}
 		if _, err := io.ReadFull(q.conn, q.hdr[:]); err != nil {
 			if err == io.EOF {
 				return nil
@@ -228,10 +237,23 @@ func (q *queueConn) dispatch(req wire.Request) error {
 	if req.Cmd == wire.CmdRead || req.Cmd == wire.CmdWrite {
 		cost = int64(req.Length)
 	}
-	q.budget.Acquire(cost)
-	q.se.keyBytes.Acquire(cost)
+	if len(q.unpushed) > 0 && !q.budget.TryAcquire(cost) {
+		q.push() // the wait may be for their replies
+		q.budget.Acquire(cost)
+	} else if len(q.unpushed) == 0 {
+		q.budget.Acquire(cost)
+	}
+	if len(q.unpushed) > 0 && !q.se.keyBytes.TryAcquire(cost) {
+		q.push()
+		q.se.keyBytes.Acquire(cost)
+	} else if len(q.unpushed) == 0 {
+		q.se.keyBytes.Acquire(cost)
+	}
 	o := getOp(q, req, cost)
 	if n := req.PayloadLen(); n > 0 {
+		if len(q.unpushed) > 0 && q.conn.Decrypted() < n {
+			q.push()
+		}
 		o.buf = bufs.Get(n)
 		if _, err := io.ReadFull(q.conn, *o.buf); err != nil {
 			q.done(o)
@@ -244,7 +266,9 @@ func (q *queueConn) dispatch(req wire.Request) error {
 	}
 	inline := q.budget.InFlight() == 1 && q.conn.Buffered() == 0
 	if q.exp.up != nil {
-		o.startUpstream(inline)
+		// More requests already in hand: queue this one upstream and
+		// write them together (push).
+		o.startUpstream(inline, q.conn.Decrypted() >= wire.RequestSize)
 		return nil
 	}
 	if inline {
@@ -259,6 +283,25 @@ func (q *queueConn) dispatch(req wire.Request) error {
 		q.w.Send(o, qconn.NoBlock)
 	}
 	return nil
+}
+
+// push writes the requests this reader queued upstream.
+func (q *queueConn) push() {
+	for i, c := range q.unpushed {
+		c.Push()
+		q.unpushed[i] = nil
+	}
+	q.unpushed = q.unpushed[:0]
+}
+
+// queuedOn records that the reader queued a request on c.
+func (q *queueConn) queuedOn(c *nbdclient.Client) {
+	for _, x := range q.unpushed {
+		if x == c {
+			return
+		}
+	}
+	q.unpushed = append(q.unpushed, c)
 }
 
 // check applies the export's rules to a request.

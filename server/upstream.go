@@ -382,11 +382,24 @@ func (u *Upstream) send(c *nbdclient.Client, o *op) {
 		}
 	}
 	o.upConn = c
-	goCall := c.Go
-	if o.wait && !o.flushStep {
-		goCall = c.GoWait
+	var err error
+	switch {
+	case o.flushStep:
+		err = c.Go(cl)
+	case o.wait:
+		err = c.GoWait(cl)
+	case o.batch:
+		// Only the queue's reader sets batch, so only it is here. Once
+		// queued, o may be answered (another writer on c pushes it) and
+		// reused at any moment: q is taken first.
+		q := o.q
+		if err = c.Queue(cl); err == nil {
+			q.queuedOn(c)
+		}
+	default:
+		err = c.Go(cl)
 	}
-	if err := goCall(cl); err != nil {
+	if err != nil {
 		u.finish(o, c, err)
 	}
 }
@@ -537,7 +550,7 @@ func (u *Upstream) reconnect() {
 		u.mu.Unlock()
 		u.log.Info("upstream reconnected", "attempts", attempt, "waiting", len(waiting), "connections", len(conns))
 		for _, o := range waiting {
-			o.wait = false // this goroutine must not read replies for them
+			o.wait, o.batch = false, false // not the queue's reader
 			u.start(o)
 		}
 		return

@@ -61,6 +61,7 @@ type Client struct {
 	hdr [nbdwire.RequestSize]byte // under wmu
 	wb  [2][]byte                 // under wmu: the buffers of one writev
 	wv  net.Buffers               // under wmu: over wb
+	out []byte                    // under wmu: requests queued by Queue, not yet written
 
 	mu      sync.Mutex
 	pending map[uint64]*Call
@@ -270,19 +271,84 @@ func (c *Client) write(cl *Call, h uint64) {
 	c.wmu.Lock()
 	nbdwire.Request{Flags: cl.Flags, Cmd: cl.Cmd, Cookie: h, Offset: cl.Offset, Length: cl.Length}.Append(c.hdr[:0])
 	var err error
-	if cl.Cmd == nbdwire.CmdWrite && len(cl.Data) > 0 {
+	switch {
+	case len(c.out) > 0 && (cl.Cmd != nbdwire.CmdWrite || len(cl.Data) <= maxQueued):
+		// Behind queued requests: one write for them all.
+		c.out = append(c.out, c.hdr[:]...)
+		if cl.Cmd == nbdwire.CmdWrite {
+			c.out = append(c.out, cl.Data...)
+		}
+		err = c.flushLocked()
+	case len(c.out) > 0:
+		// A large WRITE behind queued requests: those first.
+		if err = c.flushLocked(); err != nil {
+			break
+		}
+		fallthrough
+	case cl.Cmd == nbdwire.CmdWrite && len(cl.Data) > 0:
 		// One writev. WriteTo consumes the slice it is given, so it gets
 		// a fresh one over wb each time.
 		c.wb = [2][]byte{c.hdr[:], cl.Data}
 		c.wv = c.wb[:]
 		_, err = c.wv.WriteTo(c.conn)
-	} else {
+	default:
 		_, err = c.conn.Write(c.hdr[:])
 	}
 	c.wmu.Unlock()
 	if err != nil {
 		c.fail(fmt.Errorf("%w: %w", ErrConnection, err))
 	}
+}
+
+// maxQueued bounds the payload Queue copies into its buffer; a larger
+// WRITE is written at once.
+const maxQueued = 64 << 10
+
+// Queue is Go without the write: cl's request joins a buffer that Push,
+// or the next request written at once, sends in one system call. A caller
+// with more requests in hand queues them and flushes after the last, so
+// a burst costs one write here and one wake-up at the server instead of
+// one each. Until then the request is not sent: the caller must Push
+// before it waits for anything.
+func (c *Client) Queue(cl *Call) error {
+	if cl.Cmd == nbdwire.CmdWrite && len(cl.Data) > maxQueued {
+		return c.Go(cl)
+	}
+	h, err := c.register(cl)
+	if err != nil {
+		return err
+	}
+	c.wmu.Lock()
+	c.out = nbdwire.Request{Flags: cl.Flags, Cmd: cl.Cmd, Cookie: h, Offset: cl.Offset, Length: cl.Length}.Append(c.out)
+	if cl.Cmd == nbdwire.CmdWrite {
+		c.out = append(c.out, cl.Data...)
+	}
+	c.wmu.Unlock()
+	c.poke()
+	return nil
+}
+
+// Push writes the requests Queue holds.
+func (c *Client) Push() {
+	c.wmu.Lock()
+	err := c.flushLocked()
+	c.wmu.Unlock()
+	if err != nil {
+		c.fail(fmt.Errorf("%w: %w", ErrConnection, err))
+	}
+}
+
+func (c *Client) flushLocked() error {
+	if len(c.out) == 0 {
+		return nil
+	}
+	_, err := c.conn.Write(c.out)
+	if cap(c.out) > 4<<20 {
+		c.out = nil // a burst of large writes: do not keep its buffer
+	} else {
+		c.out = c.out[:0]
+	}
+	return err
 }
 
 // GoWait is Go, and then, unless another goroutine is reading replies,
