@@ -226,3 +226,44 @@ func TestUpstreamZombie(t *testing.T) {
 		t.Errorf("tests: the probe never waited in dst serve for the upstream")
 	}
 }
+
+// TestUpstreamFioVerify writes 64 MiB at random with fio's nbd engine at
+// QD32 through dst in front of nbdkit's file plugin, with nbdkit killed
+// and restarted during the writes, then lets fio read everything back and
+// check it (verify=crc32c): no error may reach fio.
+func TestUpstreamFioVerify(t *testing.T) {
+	requireTool(t, "fio")
+	dir := shortTempDir(t)
+	file, sock := filepath.Join(dir, "disk.img"), filepath.Join(dir, "nbdkit.sock")
+	if err := os.WriteFile(file, make([]byte, 64<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nk := startNbdkit(t, sock, file)
+	e := newUpstreamEnv(t, "nbd+unix:///?socket="+sock)
+	e.startAttach()
+	fio := startProc(t, "fio", "fio", "--name=verify", "--ioengine=nbd", "--uri=nbd+unix:///?socket="+e.sock,
+		"--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=64m", "--verify=crc32c", "--do_verify=1",
+		"--verify_fatal=1", "--output-format=terse")
+	time.Sleep(300 * time.Millisecond)
+	if fio.exited() {
+		t.Fatalf("tests: fio ended before the fault: %v\n%s", fio.err, fio.out.String())
+	}
+	nk.cmd.Process.Kill()
+	<-nk.done
+	os.Remove(sock)
+	time.Sleep(200 * time.Millisecond)
+	startNbdkit(t, sock, file)
+	if err := fio.waitFor("fio to finish", 2*time.Minute, fio.exited); err != nil {
+		t.Fatal(err)
+	}
+	if fio.err != nil {
+		t.Fatalf("tests: fio failed: %v\n%s", fio.err, fio.out.String())
+	}
+	st := e.stopAttach()
+	e.serve.stop(t) // nbdkit waits for its clients before it exits
+	t.Logf("fio verify clean; attach: reconnects=%d resent=%d replayed=%d; serve: %d upstream losses",
+		st.Reconnects, st.Resent, st.Replayed, strings.Count(e.serveLog(), "upstream connection lost"))
+	if st.Reconnects == 0 {
+		t.Errorf("tests: the fault came after fio's writes: no reconnect")
+	}
+}

@@ -32,7 +32,7 @@ wait_spinners() {
 
 stalls=0
 for cycle in $(seq "$CYCLES"); do
-	kthreadd=$(pgrep -x kthreadd)
+	kthreadd=2 # always
 	[ -z "${KTHREADD_CPU:-}" ] || taskset -p -c "$KTHREADD_CPU" "$kthreadd" >/dev/null
 	spin "${SPIN:-6}"
 	attach a disk /dev/nbd0 --io-timeout 5s ${QUEUES:+--queues "$QUEUES"}
