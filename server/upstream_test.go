@@ -3,7 +3,6 @@ package server_test
 import (
 	"bytes"
 	"context"
-	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/client/nbd/nbdtest"
+	"github.com/dstproject/dst/internal/nbdclient/nbdfake"
 	"github.com/dstproject/dst/internal/nbdwire"
 	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/server"
@@ -221,21 +221,7 @@ func TestUpstreamExpiry(t *testing.T) {
 // request's session ends, the error is logged, the server keeps serving
 // its other export.
 func TestUpstreamBadReplies(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "bad.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go badUpstream(c)
-		}
-	}()
+	sock := nbdfake.Listen(t, func(c net.Conn, _ nbdwire.Request) { c.Write(bytes.Repeat([]byte{0xee}, 64)) })
 	e := &env{t: t, mem: map[string]*servertest.MemBackend{"mem": servertest.NewMemBackend(1 << 20)}}
 	leakCheck(t)
 	e.start(&server.Config{Logger: testsupport.Logger(t), Workers: 8, Exports: []server.ExportConfig{
@@ -249,43 +235,6 @@ func TestUpstreamBadReplies(t *testing.T) {
 	}
 	mem := e.open(e.connect(), "mem")
 	must(t, mem.write(0, make([]byte, 4096), 0), wire.StatusOK, "WRITE to the other export")
-}
-
-// badUpstream does a correct handshake for a 1 MiB export, then answers
-// the first request with garbage.
-func badUpstream(c net.Conn) {
-	defer c.Close()
-	c.Write(nbdwire.ServerHello{Flags: nbdwire.HandshakeFixedNewstyle | nbdwire.HandshakeNoZeroes}.Append(nil))
-	var b [nbdwire.OptHeaderSize]byte
-	if _, err := io.ReadFull(c, b[:4]); err != nil {
-		return
-	}
-	for {
-		if _, err := io.ReadFull(c, b[:]); err != nil {
-			return
-		}
-		h, err := nbdwire.DecodeOptHeader(b[:])
-		if err != nil {
-			return
-		}
-		io.CopyN(io.Discard, c, int64(h.Length))
-		reply := func(typ nbdwire.ReplyType, data []byte) {
-			c.Write(nbdwire.OptReplyHeader{Option: h.Option, Type: typ, Length: uint32(len(data))}.Append(nil))
-			c.Write(data)
-		}
-		if h.Option == nbdwire.OptGo {
-			reply(nbdwire.RepInfo, nbdwire.ExportInfo{Size: 1 << 20, Flags: nbdwire.TransHasFlags | nbdwire.TransSendFlush}.Append(nil))
-			reply(nbdwire.RepAck, nil)
-			break
-		}
-		reply(nbdwire.RepErrUnsup, nil)
-	}
-	var rb [nbdwire.RequestSize]byte
-	if _, err := io.ReadFull(c, rb[:]); err != nil {
-		return
-	}
-	c.Write(bytes.Repeat([]byte{0xee}, 64))
-	io.Copy(io.Discard, c)
 }
 
 func TestParseUpstream(t *testing.T) {

@@ -122,16 +122,41 @@ func TestUpstreamQemuStorageDaemon(t *testing.T) {
 	}
 }
 
-// startNbdkit serves file with nbdkit's file plugin on sock, in the
-// foreground so the test can kill it.
-func startNbdkit(t *testing.T, sock, file string) *proc {
+// nbdkitFile is nbdkit's file plugin serving a file of its own on a unix
+// socket, in the foreground so a test can kill it and start it again.
+type nbdkitFile struct {
+	t          *testing.T
+	file, sock string
+	p          *proc
+}
+
+func newNbdkitFile(t *testing.T, size int) *nbdkitFile {
 	t.Helper()
 	requireTool(t, "nbdkit")
-	p := startProc(t, "nbdkit", "nbdkit", "-f", "-U", sock, "file", file)
-	if err := p.waitFor("its socket", startTimeout, func() bool { return isSocket(sock) }); err != nil {
+	dir := shortTempDir(t)
+	n := &nbdkitFile{t: t, file: filepath.Join(dir, "disk.img"), sock: filepath.Join(dir, "nbdkit.sock")}
+	if err := os.WriteFile(n.file, make([]byte, size), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return p
+	n.start()
+	return n
+}
+
+func (n *nbdkitFile) uri() string { return "nbd+unix:///?socket=" + n.sock }
+
+func (n *nbdkitFile) start() {
+	n.t.Helper()
+	n.p = startProc(n.t, "nbdkit", "nbdkit", "-f", "-U", n.sock, "file", n.file)
+	if err := n.p.waitFor("its socket", startTimeout, func() bool { return isSocket(n.sock) }); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// kill ends nbdkit with SIGKILL, as a crash would.
+func (n *nbdkitFile) kill() {
+	n.p.cmd.Process.Kill()
+	<-n.p.done
+	os.Remove(n.sock)
 }
 
 // TestUpstreamNbdkitRestart runs a verified QD32 workload through dst in
@@ -139,23 +164,16 @@ func startNbdkit(t *testing.T, sock, file string) *proc {
 // mid-run: no error may reach the NBD client, and every acknowledged write
 // must read back.
 func TestUpstreamNbdkitRestart(t *testing.T) {
-	dir := shortTempDir(t)
-	file, sock := filepath.Join(dir, "disk.img"), filepath.Join(dir, "nbdkit.sock")
-	if err := os.WriteFile(file, make([]byte, faultSize), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	nk := startNbdkit(t, sock, file)
-	e := newUpstreamEnv(t, "nbd+unix:///?socket="+sock)
+	nk := newNbdkitFile(t, faultSize)
+	e := newUpstreamEnv(t, nk.uri())
 	c := e.startAttach()
 	w := faultWorkload(32, verify.RequireAcked)
 	done := runAsync(t, w, c, 5*time.Second)
 	for range 2 {
 		time.Sleep(1500 * time.Millisecond)
-		nk.cmd.Process.Kill()
-		<-nk.done
-		os.Remove(sock)
+		nk.kill()
 		time.Sleep(200 * time.Millisecond)
-		nk = startNbdkit(t, sock, file)
+		nk.start()
 	}
 	<-done
 	verifyClean(t, w, c, false)
@@ -178,13 +196,8 @@ func TestUpstreamNbdkitRestart(t *testing.T) {
 // never appears in the file: the request expired before it could be sent
 // upstream.
 func TestUpstreamZombie(t *testing.T) {
-	dir := shortTempDir(t)
-	file, sock := filepath.Join(dir, "disk.img"), filepath.Join(dir, "nbdkit.sock")
-	if err := os.WriteFile(file, make([]byte, faultSize), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	nk := startNbdkit(t, sock, file)
-	e := newUpstreamEnv(t, "nbd+unix:///?socket="+sock)
+	nk := newNbdkitFile(t, faultSize)
+	e := newUpstreamEnv(t, nk.uri())
 	c := e.startAttach("--io-timeout", "2s")
 	if err := c.WriteAt(make([]byte, faultBlock), 0, false); err != nil {
 		t.Fatal(err)
@@ -194,9 +207,7 @@ func TestUpstreamZombie(t *testing.T) {
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	nk.cmd.Process.Kill()
-	<-nk.done
-	os.Remove(sock)
+	nk.kill()
 	probe := zombiePattern("upstream")
 	start := time.Now()
 	err := c.WriteAt(probe, int64(faultBlocks+1)*faultBlock, false)
@@ -204,12 +215,12 @@ func TestUpstreamZombie(t *testing.T) {
 	if !isEIO(err) {
 		t.Fatalf("tests: probe write with the upstream gone: %v, want EIO", err)
 	}
-	startNbdkit(t, sock, file)
+	nk.start()
 	time.Sleep(time.Second)
 	if err := c.Flush(); err != nil {
 		t.Fatalf("tests: flush once nbdkit is back: %v", err)
 	}
-	b, err := os.ReadFile(file)
+	b, err := os.ReadFile(nk.file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,13 +244,8 @@ func TestUpstreamZombie(t *testing.T) {
 // check it (verify=crc32c): no error may reach fio.
 func TestUpstreamFioVerify(t *testing.T) {
 	requireTool(t, "fio")
-	dir := shortTempDir(t)
-	file, sock := filepath.Join(dir, "disk.img"), filepath.Join(dir, "nbdkit.sock")
-	if err := os.WriteFile(file, make([]byte, 64<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	nk := startNbdkit(t, sock, file)
-	e := newUpstreamEnv(t, "nbd+unix:///?socket="+sock)
+	nk := newNbdkitFile(t, 64<<20)
+	e := newUpstreamEnv(t, nk.uri())
 	e.startAttach()
 	fio := startProc(t, "fio", "fio", "--name=verify", "--ioengine=nbd", "--uri=nbd+unix:///?socket="+e.sock,
 		"--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=64m", "--verify=crc32c", "--do_verify=1",
@@ -248,11 +254,9 @@ func TestUpstreamFioVerify(t *testing.T) {
 	if fio.exited() {
 		t.Fatalf("tests: fio ended before the fault: %v\n%s", fio.err, fio.out.String())
 	}
-	nk.cmd.Process.Kill()
-	<-nk.done
-	os.Remove(sock)
+	nk.kill()
 	time.Sleep(200 * time.Millisecond)
-	startNbdkit(t, sock, file)
+	nk.start()
 	if err := fio.waitFor("fio to finish", 2*time.Minute, fio.exited); err != nil {
 		t.Fatal(err)
 	}

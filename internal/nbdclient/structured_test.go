@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"io"
 	"net"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -14,72 +12,12 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/internal/nbdclient"
+	"github.com/dstproject/dst/internal/nbdclient/nbdfake"
 	"github.com/dstproject/dst/internal/nbdwire"
 )
 
-// fakeServer accepts one connection, agrees to structured replies and
-// NBD_OPT_GO for a 1 MiB export, then hands every request header to
-// answer, which writes whatever it likes.
-func fakeServer(t *testing.T, answer func(c net.Conn, r nbdwire.Request)) string {
-	t.Helper()
-	sock := filepath.Join(t.TempDir(), "fake.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		c.Write(nbdwire.ServerHello{Flags: nbdwire.HandshakeFixedNewstyle | nbdwire.HandshakeNoZeroes}.Append(nil))
-		var b [nbdwire.OptHeaderSize]byte
-		if _, err := io.ReadFull(c, b[:4]); err != nil {
-			return
-		}
-		for {
-			if _, err := io.ReadFull(c, b[:]); err != nil {
-				return
-			}
-			h, err := nbdwire.DecodeOptHeader(b[:])
-			if err != nil {
-				return
-			}
-			if _, err := io.CopyN(io.Discard, c, int64(h.Length)); err != nil {
-				return
-			}
-			reply := func(typ nbdwire.ReplyType, data []byte) {
-				c.Write(nbdwire.OptReplyHeader{Option: h.Option, Type: typ, Length: uint32(len(data))}.Append(nil))
-				c.Write(data)
-			}
-			if h.Option == nbdwire.OptStructuredReply {
-				reply(nbdwire.RepAck, nil)
-				continue
-			}
-			reply(nbdwire.RepInfo, nbdwire.ExportInfo{Size: 1 << 20, Flags: nbdwire.TransHasFlags | nbdwire.TransSendFlush}.Append(nil))
-			reply(nbdwire.RepInfo, nbdwire.BlockSizeInfo{Min: 512, Preferred: 4096, Max: 1 << 20}.Append(nil))
-			reply(nbdwire.RepAck, nil)
-			break
-		}
-		var rb [nbdwire.RequestSize]byte
-		for {
-			if _, err := io.ReadFull(c, rb[:]); err != nil {
-				return
-			}
-			r, err := nbdwire.DecodeRequest(rb[:])
-			if err != nil {
-				return
-			}
-			if r.Cmd == nbdwire.CmdWrite {
-				io.CopyN(io.Discard, c, int64(r.Length))
-			}
-			answer(c, r)
-		}
-	}()
-	return sock
-}
+// fakeServer is an nbdfake server answering with answer.
+func fakeServer(t *testing.T, answer nbdfake.Answer) string { return nbdfake.Listen(t, answer) }
 
 func chunk(flags nbdwire.ChunkFlags, typ nbdwire.ChunkType, cookie uint64, payload []byte) []byte {
 	b := nbdwire.Chunk{Flags: flags, Type: typ, Cookie: cookie, Length: uint32(len(payload))}.Append(nil)
