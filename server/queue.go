@@ -250,7 +250,9 @@ func (q *queueConn) dispatch(req wire.Request) error {
 		q.se.keyBytes.Acquire(cost)
 	}
 	o := getOp(q, req, cost)
-	if n := req.PayloadLen(); n > 0 {
+	// Every WRITE has a buffer, an empty one for a zero-length WRITE
+	// (which a fuzzer sent: the worker then found none).
+	if n := req.PayloadLen(); n > 0 || req.Cmd == wire.CmdWrite {
 		if len(q.unpushed) > 0 && q.conn.Decrypted() < n {
 			q.push()
 		}

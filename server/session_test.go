@@ -941,3 +941,14 @@ func exportNames(info wire.ServerInfo) string {
 	}
 	return strings.Join(names, " ")
 }
+
+// TestZeroLengthWrite: a WRITE of no bytes is answered (it writes nothing)
+// and the server goes on serving. FuzzQueueConn found the server crashing
+// on one: the worker read a payload buffer that was never allocated.
+func TestZeroLengthWrite(t *testing.T) {
+	e := newEnv(t)
+	c := e.open(e.cli, "disk")
+	must(t, c.write(4096, nil, 0), wire.StatusOK, "zero-length WRITE")
+	must(t, c.write(4096, nil, wire.FlagFUA), wire.StatusOK, "zero-length WRITE with FUA")
+	must(t, c.write(0, make([]byte, 4096), 0), wire.StatusOK, "WRITE after")
+}
