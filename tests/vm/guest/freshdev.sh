@@ -35,7 +35,17 @@ for cycle in $(seq "$CYCLES"); do
 	kthreadd=2 # always
 	[ -z "${KTHREADD_CPU:-}" ] || taskset -p -c "$KTHREADD_CPU" "$kthreadd" >/dev/null
 	spin "${SPIN:-6}"
+	# What runs recv_work 4 s into the start, when a starved start is
+	# still hanging in its partition scan: shown if the cycle stalls.
+	(
+		sleep 4
+		grep -l recv_work /proc/[0-9]*/stack 2>/dev/null | while read -r f; do
+			echo "  4 s into the start: ${f%/stack} $(cat "${f%/stack}/comm") in recv_work"
+		done
+	) >/tmp/recv.during 2>&1 &
+	sampler=$!
 	attach a disk /dev/nbd0 --io-timeout 5s ${QUEUES:+--queues "$QUEUES"}
+	wait "$sampler" 2>/dev/null || true
 	wait_spinners
 	[ -z "${KTHREADD_CPU:-}" ] || taskset -p -c "0-$((ncpu - 1))" "$kthreadd" >/dev/null
 	sockets=$(find /sys/block/nbd0/mq -mindepth 1 -maxdepth 1 | wc -l)
@@ -53,6 +63,7 @@ for cycle in $(seq "$CYCLES"); do
 	echo "cycle $cycle: $sockets socket(s), $recv thread(s) in recv_work, $bad read(s) over 2 s"
 	if [ "$bad" -gt 0 ] || [ "$recv" -ne "$sockets" ]; then
 		stalls=$((stalls + 1))
+		cat /tmp/recv.during
 		grep -l recv_work /proc/[0-9]*/stack 2>/dev/null | while read -r f; do
 			echo "  ${f%/stack}: $(cat "${f%/stack}/comm")"
 		done
