@@ -31,9 +31,13 @@ import (
 // replay, expiry) without a plugin per storage engine.
 //
 // The request path is asynchronous: the queue connection's reader checks
-// a request and sends it upstream itself; the upstream connection's
-// reader gets the reply and hands it to the queue's writer. No worker
-// holds a request while the upstream works on it.
+// a request and sends it upstream itself, and no worker holds a request
+// while the upstream works on it. At queue depth one the reader then reads
+// the upstream's reply itself (nbdclient.GoWait), as the file path runs a
+// lone request inline; with more requests already decrypted it queues
+// them and writes them upstream together (nbdclient.Queue, then push);
+// otherwise the upstream connection's reader gets the reply and hands it
+// to the queue's writer.
 //
 // Semantics kept end to end:
 //   - FLUSH is answered after the upstream answers its FLUSH; FUA travels
