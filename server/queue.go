@@ -237,18 +237,8 @@ func (q *queueConn) dispatch(req wire.Request) error {
 	if req.Cmd == wire.CmdRead || req.Cmd == wire.CmdWrite {
 		cost = int64(req.Length)
 	}
-	if len(q.unpushed) > 0 && !q.budget.TryAcquire(cost) {
-		q.push() // the wait may be for their replies
-		q.budget.Acquire(cost)
-	} else if len(q.unpushed) == 0 {
-		q.budget.Acquire(cost)
-	}
-	if len(q.unpushed) > 0 && !q.se.keyBytes.TryAcquire(cost) {
-		q.push()
-		q.se.keyBytes.Acquire(cost)
-	} else if len(q.unpushed) == 0 {
-		q.se.keyBytes.Acquire(cost)
-	}
+	q.admit(q.budget, cost)
+	q.admit(q.se.keyBytes, cost)
 	o := getOp(q, req, cost)
 	// Every WRITE has a buffer, an empty one for a zero-length WRITE
 	// (which a fuzzer sent: the worker then found none).
@@ -285,6 +275,18 @@ func (q *queueConn) dispatch(req wire.Request) error {
 		q.w.Send(o, qconn.NoBlock)
 	}
 	return nil
+}
+
+// admit takes cost from l, pushing the requests queued upstream first if
+// it would have to wait: the wait may be for their replies.
+func (q *queueConn) admit(l *inflight.Limiter, cost int64) {
+	if len(q.unpushed) > 0 {
+		if l.TryAcquire(cost) {
+			return
+		}
+		q.push()
+	}
+	l.Acquire(cost)
 }
 
 // push writes the requests this reader queued upstream.
