@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/internal/nbdwire"
+	"github.com/dstproject/dst/internal/rawio"
 )
 
 // ErrClosed is returned by requests made after Close, and by requests that
@@ -60,7 +61,6 @@ type Client struct {
 	wmu sync.Mutex
 	hdr [nbdwire.RequestSize]byte // under wmu
 	wb  [2][]byte                 // under wmu: the buffers of one writev
-	wv  net.Buffers               // under wmu: over wb
 	out []byte                    // under wmu: requests queued by Queue, not yet written
 
 	mu      sync.Mutex
@@ -75,6 +75,7 @@ type Client struct {
 	br      *bufio.Reader
 	h       [nbdwire.ChunkSize]byte
 	scratch [12]byte // a chunk's offset and hole length
+	drain   func()   // see OnDrain
 
 	wake       chan struct{} // one token: calls are pending that nobody reads for
 	readerDone chan struct{}
@@ -130,15 +131,44 @@ func Dial(ctx context.Context, network, addr, export string) (*Client, error) {
 	}
 	conn.SetDeadline(time.Time{})
 	c := &Client{
-		conn:       conn,
+		conn:       rawio.Wrap(conn),
 		info:       info,
 		pending:    make(map[uint64]*Call),
-		br:         bufio.NewReaderSize(conn, 64<<10),
 		wake:       make(chan struct{}, 1),
 		readerDone: make(chan struct{}),
 	}
+	c.br = bufio.NewReaderSize(drainReader{c}, 64<<10)
 	go c.readLoop()
 	return c, nil
+}
+
+// OnDrain sets f, which whoever reads replies calls when it has completed
+// every reply its buffer holds: before it waits on the socket for more,
+// and before it stops reading. A caller whose Done functions only gather
+// their completions acts on them in f, once per burst of replies instead
+// of once per reply. f runs where Done does, and must not block. Calls
+// that fail because the connection ended may complete after the last
+// drain: Done must act on a failed call at once. Set f before the first
+// request.
+func (c *Client) OnDrain(f func()) { c.drain = f }
+
+// drainReader is the reader role's view of the socket: it drains before
+// every read, which may wait.
+type drainReader struct{ c *Client }
+
+func (r drainReader) Read(p []byte) (int, error) {
+	if r.c.drain != nil {
+		r.c.drain()
+	}
+	return r.c.conn.Read(p)
+}
+
+// release gives up the reader role, draining first.
+func (c *Client) release() {
+	if c.drain != nil {
+		c.drain()
+	}
+	c.role.Unlock()
 }
 
 // Size returns the export's size in bytes.
@@ -286,11 +316,10 @@ func (c *Client) write(cl *Call, h uint64) {
 		}
 		fallthrough
 	case cl.Cmd == nbdwire.CmdWrite && len(cl.Data) > 0:
-		// One writev. WriteTo consumes the slice it is given, so it gets
-		// a fresh one over wb each time.
+		// One writev.
 		c.wb = [2][]byte{c.hdr[:], cl.Data}
-		c.wv = c.wb[:]
-		_, err = c.wv.WriteTo(c.conn)
+		err = c.writev(c.wb[:])
+		c.wb = [2][]byte{}
 	default:
 		_, err = c.conn.Write(c.hdr[:])
 	}
@@ -338,6 +367,17 @@ func (c *Client) Push() {
 	}
 }
 
+// writev writes bufs in one vectored write where the socket allows.
+func (c *Client) writev(bufs [][]byte) error {
+	if rc, ok := c.conn.(*rawio.Conn); ok {
+		_, err := rc.Writev(bufs)
+		return err
+	}
+	b := net.Buffers(bufs)
+	_, err := b.WriteTo(c.conn)
+	return err
+}
+
 func (c *Client) flushLocked() error {
 	if len(c.out) == 0 {
 		return nil
@@ -373,7 +413,7 @@ func (c *Client) GoWait(cl *Call) error {
 	for c.isPending(h) {
 		x, err := c.readOne()
 		if err != nil {
-			c.role.Unlock()
+			c.release()
 			c.failAll(x, err)
 			return nil
 		}
@@ -381,7 +421,7 @@ func (c *Client) GoWait(cl *Call) error {
 			x.Done(x)
 		}
 	}
-	c.role.Unlock()
+	c.release()
 	if c.pendingCount() > 0 {
 		c.poke()
 	}
@@ -430,7 +470,7 @@ func (c *Client) readLoop() {
 		for c.pendingCount() > 0 {
 			x, err := c.readOne()
 			if err != nil {
-				c.role.Unlock()
+				c.release()
 				c.failAll(x, err)
 				return
 			}
@@ -438,7 +478,7 @@ func (c *Client) readLoop() {
 				x.Done(x)
 			}
 		}
-		c.role.Unlock()
+		c.release()
 		if c.Err() != nil {
 			c.failAll(nil, c.Err())
 			return

@@ -14,7 +14,10 @@
 // data outside the request, chunks that overlap or leave a gap) ends the
 // connection with ErrProtocol: nothing after it can be trusted. An error
 // reply comes back as a *ReplyError wrapping its syscall.Errno, so a caller
-// can check errors.Is(err, syscall.EIO). The protocol is described in
+// can check errors.Is(err, syscall.EIO). Whoever reads replies calls the
+// OnDrain function when it has completed those it read together, so a
+// caller can act once per burst. The socket is read and written with raw
+// system calls (internal/rawio). The protocol is described in
 // https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md; its
 // values and byte layouts are internal/nbdwire's, shared with the server.
 package nbdclient

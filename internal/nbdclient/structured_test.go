@@ -178,3 +178,78 @@ func TestGoWaitMixed(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestDrainAfterBurst: replies that arrive together are all completed
+// before the reader drains, and it drains once they are: OnDrain never
+// sees part of a burst, and sees all of it before the reader sleeps.
+func TestDrainAfterBurst(t *testing.T) {
+	const n = 32
+	var held []byte
+	sock := fakeServer(t, func(c net.Conn, r nbdwire.Request) {
+		held = nbdwire.SimpleReply{Cookie: r.Cookie}.Append(held)
+		if len(held) == n*nbdwire.SimpleReplySize {
+			c.Write(held) // the burst, in one write
+			held = held[:0]
+		}
+	})
+	c, err := nbdclient.Dial(t.Context(), "unix", sock, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var dones atomic.Int32
+	var mu sync.Mutex
+	var seen []int32 // completions counted at each drain
+	c.OnDrain(func() {
+		mu.Lock()
+		seen = append(seen, dones.Load())
+		mu.Unlock()
+	})
+	all := make(chan struct{})
+	for round := range 3 {
+		for range n {
+			cl := &nbdclient.Call{Cmd: nbdwire.CmdFlush, Done: func(cl *nbdclient.Call) {
+				if cl.Err != nil {
+					t.Error(cl.Err)
+				}
+				if dones.Add(1)%n == 0 {
+					all <- struct{}{}
+				}
+			}}
+			if err := c.Queue(cl); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.Push()
+		select {
+		case <-all:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: %d of %d calls completed", round, dones.Load()-int32(round*n), n)
+		}
+		// The drain after the last completion comes before the reader
+		// sleeps; wait for it.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			mu.Lock()
+			last := int32(-1)
+			if len(seen) > 0 {
+				last = seen[len(seen)-1]
+			}
+			mu.Unlock()
+			if last == int32((round+1)*n) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: no drain after the burst's completions", round)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, k := range seen {
+		if k%n != 0 {
+			t.Fatalf("drains saw %v completions: one saw part of a burst", seen)
+		}
+	}
+}
