@@ -38,6 +38,11 @@ const (
 	// flusher (a connection's own reader, which must go on reading the
 	// replies that let its peer go on reading).
 	Defer
+	// Gather: the caller only queues, and calls Flush soon (a goroutine
+	// completing a burst of requests at once, whose replies then share
+	// records and one system call). An item gathered while someone else
+	// writes goes out with that writer's next batch.
+	Gather
 )
 
 // flushAt is how many sealed bytes a writer gathers before it writes them
@@ -122,12 +127,23 @@ func (w *Writer[T]) SendAll(items []T, mode Mode) {
 	w.start(mode)
 }
 
+// Flush writes what is queued, as mode allows, if no one else is
+// writing: it ends a run of Gather sends.
+func (w *Writer[T]) Flush(mode Mode) {
+	w.mu.Lock()
+	if w.closed || len(w.queue) == 0 {
+		w.mu.Unlock()
+		return
+	}
+	w.start(mode)
+}
+
 // start takes the token, if free, and writes as mode allows. The caller
 // holds mu, which start releases.
 func (w *Writer[T]) start(mode Mode) {
-	if w.busy {
+	if mode == Gather || w.busy {
 		w.mu.Unlock()
-		return // the token holder takes it
+		return // the token holder, or the gatherer's Flush, takes it
 	}
 	w.busy = true
 	w.mu.Unlock()

@@ -272,6 +272,50 @@ func TestWriterHoldAndClose(t *testing.T) {
 	}
 }
 
+// TestWriterGather: gathered items wait for Flush, then go out together in
+// one record; an item gathered while another goroutine holds the token
+// goes out with that holder's batch, Flush or not.
+func TestWriterGather(t *testing.T) {
+	testsupport.LeakCheck(t)
+	cc, sc := pair(t)
+	var c counters
+	w := newWriter(cc, &c)
+	const n, size = 20, 100
+	for i := range n {
+		within(t, "a Gather send", func() { w.Send(item{0, uint32(i), size}, Gather) })
+	}
+	w.mu.Lock()
+	queued, busy := len(w.queue), w.busy
+	w.mu.Unlock()
+	if queued != n || busy {
+		t.Fatalf("after %d gathered sends: %d queued, token taken %v; want all queued and no writer", n, queued, busy)
+	}
+	w.Flush(NoBlock)
+	for i := range n {
+		it, err := readItem(sc)
+		if err != nil || it.seq != uint32(i) {
+			t.Fatalf("item %d: got %d, %v", i, it.seq, err)
+		}
+		if i == 0 {
+			if left, want := sc.Decrypted(), (n-1)*(12+size); left != want {
+				t.Fatalf("after the first item, %d bytes of its record are left, want %d (one record for the burst)", left, want)
+			}
+		}
+	}
+	release := w.Hold()
+	w.Send(item{0, n, size}, Gather)
+	release()
+	if it, err := readItem(sc); err != nil || it.seq != n {
+		t.Fatalf("item gathered behind a holder: got %d, %v", it.seq, err)
+	}
+	w.Flush(NoBlock) // nothing queued: nothing to do
+	w.Close()
+	w.Wait()
+	if c.dropped.Load() != 0 || c.failed.Load() != 0 {
+		t.Fatalf("dropped %d, failed %d", c.dropped.Load(), c.failed.Load())
+	}
+}
+
 // sentinelTimeout returns err if it is a timeout, so errors.Is matches
 // only then.
 func sentinelTimeout(err error) error {
