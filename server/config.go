@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,7 +24,11 @@ type ExportConfig struct {
 	// (upstream.go): nbd+unix:///EXPORT?socket=PATH or
 	// nbd://HOST[:PORT]/EXPORT.
 	Upstream string
-	ReadOnly bool
+	// Connections is how many connections to open to an upstream that
+	// announces multi-conn (one otherwise); 0 means 1, which measured
+	// best against a local nbdkit (README).
+	Connections int
+	ReadOnly    bool
 
 	// Volatile, a testing option, puts a model of a volatile write cache
 	// in front of the storage (see NewVolatile): writes are acknowledged
@@ -80,11 +85,12 @@ type Config struct {
 }
 
 // ParseExportFlag parses the command line form of an export:
-// NAME=PATH[,ro|,rw][,shared][,volatile]. ,ro makes it read-only;
-// ,volatile is the testing option ExportConfig.Volatile. A PATH that is an
-// NBD URI (nbd+unix:// or nbd://) names an upstream instead.
+// NAME=PATH[,ro|,rw][,shared][,volatile][,connections=N]. ,ro makes it
+// read-only; ,volatile is the testing option ExportConfig.Volatile. A PATH
+// that is an NBD URI (nbd+unix:// or nbd://) names an upstream instead,
+// and ,connections=N sets ExportConfig.Connections.
 func ParseExportFlag(s string) (ExportConfig, error) {
-	const usage = "want NAME=PATH[,ro][,shared][,volatile]"
+	const usage = "want NAME=PATH[,ro][,shared][,volatile] or NAME=NBD-URI[,ro][,shared][,connections=N]"
 	name, path, ok := strings.Cut(s, "=")
 	if !ok {
 		return ExportConfig{}, fmt.Errorf("server: export %q: %s", s, usage)
@@ -99,6 +105,12 @@ func ParseExportFlag(s string) (ExportConfig, error) {
 			path, e.Volatile = p, true
 		} else if p, ok := strings.CutSuffix(path, ",shared"); ok {
 			path, e.Shared = p, true
+		} else if i := strings.LastIndex(path, ",connections="); i >= 0 && !strings.Contains(path[i+1:], ",") {
+			n, err := strconv.Atoi(path[i+len(",connections="):])
+			if err != nil || n < 1 {
+				return ExportConfig{}, fmt.Errorf("server: export %q: connections=%s: want a positive number", s, path[i+len(",connections="):])
+			}
+			path, e.Connections = path[:i], n
 		} else {
 			break
 		}
@@ -116,20 +128,28 @@ func ParseExportFlag(s string) (ExportConfig, error) {
 	if path == "" {
 		return ExportConfig{}, fmt.Errorf("server: export %q: empty path; %s", s, usage)
 	}
-	if err := checkVolatile(e); err != nil {
+	if err := checkOptions(e); err != nil {
 		return ExportConfig{}, fmt.Errorf("server: export %q: %w", s, err)
 	}
 	return e, nil
 }
 
-// checkVolatile rejects a volatile cache on a read-only export: there
-// would be nothing to cache, so asking for it is a mistake.
-func checkVolatile(e ExportConfig) error {
+// maxUpstreamConns bounds ExportConfig.Connections.
+const maxUpstreamConns = 16
+
+// checkOptions rejects options that make no sense together: a volatile
+// cache on a read-only export (nothing to cache) or in front of an
+// upstream (which has its own), upstream connections for a file.
+func checkOptions(e ExportConfig) error {
 	switch {
 	case e.Volatile && e.ReadOnly:
 		return errors.New("volatile and read-only together: a read-only export has no writes to cache")
 	case e.Volatile && e.Upstream != "":
 		return errors.New("volatile and upstream together: an upstream has its own cache")
+	case e.Connections != 0 && e.Upstream == "":
+		return errors.New("connections is for an upstream (NBD URI) export")
+	case e.Connections < 0 || e.Connections > maxUpstreamConns:
+		return fmt.Errorf("connections = %d: want 1 to %d", e.Connections, maxUpstreamConns)
 	}
 	return nil
 }
@@ -150,12 +170,13 @@ type configFile struct {
 }
 
 type exportFile struct {
-	Name     string `toml:"name"`
-	Path     string `toml:"path"`
-	Upstream string `toml:"upstream"`
-	ReadOnly bool   `toml:"read_only"`
-	Volatile bool   `toml:"volatile"`
-	Shared   bool   `toml:"shared"`
+	Name        string `toml:"name"`
+	Path        string `toml:"path"`
+	Upstream    string `toml:"upstream"`
+	Connections int    `toml:"connections"`
+	ReadOnly    bool   `toml:"read_only"`
+	Volatile    bool   `toml:"volatile"`
+	Shared      bool   `toml:"shared"`
 }
 
 // LoadConfig reads a TOML configuration file:
@@ -180,6 +201,7 @@ type exportFile struct {
 //	[[export]]
 //	name = "images"
 //	upstream = "nbd+unix:///vm1?socket=/run/qsd/nbd.sock"   # instead of path
+//	connections = 1                     # optional: to an upstream announcing multi-conn
 //
 // Relative paths are relative to the file's directory. Unknown keys are an
 // error, so a misspelt option is not silently ignored. The key files are
@@ -245,9 +267,9 @@ func LoadConfig(path string, keyMode crypto.KeyModePolicy) (*Config, error) {
 				return nil, fmt.Errorf("server: config %s: export %d (%q): %w", path, i+1, e.Name, err)
 			}
 		}
-		ec := ExportConfig{Name: e.Name, Path: rel(e.Path), Upstream: e.Upstream, ReadOnly: e.ReadOnly,
-			Volatile: e.Volatile, Shared: e.Shared}
-		if err := checkVolatile(ec); err != nil {
+		ec := ExportConfig{Name: e.Name, Path: rel(e.Path), Upstream: e.Upstream, Connections: e.Connections,
+			ReadOnly: e.ReadOnly, Volatile: e.Volatile, Shared: e.Shared}
+		if err := checkOptions(ec); err != nil {
 			return nil, fmt.Errorf("server: config %s: export %d (%q): %w", path, i+1, e.Name, err)
 		}
 		c.Exports = append(c.Exports, ec)

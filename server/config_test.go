@@ -29,6 +29,12 @@ func TestParseExportFlag(t *testing.T) {
 		{in: "gfs=/dev/sdc,shared", want: server.ExportConfig{Name: "gfs", Path: "/dev/sdc", Shared: true}},
 		{in: "vm=nbd+unix:///vm1?socket=/run/qsd.sock", want: server.ExportConfig{Name: "vm", Upstream: "nbd+unix:///vm1?socket=/run/qsd.sock"}},
 		{in: "vm=nbd://127.0.0.1/vm1,ro", want: server.ExportConfig{Name: "vm", Upstream: "nbd://127.0.0.1/vm1", ReadOnly: true}},
+		{in: "vm=nbd+unix:///vm1?socket=/s,connections=2,ro", want: server.ExportConfig{Name: "vm", Upstream: "nbd+unix:///vm1?socket=/s", Connections: 2, ReadOnly: true}},
+		{in: "vm=nbd+unix:///vm1?socket=/s,ro,connections=4", want: server.ExportConfig{Name: "vm", Upstream: "nbd+unix:///vm1?socket=/s", Connections: 4, ReadOnly: true}},
+		{in: "vm=nbd+unix:///vm1?socket=/s,connections=0", err: "connections=0: want a positive number"},
+		{in: "vm=nbd+unix:///vm1?socket=/s,connections=x", err: "connections=x: want a positive number"},
+		{in: "vm=nbd+unix:///vm1?socket=/s,connections=17", err: "connections = 17: want 1 to 16"},
+		{in: "disk=/img/a.raw,connections=2", err: "connections is for an upstream"},
 		{in: "vm=nbd+unix:///vm1", err: "want nbd+unix:///EXPORT?socket=PATH"},
 		{in: "vm=nbds://host/vm1", err: "TLS to an upstream is not supported"},
 		{in: "vm=nbd+unix:///vm1?socket=/s,volatile", err: "volatile and upstream"},
@@ -138,6 +144,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"negative workers", keys + "workers = -1\n" + export, "workers"},
 		{"negative session bound", keys + "max_sessions_per_key = -1\n" + export, "max_sessions_per_key"},
 		{"volatile read-only", keys + export + "read_only = true\nvolatile = true\n", "volatile and read-only"},
+		{"connections for a file", keys + export + "connections = 2\n", "connections is for an upstream"},
 	} {
 		path := filepath.Join(dir, "dst.toml")
 		os.WriteFile(path, []byte(tt.body), 0o600)

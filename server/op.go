@@ -24,7 +24,7 @@ type op struct {
 	// For an upstream export (upstream.go): the request as sent upstream,
 	// its connection, and a FUA the upstream lacks, done as a FLUSH after.
 	call      nbdclient.Call
-	upConn    *nbdclient.Client
+	upConn    *upConn
 	needFlush bool
 	flushStep bool
 	wait      bool // the queue's reader waits for the reply (nbdclient.GoWait)
@@ -134,6 +134,18 @@ func (o *op) startUpstream(wait, batch bool) {
 	o.q.exp.up.start(o)
 }
 
+// encodeRead writes a READ's reply header, with its data's checksum, into
+// the room before the data; other requests' replies need no buffer.
+func (o *op) encodeRead() {
+	r := &o.req
+	if r.Cmd != wire.CmdRead {
+		return
+	}
+	data := (*o.buf)[wire.ReplySize:]
+	rep := wire.Reply{Cmd: wire.CmdRead, Length: r.Length, ID: r.ID, Checksum: wire.Checksum(data)}
+	rep.Encode(*o.buf)
+}
+
 // read fills a buffer with the reply header's room and the data.
 func (o *op) read() error {
 	n := int(o.req.Length)
@@ -143,8 +155,7 @@ func (o *op) read() error {
 	if k == n && (err == nil || errors.Is(err, io.EOF)) {
 		// Checksum here rather than in the stream's writer, so it runs
 		// in parallel across workers.
-		r := wire.Reply{Cmd: wire.CmdRead, Length: o.req.Length, ID: o.req.ID, Checksum: wire.Checksum(data)}
-		r.Encode(*o.buf)
+		o.encodeRead()
 		return nil
 	}
 	if err == nil {

@@ -62,7 +62,7 @@ func (t *exportTable) closeAll() error {
 // sameConfig reports whether an export configured as b can stay the
 // export configured as a.
 func sameConfig(a, b ExportConfig) bool {
-	return a.Name == b.Name && a.Path == b.Path && a.Upstream == b.Upstream && a.ReadOnly == b.ReadOnly &&
+	return a.Name == b.Name && a.Path == b.Path && a.Upstream == b.Upstream && a.Connections == b.Connections && a.ReadOnly == b.ReadOnly &&
 		a.Volatile == b.Volatile && a.Shared == b.Shared && a.Backend == b.Backend
 }
 

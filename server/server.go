@@ -263,7 +263,7 @@ func (s *Server) openExport(ec ExportConfig) (*export, error) {
 	var up *Upstream
 	if owned && ec.Upstream != "" {
 		var err error
-		if up, err = OpenUpstream(ec.Upstream, ec.Name, s.cfg.UpstreamID, s.log); err != nil {
+		if up, err = OpenUpstream(ec.Upstream, ec.Name, ec.Connections, s.cfg.UpstreamID, s.log); err != nil {
 			return nil, fmt.Errorf("server: export %q: %w", ec.Name, err)
 		}
 		// A reset (upstream.go) takes a new instance id before requests

@@ -35,9 +35,11 @@ import (
 // while the upstream works on it. At queue depth one the reader then reads
 // the upstream's reply itself (nbdclient.GoWait), as the file path runs a
 // lone request inline; with more requests already decrypted it queues
-// them and writes them upstream together (nbdclient.Queue, then push);
-// otherwise the upstream connection's reader gets the reply and hands it
-// to the queue's writer.
+// them and writes them upstream together (nbdclient.Queue, then push).
+// Otherwise the upstream connection's reader completes the replies it
+// read together, gathering them in their queues' writers, and flushes
+// each writer once before it reads again (upConn.drain): a burst of
+// replies goes to the client in one record and one system call.
 //
 // Semantics kept end to end:
 //   - FLUSH is answered after the upstream answers its FLUSH; FUA travels
@@ -60,10 +62,6 @@ import (
 
 // Upstream connection defaults.
 const (
-	// upstreamConns is how many connections are opened to an upstream
-	// that announces CAN_MULTI_CONN; one otherwise, since a FLUSH then
-	// covers only its own connection's writes.
-	upstreamConns = 2
 	// upstreamDialTimeout bounds one attempt to connect and open the
 	// export.
 	upstreamDialTimeout = 2 * time.Second
@@ -132,17 +130,21 @@ func ParseUpstream(uri string) (UpstreamTarget, error) {
 type Upstream struct {
 	target UpstreamTarget
 	uri    string
-	log    *slog.Logger
-	seed   []byte // the persisted id and the export's name, for the identity
+	// want is how many connections to open if the upstream announces
+	// CAN_MULTI_CONN; one otherwise, since a FLUSH then covers only its
+	// own connection's writes.
+	want int
+	log  *slog.Logger
+	seed []byte // the persisted id and the export's name, for the identity
 	// onReset is called, under mu, when a connection is lost and before
 	// the generation moves on (the server takes a new instance id).
 	onReset func(error)
 
 	mu      sync.Mutex
-	conns   []*nbdclient.Client // nil while the upstream is lost
-	gen     uint64              // counts losses
-	info    nbdclient.Export    // of the first connection
-	waiting []*op               // requests waiting for the upstream to come back
+	conns   []*upConn        // nil while the upstream is lost
+	gen     uint64           // counts losses
+	info    nbdclient.Export // of the first connection
+	waiting []*op            // requests waiting for the upstream to come back
 	closed  bool
 	stop    chan struct{} // closed by Close: the reconnect loop returns
 	loopWG  sync.WaitGroup
@@ -156,15 +158,17 @@ type Upstream struct {
 }
 
 // OpenUpstream connects to the upstream of the export named name, waiting
-// up to upstreamStartWait for it to come up. idFile holds the persisted
-// random id the export's identity derives from (created if missing); with
-// an empty idFile the identity is random at every start.
-func OpenUpstream(uri, name, idFile string, log *slog.Logger) (*Upstream, error) {
+// up to upstreamStartWait for it to come up, with conns connections if it
+// announces multi-conn (0 means 1). idFile holds the persisted random id
+// the export's identity derives from (created if missing); with an empty
+// idFile the identity is random at every start.
+func OpenUpstream(uri, name string, conns int, idFile string, log *slog.Logger) (*Upstream, error) {
 	t, err := ParseUpstream(uri)
 	if err != nil {
 		return nil, err
 	}
-	u := &Upstream{target: t, uri: uri, log: log.With("export", name, "upstream", uri), stop: make(chan struct{})}
+	u := &Upstream{target: t, uri: uri, want: max(conns, 1), log: log.With("export", name, "upstream", uri),
+		stop: make(chan struct{})}
 	id, err := upstreamID(idFile)
 	if err != nil {
 		return nil, err
@@ -175,6 +179,9 @@ func OpenUpstream(uri, name, idFile string, log *slog.Logger) (*Upstream, error)
 		conns, info, err := u.dial()
 		if err == nil {
 			u.conns, u.info = conns, info
+			if u.want > 1 && len(conns) == 1 {
+				u.log.Warn("the upstream does not announce multi-conn: one connection, not the configured", "connections", u.want)
+			}
 			id := u.identityOf(info)
 			u.identity.Store(&id)
 			u.log.Info("upstream connected", "size", info.Size, "flags", info.Flags, "connections", len(conns),
@@ -233,19 +240,60 @@ func (u *Upstream) identityOf(info nbdclient.Export) wire.Identity {
 	return id
 }
 
+// upConn is one connection to the upstream. Its reader completes a burst
+// of replies it read together by gathering them in their queue
+// connections' writers (qconn.Gather), then flushing each of those
+// writers once (drain): the burst goes out in few records and system
+// calls instead of one of each per reply.
+type upConn struct {
+	*nbdclient.Client
+	gathered []*queueConn // the reader role's: writers holding gathered replies
+}
+
+func dialUp(ctx context.Context, t UpstreamTarget) (*upConn, error) {
+	nc, err := nbdclient.Dial(ctx, t.Network, t.Addr, t.Export)
+	if err != nil {
+		return nil, err
+	}
+	c := &upConn{Client: nc}
+	nc.OnDrain(c.drain)
+	return c, nil
+}
+
+// gather queues o's reply, to go out at the next drain.
+func (c *upConn) gather(o *op) {
+	q := o.q
+	q.w.Send(o, qconn.Gather)
+	for _, x := range c.gathered {
+		if x == q {
+			return
+		}
+	}
+	c.gathered = append(c.gathered, q)
+}
+
+// drain writes the replies gathered since the last drain.
+func (c *upConn) drain() {
+	for i, q := range c.gathered {
+		q.w.Flush(qconn.NoBlock)
+		c.gathered[i] = nil
+	}
+	c.gathered = c.gathered[:0]
+}
+
 // dial opens the upstream's connections: several if it allows multi-conn.
-func (u *Upstream) dial() ([]*nbdclient.Client, nbdclient.Export, error) {
+func (u *Upstream) dial() ([]*upConn, nbdclient.Export, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), upstreamDialTimeout)
 	defer cancel()
-	first, err := nbdclient.Dial(ctx, u.target.Network, u.target.Addr, u.target.Export)
+	first, err := dialUp(ctx, u.target)
 	if err != nil {
 		return nil, nbdclient.Export{}, err
 	}
 	info := first.Export()
-	conns := []*nbdclient.Client{first}
+	conns := []*upConn{first}
 	if info.Flags&nbdwire.TransCanMultiConn != 0 {
-		for len(conns) < upstreamConns {
-			c, err := nbdclient.Dial(ctx, u.target.Network, u.target.Addr, u.target.Export)
+		for len(conns) < u.want {
+			c, err := dialUp(ctx, u.target)
 			if err == nil && c.Export() != info {
 				c.Close()
 				err = errors.New("connections to one export disagree about it")
@@ -340,7 +388,7 @@ var (
 
 // send fills o's call for its request's step and sends it on c, unless
 // the request has expired.
-func (u *Upstream) send(c *nbdclient.Client, o *op) {
+func (u *Upstream) send(c *upConn, o *op) {
 	r := &o.req
 	if r.Expires != 0 && serverClock() >= r.Expires {
 		u.finish(o, nil, errExpired)
@@ -398,7 +446,7 @@ func (u *Upstream) send(c *nbdclient.Client, o *op) {
 		// reused at any moment: q is taken first.
 		q := o.q
 		if err = c.Queue(cl); err == nil {
-			q.queuedOn(c)
+			q.queuedOn(c.Client)
 		}
 	default:
 		err = c.Go(cl)
@@ -412,19 +460,24 @@ func (u *Upstream) send(c *nbdclient.Client, o *op) {
 func upstreamDone(cl *nbdclient.Call) {
 	o := cl.Owner.(*op)
 	u := o.q.exp.up
-	if cl.Err == nil && o.needFlush {
+	switch {
+	case cl.Err != nil:
+		// Maybe not from the reader role (the connection ended): answered
+		// at once.
+		u.finish(o, o.upConn, cl.Err)
+	case o.needFlush:
 		// FUA without FUA upstream: the write, then a FLUSH. Sent from
 		// another goroutine: the reader must not block on a write.
 		o.needFlush, o.flushStep = false, true
 		go u.send(o.upConn, o)
-		return
+	default:
+		u.answer(o, o.upConn)
 	}
-	u.finish(o, o.upConn, cl.Err)
 }
 
 // finish ends o: a lost connection resets the storage and ends o's
 // session without a reply; anything else is answered.
-func (u *Upstream) finish(o *op, c *nbdclient.Client, err error) {
+func (u *Upstream) finish(o *op, c *upConn, err error) {
 	r := &o.req
 	var re *nbdclient.ReplyError
 	switch {
@@ -465,17 +518,23 @@ func (u *Upstream) finish(o *op, c *nbdclient.Client, err error) {
 		}
 		q.log.Warn("request failed upstream", "cmd", r.Cmd, "offset", r.Offset, "length", r.Length,
 			"status", o.status, "err", err)
-	case r.Cmd == wire.CmdRead:
-		data := (*o.buf)[wire.ReplySize:]
-		rep := wire.Reply{Cmd: wire.CmdRead, Length: r.Length, ID: r.ID, Checksum: wire.Checksum(data)}
-		rep.Encode(*o.buf)
+	default:
+		o.encodeRead()
 	}
 	q.w.Send(o, qconn.NoBlock)
 }
 
+// answer ends o, which the upstream completed without error, on c's
+// reader: its reply goes out at c's next drain.
+func (u *Upstream) answer(o *op, c *upConn) {
+	o.q.se.end()
+	o.encodeRead()
+	c.gather(o)
+}
+
 // lost handles a broken connection c: once per loss, it resets the
 // storage, closes the other connections and starts reconnecting.
-func (u *Upstream) lost(c *nbdclient.Client, err error) {
+func (u *Upstream) lost(c *upConn, err error) {
 	u.mu.Lock()
 	found := false
 	for _, x := range u.conns {
@@ -640,7 +699,7 @@ func (u *Upstream) Close() error {
 
 // conn returns a live connection, waiting up to a few seconds for a lost
 // upstream to come back, for the blocking Backend methods.
-func (u *Upstream) conn() (*nbdclient.Client, error) {
+func (u *Upstream) conn() (*upConn, error) {
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(upstreamTick) {
 		u.mu.Lock()
 		conns, closed := u.conns, u.closed

@@ -3,10 +3,12 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,8 +29,23 @@ type upstreamNBD struct {
 	sock string
 	exp  *nbd.Export
 
-	mu   sync.Mutex
-	stop func()
+	mu       sync.Mutex
+	stop     func()
+	accepted atomic.Int32 // connections accepted
+}
+
+// countingListener counts the connections it accepts.
+type countingListener struct {
+	net.Listener
+	n *atomic.Int32
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
 }
 
 func newUpstreamNBD(t *testing.T, e *nbd.Export) *upstreamNBD {
@@ -51,7 +68,7 @@ func (u *upstreamNBD) start() {
 	go func() {
 		defer close(done)
 		s := &nbd.Server{Exports: []*nbd.Export{u.exp}, Logger: slog.New(slog.DiscardHandler)}
-		s.Serve(ctx, l)
+		s.Serve(ctx, countingListener{l, &u.accepted})
 	}()
 	u.mu.Lock()
 	u.stop = func() { cancel(); <-done }
@@ -73,11 +90,18 @@ func (u *upstreamNBD) halt() {
 // in-memory export "mem" beside it.
 func newUpstreamEnv(t *testing.T, up *upstreamNBD) *env {
 	t.Helper()
+	return newUpstreamEnvConns(t, up, 0)
+}
+
+// newUpstreamEnvConns is newUpstreamEnv asking for conns connections to
+// the upstream.
+func newUpstreamEnvConns(t *testing.T, up *upstreamNBD, conns int) *env {
+	t.Helper()
 	leakCheck(t)
 	e := &env{t: t, mem: map[string]*servertest.MemBackend{"mem": servertest.NewMemBackend(1 << 20)}}
 	cfg := &server.Config{Logger: testsupport.Logger(t), Workers: 8, UpstreamID: filepath.Join(t.TempDir(), "upstream-id"),
 		Exports: []server.ExportConfig{
-			{Name: "up", Upstream: up.uri(), Shared: true},
+			{Name: "up", Upstream: up.uri(), Connections: conns, Shared: true},
 			{Name: "mem", Path: "mem:mem", Backend: e.mem["mem"], Shared: true},
 		}}
 	e.start(cfg)
@@ -126,6 +150,37 @@ func TestUpstreamPassthrough(t *testing.T) {
 	}
 	// A request longer than the upstream's maximum is refused here.
 	must(t, c.do(wire.Request{Cmd: wire.CmdRead, Length: 2 << 20}, nil).rep.Status, wire.StatusEINVAL, "READ past max")
+}
+
+// TestUpstreamConnections checks how many connections go upstream: one by
+// default, as many as configured to an upstream that announces
+// multi-conn, and one to an upstream that does not; and that requests
+// spread over them arrive whole.
+func TestUpstreamConnections(t *testing.T) {
+	for _, tc := range []struct {
+		multi       bool
+		conns, want int32
+	}{{true, 0, 1}, {true, 3, 3}, {false, 3, 1}} {
+		t.Run(fmt.Sprintf("multi-conn=%v,connections=%d", tc.multi, tc.conns), func(t *testing.T) {
+			exp, dev := memExport(1 << 20)
+			exp.MultiConn = tc.multi
+			up := newUpstreamNBD(t, exp)
+			e := newUpstreamEnvConns(t, up, int(tc.conns))
+			c := e.open(e.cli, "up")
+			if got := up.accepted.Load(); got != tc.want {
+				t.Fatalf("%d connections upstream, want %d", got, tc.want)
+			}
+			for i := range 8 {
+				must(t, c.write(uint64(i)*4096, bytes.Repeat([]byte{byte(i + 1)}, 4096), 0), wire.StatusOK, "WRITE")
+			}
+			must(t, c.do(wire.Request{Cmd: wire.CmdFlush}, nil).rep.Status, wire.StatusOK, "FLUSH")
+			for i := range 8 {
+				if got := dev.Bytes()[i*4096 : (i+1)*4096]; !bytes.Equal(got, bytes.Repeat([]byte{byte(i + 1)}, 4096)) {
+					t.Fatalf("block %d differs upstream", i)
+				}
+			}
+		})
+	}
 }
 
 // TestUpstreamFUAEmulated checks that FUA reaches an upstream without it

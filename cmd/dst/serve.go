@@ -32,7 +32,7 @@ func cmdServe(ctx context.Context, args []string) error {
 		"clients may pin any")
 	authFile := fs.String("authorized-keys", "", "`FILE` of client public keys allowed to connect, one per line")
 	var exports, ciphers listFlag
-	fs.Var(&exports, "export", "export a file or block device, or another NBD server's export: `NAME=PATH[,ro]` or\nNAME=nbd+unix:///EXPORT?socket=SOCKET or NAME=nbd://HOST[:PORT]/EXPORT (repeatable)")
+	fs.Var(&exports, "export", "export a file or block device, or another NBD server's export: `NAME=PATH[,ro]` or\nNAME=nbd+unix:///EXPORT?socket=SOCKET or NAME=nbd://HOST[:PORT]/EXPORT, with ,connections=N\nfor N connections to an upstream announcing multi-conn (repeatable)")
 	fs.Var(&ciphers, "cipher", "allow only this `CIPHER` (aes-256-gcm, chacha20-poly1305; repeatable)")
 	workers := fs.Int("workers", 0, "bound on concurrently running I/O requests (default 64)")
 	perKey := fs.Int("max-sessions-per-key", 0, "bound on the sessions one client key may hold at once (default 64)")
