@@ -148,6 +148,15 @@ func TestUpstreamPassthrough(t *testing.T) {
 	if !bytes.Equal(got, make([]byte, 4096)) {
 		t.Fatal("WRITE_ZEROES did not zero")
 	}
+	// A READ above sealAway is sealed by its queue's flusher, not by the
+	// upstream connection's reader.
+	big := bytes.Repeat([]byte("0123456789abcdef"), 256<<10/16)
+	must(t, c.write(1<<20, big, 0), wire.StatusOK, "large WRITE")
+	got, st = c.read(1<<20, uint32(len(big)))
+	must(t, st, wire.StatusOK, "large READ")
+	if !bytes.Equal(got, big) {
+		t.Fatal("large READ differs")
+	}
 	// A request longer than the upstream's maximum is refused here.
 	must(t, c.do(wire.Request{Cmd: wire.CmdRead, Length: 2 << 20}, nil).rep.Status, wire.StatusEINVAL, "READ past max")
 }
