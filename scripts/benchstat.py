@@ -147,8 +147,12 @@ COSTS = [
     ("randread_qd1.ctxsw_per_req", "randread QD1 switches/req", "{:.2f}"),
     ("randwrite_qd1.cpu_us_per_req", "randwrite QD1 µs CPU/req", "{:.1f}"),
     ("randwrite_qd1.ctxsw_per_req", "randwrite QD1 switches/req", "{:.2f}"),
+    ("randread_qd32.cpu_us_per_req", "randread QD32 µs CPU/req", "{:.1f}"),
+    ("randread_qd32.ctxsw_per_req", "randread QD32 switches/req", "{:.2f}"),
+    ("randwrite_qd32.cpu_us_per_req", "randwrite QD32 µs CPU/req", "{:.1f}"),
+    ("randwrite_qd32.ctxsw_per_req", "randwrite QD32 switches/req", "{:.2f}"),
 ]
-PERF_COSTS = [(k.replace(".", ".perf_"), n, f) for k, n, f in COSTS]
+PERF_COSTS = [(k.replace(".", ".perf_"), n, f) for k, n, f in COSTS if "_qd1." in k]  # --perf: QD1 only
 
 
 def value(s):
@@ -257,11 +261,11 @@ def report(args):
                  if any(k in per.get(p, {}) for k, _, _ in costs)]
         if not procs:
             continue
-        print(f"Cost per request during the QD1 runs, per process ({what}), per round:")
+        print(f"Cost per request during the fio runs, per process ({what}), per round:")
         print()
         table(["process"] + [n for _, n, _ in costs],
               [[p] + [cell(p, k, fmt, True) for k, _, fmt in costs] for p in procs])
-        print(f"Cost per request during the QD1 runs ({what}), medians:")
+        print(f"Cost per request during the fio runs ({what}), medians:")
         print()
         table(["process"] + [n for _, n, _ in costs],
               [[p] + [cell(p, k, fmt) for k, _, fmt in costs] for p in procs])
