@@ -110,18 +110,21 @@ type counters struct {
 	failed  atomic.Int64
 }
 
-func newWriter(conn *crypto.Conn, c *counters) *Writer[item] {
-	return NewWriter(conn, encodeItem, func(item) { c.dropped.Add(1) }, func(error) { c.failed.Add(1) })
+// newWriter checks t for leaked goroutines and returns a writer on the
+// client end of a fresh channel, both ends, and the writer's counters.
+func newWriter(t *testing.T) (w *Writer[item], cc, sc *crypto.Conn, c *counters) {
+	testsupport.LeakCheck(t)
+	cc, sc = pair(t)
+	c = new(counters)
+	w = NewWriter(cc, encodeItem, func(item) { c.dropped.Add(1) }, func(error) { c.failed.Add(1) })
+	return w, cc, sc, c
 }
 
 // TestWriterOrderAndGroupCommit: items sent from many goroutines in every
 // mode all arrive, intact, each sender's in order; small and large
 // payloads mixed (large ones get records of their own).
 func TestWriterOrderAndGroupCommit(t *testing.T) {
-	testsupport.LeakCheck(t)
-	cc, sc := pair(t)
-	var c counters
-	w := newWriter(cc, &c)
+	w, _, sc, c := newWriter(t)
 	const senders, per = 6, 400
 	sizes := []int{0, 1, 100, 511, 512, 4096, 70000}
 	modes := []Mode{Block, NoBlock, Defer}
@@ -212,10 +215,7 @@ func within(t *testing.T, what string, f func()) {
 // Defer senders never wait on the socket; once the peer reads, everything
 // they queued arrives in order.
 func TestWriterNoBlockAndDefer(t *testing.T) {
-	testsupport.LeakCheck(t)
-	cc, sc := pair(t)
-	var c counters
-	w := newWriter(cc, &c)
+	w, _, sc, c := newWriter(t)
 	n := fill(t, w)
 	for i := range 50 {
 		mode := Defer
@@ -244,10 +244,7 @@ func TestWriterNoBlockAndDefer(t *testing.T) {
 // queue; Close drops what is queued, exactly once each, and later sends
 // are dropped too.
 func TestWriterHoldAndClose(t *testing.T) {
-	testsupport.LeakCheck(t)
-	cc, sc := pair(t)
-	var c counters
-	w := newWriter(cc, &c)
+	w, _, sc, c := newWriter(t)
 	release := w.Hold()
 	for i := range 10 {
 		w.Send(item{0, uint32(i), 100}, Block) // returns: the holder writes
@@ -276,10 +273,7 @@ func TestWriterHoldAndClose(t *testing.T) {
 // one record; an item gathered while another goroutine holds the token
 // goes out with that holder's batch, Flush or not.
 func TestWriterGather(t *testing.T) {
-	testsupport.LeakCheck(t)
-	cc, sc := pair(t)
-	var c counters
-	w := newWriter(cc, &c)
+	w, _, sc, c := newWriter(t)
 	const n, size = 20, 100
 	for i := range n {
 		within(t, "a Gather send", func() { w.Send(item{0, uint32(i), size}, Gather) })
@@ -329,10 +323,7 @@ func sentinelTimeout(err error) error {
 // TestWriterFailure: a write error calls fail once, drops what is queued
 // and what is sent afterwards, and leaves no goroutine behind.
 func TestWriterFailure(t *testing.T) {
-	testsupport.LeakCheck(t)
-	cc, _ := pair(t)
-	var c counters
-	w := newWriter(cc, &c)
+	w, cc, _, c := newWriter(t)
 	cc.Close()
 	for i := range 5 {
 		w.Send(item{0, uint32(i), 4096}, Block)
