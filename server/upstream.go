@@ -275,14 +275,18 @@ func dialUp(ctx context.Context, t UpstreamTarget) (*upConn, error) {
 	return c, nil
 }
 
-// gather queues o's reply, to go out at the next drain.
-func (c *upConn) gather(o *op) {
+// answer ends o, which the upstream completed without error, on c's
+// reader: its reply is gathered in its queue's writer, to go out at c's
+// next drain.
+func (c *upConn) answer(o *op) {
 	q := o.q
+	q.se.end()
+	o.encodeRead()
 	n := 0
 	if o.req.Cmd == wire.CmdRead {
 		n = int(o.req.Length)
 	}
-	q.w.Send(o, qconn.Gather)
+	q.w.Send(o, qconn.Gather) // from here o may be answered and reused
 	for i := range c.gathered {
 		if g := &c.gathered[i]; g.q == q {
 			g.bytes += n
@@ -496,7 +500,7 @@ func upstreamDone(cl *nbdclient.Call) {
 		o.needFlush, o.flushStep = false, true
 		go u.send(o.upConn, o)
 	default:
-		u.answer(o, o.upConn)
+		o.upConn.answer(o)
 	}
 }
 
@@ -547,14 +551,6 @@ func (u *Upstream) finish(o *op, c *upConn, err error) {
 		o.encodeRead()
 	}
 	q.w.Send(o, qconn.NoBlock)
-}
-
-// answer ends o, which the upstream completed without error, on c's
-// reader: its reply goes out at c's next drain.
-func (u *Upstream) answer(o *op, c *upConn) {
-	o.q.se.end()
-	o.encodeRead()
-	c.gather(o)
 }
 
 // lost handles a broken connection c: once per loss, it resets the
