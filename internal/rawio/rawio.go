@@ -17,6 +17,7 @@ package rawio
 import (
 	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 )
@@ -25,6 +26,10 @@ import (
 type Conn struct {
 	net.Conn
 	rc syscall.RawConn
+
+	poller *Poller // set by Poller.Add
+	fd     int32
+	out    atomic.Bool // taken out of poller's set
 }
 
 // Wrap returns c reading and writing with raw system calls when it is a
@@ -65,6 +70,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 			case syscall.EINTR:
 				continue
 			case syscall.EAGAIN:
+				if c.poller != nil && c.poller.poll(int32(fd)) {
+					continue
+				}
 				return false
 			}
 			n, errno = int(r), e
@@ -80,6 +88,14 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// Close closes the connection, taking it out of its Poller's set first.
+func (c *Conn) Close() error {
+	if c.poller != nil && !c.out.Swap(true) {
+		c.poller.remove(c.fd)
+	}
+	return c.Conn.Close()
 }
 
 // Write writes all of p, waiting on the poller while the socket is full.

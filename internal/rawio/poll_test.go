@@ -1,0 +1,213 @@
+package rawio
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dstproject/dst/internal/testsupport"
+)
+
+// socketPair returns the two ends of a unix stream socketpair as net.Conns,
+// the first wrapped.
+func socketPair(t *testing.T) (*Conn, net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cs [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs[i] = c
+	}
+	w, ok := Wrap(cs[0]).(*Conn)
+	if !ok {
+		t.Fatalf("Wrap(%T) did not wrap", cs[0])
+	}
+	t.Cleanup(func() { w.Close(); cs[1].Close() })
+	return w, cs[1]
+}
+
+// readAsync reads len(want) bytes from c in a goroutine and checks them.
+func readAsync(t *testing.T, c net.Conn, want string) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		buf := make([]byte, len(want))
+		_, err := io.ReadFull(c, buf)
+		if err == nil && string(buf) != want {
+			err = errors.New("read " + string(buf) + ", want " + want)
+		}
+		done <- err
+	}()
+	return done
+}
+
+// waitFor waits until cond holds (or fails the test after 10s).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// TestPollerReadsOwnData: a reader whose socket is empty polls, and data
+// written meanwhile ends its round as its own, without it parking.
+func TestPollerReadsOwnData(t *testing.T) {
+	testsupport.LeakCheck(t)
+	p := NewPoller(time.Hour)
+	a, peer := socketPair(t)
+	if !p.Add(a) {
+		t.Fatal("Add refused a wrapped socket")
+	}
+	done := readAsync(t, a, "ping")
+	waitFor(t, "the reader to poll", func() bool { return p.Stats().Rounds == 1 })
+	if _, err := peer.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Stats(); st.Data != 1 || st.Other != 0 || st.Expired != 0 {
+		t.Fatalf("stats %+v: want the one round ended by the reader's own data", st)
+	}
+}
+
+// TestPollerYieldsToParkedReader: one goroutine polls at a time; when data
+// arrives for another socket of the set, whose reader parked, the poller
+// stops and parks, so that the runtime hands that reader its data.
+func TestPollerYieldsToParkedReader(t *testing.T) {
+	testsupport.LeakCheck(t)
+	p := NewPoller(time.Hour)
+	a, peerA := socketPair(t)
+	b, peerB := socketPair(t)
+	p.Add(a)
+	p.Add(b)
+	doneA := readAsync(t, a, "a")
+	waitFor(t, "a's reader to poll", func() bool { return p.Stats().Rounds == 1 })
+	doneB := readAsync(t, b, "b") // finds the poller busy, and parks
+	time.Sleep(20 * time.Millisecond)
+	if st := p.Stats(); st.Rounds != 1 {
+		t.Fatalf("stats %+v: a second goroutine polled", st)
+	}
+	if _, err := peerB.Write([]byte("b")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-doneB; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the poller to stop", func() bool { return p.Stats().Other == 1 })
+	// a's reader parked too: its data still reaches it.
+	if _, err := peerA.Write([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-doneA; err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Stats(); st.Data != 0 || st.Expired != 0 {
+		t.Fatalf("stats %+v: want no round ended by own data or the budget", st)
+	}
+}
+
+// TestPollerBudget: a round ends when the budget runs out, and the reader
+// then sleeps until its data comes.
+func TestPollerBudget(t *testing.T) {
+	testsupport.LeakCheck(t)
+	p := NewPoller(2 * time.Millisecond)
+	a, peer := socketPair(t)
+	p.Add(a)
+	done := readAsync(t, a, "late")
+	waitFor(t, "the round to expire", func() bool { return p.Stats().Expired == 1 })
+	if _, err := peer.Write([]byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Stats(); st.Rounds != 1 || st.Data != 0 {
+		t.Fatalf("stats %+v: want one round, expired", st)
+	}
+}
+
+// TestPollerGate: a shut gate sends readers straight to sleep.
+func TestPollerGate(t *testing.T) {
+	testsupport.LeakCheck(t)
+	p := NewPoller(time.Hour)
+	open := make(chan bool, 1)
+	open <- false
+	calls := 0
+	p.Gate(func() bool { calls++; return <-open })
+	a, peer := socketPair(t)
+	p.Add(a)
+	done := readAsync(t, a, "x")
+	waitFor(t, "the gate to be asked", func() bool { return len(open) == 0 })
+	if _, err := peer.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Stats(); st.Rounds != 0 || calls != 1 {
+		t.Fatalf("stats %+v, gate asked %d times: want no round, one question", st, calls)
+	}
+}
+
+// TestPollerClose: closing a socket takes it out of the set, once, and a
+// reader polling on a socket being closed gets net.ErrClosed.
+func TestPollerClose(t *testing.T) {
+	testsupport.LeakCheck(t)
+	p := NewPoller(50 * time.Millisecond)
+	a, _ := socketPair(t)
+	b, _ := socketPair(t)
+	p.Add(a)
+	p.Add(b)
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.Read(make([]byte, 1))
+		done <- err
+	}()
+	waitFor(t, "a's reader to poll", func() bool { return p.Stats().Rounds == 1 })
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	if err := <-done; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read of a closed socket: %v, want net.ErrClosed", err)
+	}
+	p.mu.Lock()
+	fds := append([]int32(nil), p.fds...)
+	p.mu.Unlock()
+	if len(fds) != 1 || fds[0] != b.fd {
+		t.Fatalf("set %v after closing a: want only b's %d", fds, b.fd)
+	}
+}
+
+// TestPollerAddRefuses: a Poller takes only sockets Wrap wrapped, and a
+// nil or budgetless one takes none.
+func TestPollerAddRefuses(t *testing.T) {
+	a, peer := socketPair(t)
+	if NewPoller(time.Millisecond).Add(peer) {
+		t.Error("Add took an unwrapped connection")
+	}
+	var nilPoller *Poller
+	if nilPoller.Add(a) {
+		t.Error("a nil Poller took a connection")
+	}
+	if NewPoller(0).Add(a) {
+		t.Error("a Poller with no budget took a connection")
+	}
+	if a.poller != nil {
+		t.Error("a refused connection points at a Poller")
+	}
+}
