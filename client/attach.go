@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/crypto"
+	"github.com/dstproject/dst/internal/rawio"
 	"github.com/dstproject/dst/wire"
 )
 
@@ -51,6 +52,13 @@ type AttachConfig struct {
 	// ones of it, fences the old, and keeps its writer lease. Zero: a new
 	// attachment.
 	Resume wire.Identity
+	// BusyPoll, when positive, has the attachment's goroutines poll its
+	// sockets (the queue connections and the NBD front end's) for up to
+	// this long before they sleep, while at most one request is in
+	// flight: requests that come one at a time then find the process
+	// awake, and nobody pays for waking it, at the price of a CPU kept busy
+	// meanwhile (internal/rawio, Poller). Zero sleeps at once.
+	BusyPoll time.Duration
 }
 
 // DefaultConnections is the number of queue connections when
@@ -86,6 +94,7 @@ type Attachment struct {
 	id     wire.Identity   // names the attachment to servers, for fencing
 	export wire.ExportInfo // as first attached; the size is size's
 	replay *replayLog      // nil when replay is off
+	poller *rawio.Poller   // nil unless BusyPoll
 	// replaying is the progress of a replay while one runs.
 	replaying replayProgress
 
@@ -119,6 +128,13 @@ func Attach(ctx context.Context, cfg *AttachConfig) (*Attachment, error) {
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	c := &a.cfg
+	if c.BusyPoll > 0 {
+		// Polling pays while requests come one at a time; deeper
+		// queues keep the CPUs busy without it.
+		a.poller = rawio.NewPoller(c.BusyPoll)
+		a.poller.Gate(func() bool { return a.table.inFlight() <= 1 })
+		c.Config.poller = a.poller
+	}
 	if c.Connections <= 0 {
 		c.Connections = DefaultConnections()
 	}

@@ -33,6 +33,8 @@ type Config struct {
 	// injection or net.Pipe).
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 	Logger *slog.Logger
+
+	poller *rawio.Poller // the attachment's, for its connections' sockets
 }
 
 func (c *Config) logger() *slog.Logger {
@@ -108,6 +110,7 @@ func channelTo(ctx context.Context, cfg *Config, serverKey crypto.PublicKey) (*c
 		tc.SetNoDelay(true)
 	}
 	raw = rawio.Wrap(raw)
+	cfg.poller.Add(raw)
 	conn, err := crypto.Client(ctx, raw, &crypto.ClientConfig{
 		PrivateKey: cfg.PrivateKey,
 		ServerKey:  serverKey,

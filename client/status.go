@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dstproject/dst/internal/rawio"
 	"github.com/dstproject/dst/wire"
 )
 
@@ -36,7 +37,10 @@ type Status struct {
 	// Replay is the progress of a replay to a restarted server, while
 	// one runs.
 	Replay *ReplayStatus `json:"replay,omitempty"`
-	Stats  Stats         `json:"stats"`
+	// BusyPoll counts the rounds of polling before sleeping and how they
+	// ended (AttachConfig.BusyPoll), when it is on.
+	BusyPoll *rawio.PollStats `json:"busy_poll,omitempty"`
+	Stats    Stats            `json:"stats"`
 	// Latency holds percentiles of completed requests since the attach,
 	// per operation: read, write, flush, other (trim, write zeroes).
 	Latency map[string]Percentiles `json:"latency"`
@@ -99,6 +103,10 @@ func (a *Attachment) Status() Status {
 		Stats:      a.Stats(),
 		Latency:    a.latency.percentiles(),
 		Replay:     a.replaying.status(),
+	}
+	if a.poller != nil {
+		ps := a.poller.Stats()
+		st.BusyPoll = &ps
 	}
 	st.State, st.Since, st.Error = a.state.get()
 	a.table.mu.Lock()

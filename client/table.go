@@ -87,7 +87,8 @@ type table struct {
 	gen      *generation // carries new transactions; nil while reconnecting
 	instance wire.Identity
 	closed   bool
-	failed   error // set once the attachment can never carry requests again
+	failed   error        // set once the attachment can never carry requests again
+	n        atomic.Int64 // len(pending), for readers that take no lock
 }
 
 // enter puts t in the table and returns the queue to send it on (near if
@@ -110,6 +111,7 @@ func (tb *table) enter(t *tx, near *queue) (*queue, bool) {
 		q = tb.gen.pick()
 	}
 	t.q = q
+	tb.n.Store(int64(len(tb.pending)))
 	tb.mu.Unlock()
 	return q, true
 }
@@ -132,6 +134,7 @@ func (tb *table) reenter(t *tx) *queue {
 		}
 	}
 	t.q = q
+	tb.n.Store(int64(len(tb.pending)))
 	tb.mu.Unlock()
 	return q
 }
@@ -142,6 +145,7 @@ func (tb *table) take(id uint64) *tx {
 	tb.mu.Lock()
 	t := tb.pending[id]
 	delete(tb.pending, id)
+	tb.n.Store(int64(len(tb.pending)))
 	tb.mu.Unlock()
 	return t
 }
@@ -155,6 +159,7 @@ func (tb *table) putBack(t *tx) {
 		t.q = nil
 		tb.pending[t.hdr.ID] = t
 	}
+	tb.n.Store(int64(len(tb.pending)))
 	tb.mu.Unlock()
 	if err != nil {
 		t.finish(err)
@@ -171,6 +176,7 @@ func (tb *table) expire(now time.Time) []*tx {
 			expired = append(expired, t)
 		}
 	}
+	tb.n.Store(int64(len(tb.pending)))
 	tb.mu.Unlock()
 	return expired
 }
@@ -180,6 +186,7 @@ func (tb *table) drain() map[uint64]*tx {
 	tb.mu.Lock()
 	p := tb.pending
 	tb.pending = make(map[uint64]*tx)
+	tb.n.Store(int64(len(tb.pending)))
 	tb.mu.Unlock()
 	return p
 }
@@ -197,3 +204,7 @@ func (tb *table) refusal() error {
 	}
 	return nil
 }
+
+// inFlight returns how many transactions the table holds, without waiting
+// for its lock.
+func (tb *table) inFlight() int { return int(tb.n.Load()) }

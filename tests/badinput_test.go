@@ -301,6 +301,8 @@ func TestAttachBadFlags(t *testing.T) {
 	for _, c := range []struct{ flag, val string }{
 		{"--connections", "-1"},
 		{"--connections", "65"},
+		{"--busy-poll", "-1us"},
+		{"--busy-poll", "11ms"},
 	} {
 		out, err := runErr(dstBin, "attach", "--key", "/nonexistent", "--server-key", "x",
 			c.flag, c.val, "127.0.0.1:1", "disk", "--nbd-listen", "unix:"+sock)

@@ -9,13 +9,7 @@ import (
 // TestFioVerify runs fio's nbd engine with data verification at queue depth
 // 32, so many requests are in flight on one connection at once.
 func TestFioVerify(t *testing.T) {
-	requireTool(t, "fio")
-	if out, _ := runErr("fio", "--enghelp"); !strings.Contains(" "+strings.Join(strings.Fields(out), " ")+" ", " nbd ") {
-		if ci() {
-			t.Fatalf("tests: fio --enghelp does not list the nbd engine:\n%s", out)
-		}
-		t.Skip("tests: fio has no nbd engine")
-	}
+	requireFioNBD(t)
 	s := startServer(t, &export{Name: "disk", Size: 96 << 20})
 	a := s.attach(t, "disk")
 	for _, tc := range []struct {
@@ -35,6 +29,45 @@ func TestFioVerify(t *testing.T) {
 		})
 	}
 	s.alive(t)
+}
+
+// TestFioBusyPoll: dst attach --busy-poll carries fio's verified random
+// reads and writes at queue depth one, and its status shows the polling
+// (rounds, some ended by the data they waited for).
+func TestFioBusyPoll(t *testing.T) {
+	ownRunDir(t, "--busy-poll")
+	requireFioNBD(t)
+	s := startServer(t, &export{Name: "disk", Size: 16 << 20})
+	a := s.attach(t, "disk", "--busy-poll", "200us", "--name", "bp")
+	out := run(t, "fio", "--name=v", "--ioengine=nbd", "--uri="+a.uri(), "--iodepth=1", "--size=8m",
+		"--rw=randrw", "--bs=4k", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output-format=json")
+	checkFio(t, out)
+
+	out = run(t, dstBin, "status", "--json", "bp")
+	var sts []struct {
+		BusyPoll *struct{ Rounds, Data, Other, Expired uint64 } `json:"busy_poll"`
+	}
+	if err := json.Unmarshal([]byte(out), &sts); err != nil || len(sts) != 1 {
+		t.Fatalf("tests: dst status --json bp: %v\n%s", err, out)
+	}
+	bp := sts[0].BusyPoll
+	if bp == nil || bp.Rounds == 0 || bp.Data+bp.Other == 0 {
+		t.Fatalf("tests: busy_poll %+v: want rounds of polling, some ended by data\n%s", bp, out)
+	}
+	t.Logf("busy_poll after fio: %+v", *bp)
+	s.alive(t)
+}
+
+// requireFioNBD skips (fails, in CI) a test when fio lacks its nbd engine.
+func requireFioNBD(t *testing.T) {
+	t.Helper()
+	requireTool(t, "fio")
+	if out, _ := runErr("fio", "--enghelp"); !strings.Contains(" "+strings.Join(strings.Fields(out), " ")+" ", " nbd ") {
+		if ci() {
+			t.Fatalf("tests: fio --enghelp does not list the nbd engine:\n%s", out)
+		}
+		t.Skip("tests: fio has no nbd engine")
+	}
 }
 
 // checkFio fails unless fio's JSON report shows every job without error and

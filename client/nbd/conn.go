@@ -90,6 +90,7 @@ func ServeTransmission(ctx context.Context, c net.Conn, e *Export, log *slog.Log
 		log = slog.Default()
 	}
 	c = rawio.Wrap(c)
+	e.Poller.Add(c)
 	return serveTransmission(ctx, c, bufio.NewReaderSize(c, 64<<10), e, log)
 }
 

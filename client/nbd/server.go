@@ -96,6 +96,10 @@ type Export struct {
 	ReadOnly, Flush, FUA, Trim, WriteZeroes, Rotational, MultiConn bool
 
 	Device Device
+	// Poller, if set, takes in each connection's socket once it serves
+	// this export, so that its reader polls before it sleeps (see
+	// rawio.Poller).
+	Poller *rawio.Poller
 }
 
 // size is the export's size now.
@@ -245,6 +249,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		log.Debug("nbd: client aborted the handshake")
 		return nil
 	}
+	e.Poller.Add(c)
 	return serveTransmission(ctx, c, br, e, log)
 }
 

@@ -1,0 +1,58 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"testing"
+
+	"github.com/dstproject/dst/internal/testsupport"
+	"github.com/dstproject/dst/wire"
+)
+
+// TestBusyPoll: with BusyPoll, requests made one at a time find the
+// attachment's goroutines polling (Status counts the rounds, and some end
+// with the reply they waited for), data is right, and without it nothing
+// polls.
+func TestBusyPoll(t *testing.T) {
+	testsupport.LeakCheck(t, "dst/client.", "dst/internal/rawio.")
+	env := newEnv(t, "tcp", 1<<20)
+
+	cfg := &AttachConfig{Config: *env.config(), Export: "disk", Connections: 2, BusyPoll: 5e6} // 5ms
+	a, err := Attach(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for i := range 200 {
+		off := uint64(i%64) * 4096
+		data := bytes.Repeat([]byte{byte(i)}, 4096)
+		if err := do(a, wire.CmdWrite, 0, off, 4096, data); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		got := make([]byte, 4096)
+		if err := do(a, wire.CmdRead, 0, off, 4096, got); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("read %d: wrong data", i)
+		}
+	}
+	st := a.Status().BusyPoll
+	if st == nil {
+		t.Fatal("Status has no busy_poll with BusyPoll set")
+	}
+	if st.Rounds == 0 || st.Data+st.Other == 0 || st.Data+st.Other+st.Expired > st.Rounds {
+		t.Fatalf("busy poll %+v: want rounds, some ended by data, none counted twice", *st)
+	}
+	t.Logf("busy poll over 400 requests: %+v", *st)
+	a.Close() // b takes the writer lease
+
+	b := env.attach(t, "disk", 1)
+	defer b.Close()
+	if err := do(b, wire.CmdRead, 0, 0, 4096, make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	if b.Status().BusyPoll != nil {
+		t.Fatal("Status has busy_poll without BusyPoll")
+	}
+}
