@@ -128,8 +128,8 @@ def perf(path):
 
 # --- report ------------------------------------------------------------------
 
-TARGETS = ["dst", "dst-metrics", "dst-upstream", "nbdkit-relay", "nbdkit-tls", "nbdkit-tcp"]
-OPTIONAL = {"dst-metrics", "dst-upstream"}  # run only when asked for (bench --only)
+TARGETS = ["dst", "dst-poll", "dst-metrics", "dst-upstream", "nbdkit-relay", "nbdkit-tls", "nbdkit-tcp"]
+OPTIONAL = {"dst-poll", "dst-metrics", "dst-upstream"}  # run only when asked for (bench --only)
 METRICS = [
     ("seq_read_MBps", "seq read MB/s", "{:.1f}"),
     ("seq_write_MBps", "seq write MB/s", "{:.1f}"),
@@ -138,7 +138,8 @@ METRICS = [
     ("randwrite_qd1_iops", "randwrite QD1 IOPS", "{:.0f}"),
     ("randwrite_qd32_iops", "randwrite QD32 IOPS", "{:.0f}"),
 ]
-PROCESSES = ["dst attach", "dst serve", "dst-metrics attach", "dst-metrics serve",
+PROCESSES = ["dst attach", "dst serve", "dst-poll attach", "dst-poll serve",
+             "dst-metrics attach", "dst-metrics serve",
              "dst-upstream attach", "dst-upstream serve", "dst-upstream nbdkit",
              "nbdkit-relay relay", "nbdkit-relay server",
              "nbdkit-tls server", "nbdkit-tcp server"]
@@ -231,14 +232,19 @@ def report(args):
         v = med.get(t, {}).get(k)
         return "-" if v is None else fmt.format(v)
 
-    def ratio(k, other):
-        a, b = med.get("dst", {}).get(k), med.get(other, {}).get(k)
+    def ratio(k, pair):
+        a, b = med.get(pair[0], {}).get(k), med.get(pair[1], {}).get(k)
         return "-" if a is None or not b else f"{a / b:.2f}"
 
     targets = [t for t in TARGETS if t not in OPTIONAL or t in per]
-    ratios = {f"dst/{o}": {k: round(med["dst"][k] / med[o][k], 4) for k, _, _ in METRICS
-                           if med.get("dst", {}).get(k) and med.get(o, {}).get(k)}
-              for o in targets[1:]}
+    # dst against every other target; dst with --busy-poll, when run,
+    # against the nbdkit ones too.
+    pairs = [("dst", o) for o in targets[1:]]
+    if "dst-poll" in targets:
+        pairs += [("dst-poll", o) for o in targets if o.startswith("nbdkit-")]
+    ratios = {f"{a}/{b}": {k: round(med[a][k] / med[b][k], 4) for k, _, _ in METRICS
+                           if med.get(a, {}).get(k) and med.get(b, {}).get(k)}
+              for a, b in pairs}
     ratios = {k: v for k, v in ratios.items() if v}
 
     if title:
@@ -251,8 +257,8 @@ def report(args):
               [[name] + [cell(t, k, fmt, True) for t in targets] for k, name, fmt in METRICS])
         print(f"Medians over {len(rounds)} round(s):")
         print()
-        table(["metric"] + targets + [f"dst/{o}" for o in targets[1:]],
-              [[name] + [cell(t, k, fmt) for t in targets] + [ratio(k, o) for o in targets[1:]]
+        table(["metric"] + targets + [f"{a}/{b}" for a, b in pairs],
+              [[name] + [cell(t, k, fmt) for t in targets] + [ratio(k, p) for p in pairs]
                for k, name, fmt in METRICS])
 
     for costs, what in ((COSTS, "/proc/PID/stat and /proc/PID/task/*/status"),
