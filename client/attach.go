@@ -54,10 +54,11 @@ type AttachConfig struct {
 	Resume wire.Identity
 	// BusyPoll, when positive, has the attachment's goroutines poll its
 	// sockets (the queue connections and the NBD front end's) for up to
-	// this long before they sleep, while at most one request is in
-	// flight: requests that come one at a time then find the process
-	// awake, and nobody pays for waking it, at the price of a CPU kept busy
-	// meanwhile (internal/rawio, Poller). Zero sleeps at once.
+	// this long before they sleep, while requests come one at a time (at
+	// most one in flight, and no deeper queue since the last look): each
+	// request and reply then finds the process awake, and nobody pays for
+	// waking it, at the price of a CPU kept busy meanwhile
+	// (internal/rawio, Poller). Zero sleeps at once.
 	BusyPoll time.Duration
 }
 
@@ -129,10 +130,8 @@ func Attach(ctx context.Context, cfg *AttachConfig) (*Attachment, error) {
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	c := &a.cfg
 	if c.BusyPoll > 0 {
-		// Polling pays while requests come one at a time; deeper
-		// queues keep the CPUs busy without it.
 		a.poller = rawio.NewPoller(c.BusyPoll)
-		a.poller.Gate(func() bool { return a.table.inFlight() <= 1 })
+		a.poller.Gate(a.table.quiet)
 		c.Config.poller = a.poller
 	}
 	if c.Connections <= 0 {

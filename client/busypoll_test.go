@@ -56,3 +56,43 @@ func TestBusyPoll(t *testing.T) {
 		t.Fatal("Status has busy_poll without BusyPoll")
 	}
 }
+
+// TestTableQuiet: the busy-poll gate is open while requests come one at a
+// time, shut while more than one is in flight, and shut once more after a
+// deep queue drains, so that its dips do not poll.
+func TestTableQuiet(t *testing.T) {
+	tb := table{pending: make(map[uint64]*tx)}
+	enter := func(id uint64) {
+		if _, ok := tb.enter(&tx{hdr: wire.Request{ID: id}}, nil); !ok {
+			t.Fatalf("enter %d refused", id)
+		}
+	}
+	if !tb.quiet() {
+		t.Fatal("an empty table is not quiet")
+	}
+	enter(1)
+	if !tb.quiet() {
+		t.Fatal("one in flight is not quiet")
+	}
+	enter(2)
+	enter(3) // behind two others
+	for id := uint64(1); id <= 3; id++ {
+		tb.take(id)
+	}
+	enter(4)
+	if tb.quiet() {
+		t.Fatal("quiet at the first look after a deep queue drained")
+	}
+	if !tb.quiet() {
+		t.Fatal("not quiet at the second look, with nothing deep since")
+	}
+	enter(5)
+	if tb.quiet() {
+		t.Fatal("two in flight are quiet")
+	}
+	enter(6)
+	tb.quiet()
+	if tb.quiet() {
+		t.Fatal("three in flight are quiet")
+	}
+}

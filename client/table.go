@@ -89,6 +89,9 @@ type table struct {
 	closed   bool
 	failed   error        // set once the attachment can never carry requests again
 	n        atomic.Int64 // len(pending), for readers that take no lock
+	// deep counts the transactions that entered with more than two
+	// pending; seenDeep is its value when quiet last looked.
+	deep, seenDeep atomic.Uint64
 }
 
 // enter puts t in the table and returns the queue to send it on (near if
@@ -112,6 +115,9 @@ func (tb *table) enter(t *tx, near *queue) (*queue, bool) {
 	}
 	t.q = q
 	tb.n.Store(int64(len(tb.pending)))
+	if len(tb.pending) > 2 {
+		tb.deep.Add(1)
+	}
 	tb.mu.Unlock()
 	return q, true
 }
@@ -208,3 +214,11 @@ func (tb *table) refusal() error {
 // inFlight returns how many transactions the table holds, without waiting
 // for its lock.
 func (tb *table) inFlight() int { return int(tb.n.Load()) }
+
+// quiet reports whether requests come one at a time: at most one is in
+// flight, and none entered behind two others since quiet was last asked.
+// A deep queue that drains for a moment is not quiet.
+func (tb *table) quiet() bool {
+	d := tb.deep.Load()
+	return tb.seenDeep.Swap(d) == d && tb.inFlight() <= 1
+}

@@ -55,6 +55,9 @@ func TestFioBusyPoll(t *testing.T) {
 		t.Fatalf("tests: busy_poll %+v: want rounds of polling, some ended by data\n%s", bp, out)
 	}
 	t.Logf("busy_poll after fio: %+v", *bp)
+	if out := run(t, dstBin, "status", "bp"); !strings.Contains(out, "busy polling") {
+		t.Errorf("tests: dst status bp does not show the polling:\n%s", out)
+	}
 	s.alive(t)
 }
 

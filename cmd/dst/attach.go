@@ -95,7 +95,7 @@ func cmdAttach(ctx context.Context, args []string) error {
 	replay := sizeFlag(256 << 20)
 	fs.Var(&replay, "replay-buffer", "bound on acknowledged, unflushed write `SIZE` kept to replay to a restarted server (e.g. 64MiB, 1GiB; 0 turns replay off)")
 	procs := fs.Int("procs", 0, "`N` threads run attach's Go code at once (GOMAXPROCS); default 1, or $GOMAXPROCS if set;\nmore helps only links faster than one core's sealing (several GB/s)")
-	busyPoll := fs.Duration("busy-poll", 0, "poll the sockets for up to `DURATION` (e.g. 50us) before sleeping while at most one\nrequest is in flight: faster one-at-a-time I/O for a CPU kept busy meanwhile; default 0, off")
+	busyPoll := fs.Duration("busy-poll", 0, "poll the sockets for up to `DURATION` (e.g. 50us) before sleeping while requests come\none at a time: faster one-at-a-time I/O for a CPU kept busy meanwhile; default 0, off")
 	deadConn := fs.Duration("dead-conn-timeout", 60*time.Second, "with a device: how long the kernel holds I/O for a restarted dst attach")
 	metricsListen := fs.String("metrics-listen", "", "answer Prometheus scrapes at `HOST:PORT`/metrics (default off)")
 	name := fs.String("name", "", "`NAME` of this attachment for dst status (its socket is <run dir>/attach/NAME.sock);\ndefault the device's name (nbd0), or with --nbd-listen the export's")

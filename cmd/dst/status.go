@@ -244,6 +244,10 @@ func printStatus(out io.Writer, st *attachmentStatus) {
 		fmt.Fprintf(w, "  replaying\t%d of %d writes, %d of %d bytes (%d%%)\n", r.Done, r.Writes, r.DoneBytes, r.Bytes,
 			100*r.Done/r.Writes)
 	}
+	if b := st.BusyPoll; b != nil {
+		fmt.Fprintf(w, "  busy polling\t%d rounds: %d ended by data for the poller, %d for another socket, %d ran out\n",
+			b.Rounds, b.Data, b.Other, b.Expired)
+	}
 	fmt.Fprintf(w, "  not yet durable\t%d writes, %d bytes (acknowledged, kept for replay until a flush)\n",
 		s.ReplayEntries, s.ReplayBytes)
 	for _, op := range []string{"read", "write", "flush", "other"} {

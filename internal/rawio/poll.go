@@ -29,15 +29,17 @@ import (
 // awake: its sender wakes nobody, and the process does not switch. The
 // price is a CPU kept busy while requests come one at a time, so it is
 // for hosts where latency at low queue depth is worth a core, and a Gate
-// keeps it to the moments it pays (dst attach: while at most one request
-// is in flight; deeper queues keep their CPUs busy anyway).
+// keeps it to the moments it pays (dst attach: while requests come one at
+// a time; deeper queues keep their CPUs busy anyway).
 //
 // One goroutine polls at a time: every other one that finds its socket
 // empty parks on the runtime's poller as usual. The poller polls the whole
 // set, so a parked goroutine's data ends the polling at once, and the
 // runtime, finding the P idle, hands that goroutine its data without
 // sleeping. Between polls the poller yields to the goroutines the runtime
-// has ready to run.
+// has ready to run, and then its CPU to any other thread ready there
+// (sched_yield): at a deep queue that drains for a moment, the process
+// that is to refill it may be the one waiting for that CPU.
 
 // A Poller polls a set of sockets before the goroutines reading them sleep.
 // Its zero value is not usable; make one with NewPoller.
@@ -152,11 +154,13 @@ func (p *Poller) poll(fd int32) bool {
 	var zero unix.Timespec
 	end := time.Now().Add(p.budget)
 	for {
-		// Ready goroutines first: the poller holds its P only while
-		// there is nothing else to run on it.
+		// Ready goroutines first, then other threads ready on this CPU:
+		// the poller holds its P, and its CPU, only while neither has
+		// anything to run. Neither sched_yield nor ppoll with a zero
+		// timeout blocks (the thread stays runnable), so raw calls are
+		// safe (see the package comment on why the other kind is avoided).
 		runtime.Gosched()
-		// A zero timeout never blocks, so the raw call is safe (see the
-		// package comment on why the other kind is avoided).
+		syscall.RawSyscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
 		n, _, e := syscall.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&p.scan[0])),
 			uintptr(len(p.scan)), uintptr(unsafe.Pointer(&zero)), 0, 0, 0)
 		if e == 0 && n > 0 {
