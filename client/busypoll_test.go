@@ -3,7 +3,9 @@ package client
 import (
 	"bytes"
 	"context"
+	"errors"
 	"testing"
+	"time"
 
 	"github.com/dstproject/dst/internal/testsupport"
 	"github.com/dstproject/dst/wire"
@@ -45,7 +47,30 @@ func TestBusyPoll(t *testing.T) {
 		t.Fatalf("busy poll %+v: want rounds, some ended by data, none counted twice", *st)
 	}
 	t.Logf("busy poll over 400 requests: %+v", *st)
+	if st.Sockets != 3 {
+		t.Errorf("busy poll over %d sockets, want 3: the control connection and 2 queues", st.Sockets)
+	}
+	// A lost generation's sockets leave the set (queues close with abort).
+	a.table.mu.Lock()
+	g := a.table.gen
+	a.table.mu.Unlock()
+	g.kill(errors.New("test: the generation is killed"))
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if a.Stats().Reconnects == 1 && a.poller.Stats().Sockets == 3 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("after a reconnect: %+v, busy poll over %d sockets; want one reconnect and 3",
+				a.Stats(), a.poller.Stats().Sockets)
+		}
+	}
+	if err := do(a, wire.CmdRead, 0, 0, 4096, make([]byte, 4096)); err != nil {
+		t.Fatalf("read after the reconnect: %v", err)
+	}
 	a.Close() // b takes the writer lease
+	if n := a.poller.Stats().Sockets; n != 0 {
+		t.Errorf("busy poll over %d sockets after Close, want none", n)
+	}
 
 	b := env.attach(t, "disk", 1)
 	defer b.Close()

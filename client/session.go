@@ -91,13 +91,14 @@ func (s *Session) abort() {
 }
 
 func abort(c net.Conn) {
+	inner := c
 	if w, ok := c.(interface{ Unwrap() net.Conn }); ok {
-		c = w.Unwrap()
+		inner = w.Unwrap()
 	}
-	if tc, ok := c.(*net.TCPConn); ok {
+	if tc, ok := inner.(*net.TCPConn); ok {
 		tc.SetLinger(0)
 	}
-	c.Close()
+	c.Close() // the wrapper's Close: it leaves its busy-poll set
 }
 
 // kill declares the session dead for the reason err.

@@ -111,6 +111,7 @@ func (p *Poller) remove(fd int32) {
 
 // PollStats counts the rounds of polling and how they ended.
 type PollStats struct {
+	Sockets int    `json:"sockets"` // in the set now
 	Rounds  uint64 `json:"rounds"`  // rounds of polling begun
 	Data    uint64 `json:"data"`    // ended by data on the poller's own socket
 	Other   uint64 `json:"other"`   // ended by data on another socket of the set
@@ -119,7 +120,11 @@ type PollStats struct {
 
 // Stats returns what the Poller has done so far.
 func (p *Poller) Stats() PollStats {
+	p.mu.Lock()
+	n := len(p.fds)
+	p.mu.Unlock()
 	return PollStats{
+		Sockets: n,
 		Rounds:  p.runs.Load(),
 		Data:    p.st[pollData].Load(),
 		Other:   p.st[pollOther].Load(),
