@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -89,6 +90,10 @@ func TestPollerReadsOwnData(t *testing.T) {
 // stops and parks, so that the runtime hands that reader its data.
 func TestPollerYieldsToParkedReader(t *testing.T) {
 	testsupport.LeakCheck(t)
+	// One P, as dst attach runs: with more, an idle P's thread waiting on
+	// the runtime's poller could hand b's reader its data before the
+	// poller sees it.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	p := NewPoller(time.Hour)
 	a, peerA := socketPair(t)
 	b, peerB := socketPair(t)
