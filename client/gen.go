@@ -358,7 +358,6 @@ func (a *Attachment) replayTo(g *generation) error {
 			ids = append(ids, t.hdr.ID)
 			a.table.mu.Lock()
 			a.table.pending[t.hdr.ID] = t
-			a.table.n.Store(int64(len(a.table.pending)))
 			t.q = g.pick()
 			a.table.mu.Unlock()
 			t.q.send(t, qconn.Defer)

@@ -87,11 +87,10 @@ type table struct {
 	gen      *generation // carries new transactions; nil while reconnecting
 	instance wire.Identity
 	closed   bool
-	failed   error        // set once the attachment can never carry requests again
-	n        atomic.Int64 // len(pending), for readers that take no lock
+	failed   error // set once the attachment can never carry requests again
 	// deep counts the transactions that entered with more than two
 	// pending; seenDeep is its value when quiet last looked.
-	deep, seenDeep atomic.Uint64
+	deep, seenDeep uint64
 }
 
 // enter puts t in the table and returns the queue to send it on (near if
@@ -114,9 +113,8 @@ func (tb *table) enter(t *tx, near *queue) (*queue, bool) {
 		q = tb.gen.pick()
 	}
 	t.q = q
-	tb.n.Store(int64(len(tb.pending)))
 	if len(tb.pending) > 2 {
-		tb.deep.Add(1)
+		tb.deep++
 	}
 	tb.mu.Unlock()
 	return q, true
@@ -140,7 +138,6 @@ func (tb *table) reenter(t *tx) *queue {
 		}
 	}
 	t.q = q
-	tb.n.Store(int64(len(tb.pending)))
 	tb.mu.Unlock()
 	return q
 }
@@ -151,7 +148,6 @@ func (tb *table) take(id uint64) *tx {
 	tb.mu.Lock()
 	t := tb.pending[id]
 	delete(tb.pending, id)
-	tb.n.Store(int64(len(tb.pending)))
 	tb.mu.Unlock()
 	return t
 }
@@ -165,7 +161,6 @@ func (tb *table) putBack(t *tx) {
 		t.q = nil
 		tb.pending[t.hdr.ID] = t
 	}
-	tb.n.Store(int64(len(tb.pending)))
 	tb.mu.Unlock()
 	if err != nil {
 		t.finish(err)
@@ -182,7 +177,6 @@ func (tb *table) expire(now time.Time) []*tx {
 			expired = append(expired, t)
 		}
 	}
-	tb.n.Store(int64(len(tb.pending)))
 	tb.mu.Unlock()
 	return expired
 }
@@ -192,7 +186,6 @@ func (tb *table) drain() map[uint64]*tx {
 	tb.mu.Lock()
 	p := tb.pending
 	tb.pending = make(map[uint64]*tx)
-	tb.n.Store(int64(len(tb.pending)))
 	tb.mu.Unlock()
 	return p
 }
@@ -211,14 +204,13 @@ func (tb *table) refusal() error {
 	return nil
 }
 
-// inFlight returns how many transactions the table holds, without waiting
-// for its lock.
-func (tb *table) inFlight() int { return int(tb.n.Load()) }
-
 // quiet reports whether requests come one at a time: at most one is in
 // flight, and none entered behind two others since quiet was last asked.
 // A deep queue that drains for a moment is not quiet.
 func (tb *table) quiet() bool {
-	d := tb.deep.Load()
-	return tb.seenDeep.Swap(d) == d && tb.inFlight() <= 1
+	tb.mu.Lock()
+	quiet := tb.seenDeep == tb.deep && len(tb.pending) <= 1
+	tb.seenDeep = tb.deep
+	tb.mu.Unlock()
+	return quiet
 }

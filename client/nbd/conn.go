@@ -90,12 +90,12 @@ func ServeTransmission(ctx context.Context, c net.Conn, e *Export, log *slog.Log
 		log = slog.Default()
 	}
 	c = rawio.Wrap(c)
-	e.Poller.Add(c)
 	return serveTransmission(ctx, c, bufio.NewReaderSize(c, 64<<10), e, log)
 }
 
 func serveTransmission(ctx context.Context, nc net.Conn, br *bufio.Reader, e *Export, log *slog.Logger) error {
 	defer nc.Close()
+	e.Poller.Add(nc)
 	lo, _, hi := e.blockSizes()
 	c := &conn{
 		nc: nc, br: br, e: e, log: log, minLen: lo, maxLen: hi,

@@ -249,7 +249,6 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		log.Debug("nbd: client aborted the handshake")
 		return nil
 	}
-	e.Poller.Add(c)
 	return serveTransmission(ctx, c, br, e, log)
 }
 

@@ -51,19 +51,10 @@ type Poller struct {
 
 	mu   sync.Mutex
 	fds  []int32       // the set, one entry per Conn added
-	scan []unix.PollFd // the poller's working copy, used only while polling
-	dirt atomic.Bool   // fds changed since scan was made
-	st   [pollEnds]atomic.Uint64
-	runs atomic.Uint64
-}
+	scan []unix.PollFd // the poller's copy of the set, used only while polling
 
-// How a round of polling ended.
-const (
-	pollData    = iota // the poller's own socket became readable
-	pollOther          // another socket of the set did
-	pollExpired        // the budget ran out
-	pollEnds
-)
+	rounds, data, other, expired atomic.Uint64 // see PollStats
+}
 
 // NewPoller returns a Poller whose goroutines poll for up to budget before
 // they sleep. A budget of zero or less never polls.
@@ -72,7 +63,7 @@ func NewPoller(budget time.Duration) *Poller {
 }
 
 // Gate makes the Poller poll only while f reports true. f is called each
-// time a goroutine finds its socket empty, so it must be cheap.
+// time a goroutine would begin a round, so it must be cheap.
 func (p *Poller) Gate(f func() bool) { p.gate.Store(&f) }
 
 // Add puts c in the set. c must come from Wrap, and Add must come before c
@@ -91,7 +82,6 @@ func (p *Poller) Add(c net.Conn) bool {
 	p.mu.Lock()
 	p.fds = append(p.fds, fd)
 	p.mu.Unlock()
-	p.dirt.Store(true)
 	rc.poller, rc.fd = p, fd
 	return true
 }
@@ -106,7 +96,6 @@ func (p *Poller) remove(fd int32) {
 		}
 	}
 	p.mu.Unlock()
-	p.dirt.Store(true)
 }
 
 // PollStats counts the rounds of polling and how they ended.
@@ -125,10 +114,10 @@ func (p *Poller) Stats() PollStats {
 	p.mu.Unlock()
 	return PollStats{
 		Sockets: n,
-		Rounds:  p.runs.Load(),
-		Data:    p.st[pollData].Load(),
-		Other:   p.st[pollOther].Load(),
-		Expired: p.st[pollExpired].Load(),
+		Rounds:  p.rounds.Load(),
+		Data:    p.data.Load(),
+		Other:   p.other.Load(),
+		Expired: p.expired.Load(),
 	}
 }
 
@@ -137,22 +126,20 @@ func (p *Poller) Stats() PollStats {
 // the runtime's poller (another goroutine polls, the gate is shut, the
 // budget ran out, or another socket has data for a parked goroutine).
 func (p *Poller) poll(fd int32) bool {
-	if g := p.gate.Load(); g != nil && !(*g)() {
-		return false
-	}
 	if !p.polling.CompareAndSwap(false, true) {
 		return false
 	}
 	defer p.polling.Store(false)
-	p.runs.Add(1)
-	if p.dirt.Swap(false) {
-		p.mu.Lock()
-		p.scan = p.scan[:0]
-		for _, f := range p.fds {
-			p.scan = append(p.scan, unix.PollFd{Fd: f, Events: unix.POLLIN})
-		}
-		p.mu.Unlock()
+	if g := p.gate.Load(); g != nil && !(*g)() {
+		return false
 	}
+	p.rounds.Add(1)
+	p.mu.Lock()
+	p.scan = p.scan[:0]
+	for _, f := range p.fds {
+		p.scan = append(p.scan, unix.PollFd{Fd: f, Events: unix.POLLIN})
+	}
+	p.mu.Unlock()
 	if len(p.scan) == 0 {
 		return false
 	}
@@ -171,15 +158,15 @@ func (p *Poller) poll(fd int32) bool {
 		if e == 0 && n > 0 {
 			for i := range p.scan {
 				if p.scan[i].Fd == fd && p.scan[i].Revents != 0 {
-					p.st[pollData].Add(1)
+					p.data.Add(1)
 					return true
 				}
 			}
-			p.st[pollOther].Add(1)
+			p.other.Add(1)
 			return false
 		}
 		if e != 0 && e != syscall.EINTR || time.Now().After(end) {
-			p.st[pollExpired].Add(1)
+			p.expired.Add(1)
 			return false
 		}
 	}
