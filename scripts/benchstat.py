@@ -198,6 +198,36 @@ def nest(flat):
     return out
 
 
+SHAPES = ["read-dst", "read-relay", "read-tls", "write-dst", "write-relay", "write-tls"]
+
+
+def seq_floor(per, med, rounds, cell):
+    """Prints the sequential floors (scripts/seqfloor) and, for each
+    direction, what the targets ask of dst against the floor of dst's own
+    shape: no design doing dst's work per byte here streams faster."""
+    print("Sequential floor: the copy's bytes streamed through processes doing only each byte's")
+    print("work (scripts/seqfloor), MB/s:")
+    print()
+    table(["shape", f"per round ({' / '.join(str(r) for r in rounds)})", "median"],
+          [[sh, cell("seqfloor", sh.replace("-", "_") + "_MBps", "{:.1f}", True),
+            cell("seqfloor", sh.replace("-", "_") + "_MBps", "{:.1f}")] for sh in SHAPES])
+    rows = []
+    for d in ("read", "write"):
+        fl = med["seqfloor"].get(f"{d}_dst_MBps")
+        got = {t: med.get(t, {}).get(f"seq_{d}_MBps") for t in ("dst", "nbdkit-relay", "nbdkit-tls")}
+        if not fl:
+            continue
+        for what, v in ((f"dst seq {d}", got["dst"]),
+                        ("1.2 x nbdkit-relay", got["nbdkit-relay"] and 1.2 * got["nbdkit-relay"]),
+                        ("0.9 x nbdkit-tls", got["nbdkit-tls"] and 0.9 * got["nbdkit-tls"])):
+            if v:
+                rows.append([f"{d}: {what}", f"{v:.1f}", f"{fl:.1f}", f"{v / fl:.2f}"])
+    if rows:
+        print("Sequential figures and targets against the floor of dst's shape (medians):")
+        print()
+        table(["figure", "MB/s", f"floor, dst's shape", "of the floor"], rows)
+
+
 def report(args):
     tsv, out_json, title, meta = args[0], None, "", {}
     rest = args[1:]
@@ -291,6 +321,9 @@ def report(args):
             print(f"dst attach peak RSS {mem['attach_peak_rss_MiB']:.1f} MiB is {verdict} 256 MiB + the"
                   f" replay buffer ({rb:.0f} MiB) = {bound:.0f} MiB.")
             print()
+
+    if "seqfloor" in per:
+        seq_floor(per, med, rounds, cell)
 
     floor = extra.get("floor")
     if floor:
