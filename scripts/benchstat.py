@@ -4,6 +4,9 @@
   watch READY OUT DENSE_AFTER LABEL=PID...
       Sample CPU time and context switches of the processes until SIGTERM,
       then write "cpu_ticks<TAB>ctxsw<TAB>label" deltas to OUT.
+  cputime OUT PID... -- COMMAND...
+      Run COMMAND and write "wall_s cpu_s" to OUT: its wall time, and the CPU time
+      it and the processes PID used meanwhile (all of a copy's processes).
   fio FILE
       Print "iops total_ios" of a fio --output-format=json run (reads plus writes).
   perf FILE
@@ -16,6 +19,7 @@
 import json
 import os
 import re
+import resource
 import signal
 import statistics
 import sys
@@ -96,6 +100,27 @@ def watch(ready, out, dense_after, specs):
             f.write(f"{cpu_ticks(pid) - cpu0[pid]}\t{csw}\t{label}\n")
 
 
+# --- cputime -----------------------------------------------------------------
+
+
+def cputime(out, args):
+    """Runs a command and writes its wall time, and the CPU time of it and of
+    the given processes over that time, to OUT."""
+    sep = args.index("--")
+    pids, command = [int(p) for p in args[:sep]], args[sep + 1:]
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu0 = sum(cpu_ticks(p) for p in pids)
+    t0 = time.monotonic()
+    rc = os.spawnvp(os.P_WAIT, command[0], command)
+    wall = time.monotonic() - t0
+    cpu = (sum(cpu_ticks(p) for p in pids) - cpu0) / tick
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if rc != 0:
+        sys.exit(f"benchstat: {command[0]} exited with {rc}")
+    with open(out, "w") as f:
+        f.write(f"{wall:.6f} {cpu + ru.ru_utime + ru.ru_stime:.3f}\n")
+
+
 # --- fio and perf ------------------------------------------------------------
 
 
@@ -133,6 +158,8 @@ OPTIONAL = {"dst-poll", "dst-metrics", "dst-upstream"}  # run only when asked fo
 METRICS = [
     ("seq_read_MBps", "seq read MB/s", "{:.1f}"),
     ("seq_write_MBps", "seq write MB/s", "{:.1f}"),
+    ("seq_read_cpu_s_per_GiB", "seq read CPU s/GiB, all processes", "{:.2f}"),
+    ("seq_write_cpu_s_per_GiB", "seq write CPU s/GiB, all processes", "{:.2f}"),
     ("randread_qd1_iops", "randread QD1 IOPS", "{:.0f}"),
     ("randread_qd32_iops", "randread QD32 IOPS", "{:.0f}"),
     ("randwrite_qd1_iops", "randwrite QD1 IOPS", "{:.0f}"),
@@ -202,30 +229,45 @@ SHAPES = ["read-dst", "read-relay", "read-tls", "write-dst", "write-relay", "wri
 
 
 def seq_floor(per, med, rounds, cell):
-    """Prints the sequential floors (scripts/seqfloor) and, for each
-    direction, what the targets ask of dst against the floor of dst's own
-    shape: no design doing dst's work per byte here streams faster."""
+    """Prints the sequential floors (scripts/seqfloor) and sets the copies'
+    figures against them. Rates move with the machine from one minute to
+    the next; CPU time per GiB moves far less, so each copy's CPU per GiB
+    (all its processes) is also set against its shape's floor: how much
+    work it does beyond what each byte needs."""
     print("Sequential floor: the copy's bytes streamed through processes doing only each byte's")
-    print("work (scripts/seqfloor), MB/s:")
+    print("work (scripts/seqfloor):")
     print()
-    table(["shape", f"per round ({' / '.join(str(r) for r in rounds)})", "median"],
-          [[sh, cell("seqfloor", sh.replace("-", "_") + "_MBps", "{:.1f}", True),
-            cell("seqfloor", sh.replace("-", "_") + "_MBps", "{:.1f}")] for sh in SHAPES])
+    key = lambda sh, what: sh.replace("-", "_") + what
+    table(["shape", f"MB/s per round ({' / '.join(str(r) for r in rounds)})", "MB/s median",
+           "CPU s/GiB median"],
+          [[sh, cell("seqfloor", key(sh, "_MBps"), "{:.1f}", True), cell("seqfloor", key(sh, "_MBps"), "{:.1f}"),
+            cell("seqfloor", key(sh, "_cpu_s_per_GiB"), "{:.2f}")] for sh in SHAPES])
+    rows = []
+    fl = med["seqfloor"]
+    for d in ("read", "write"):
+        for t, shape in (("dst", "dst"), ("dst-poll", "dst"), ("nbdkit-relay", "relay"), ("nbdkit-tls", "tls")):
+            got, floor = med.get(t, {}).get(f"seq_{d}_cpu_s_per_GiB"), fl.get(f"{d}_{shape}_cpu_s_per_GiB")
+            if got and floor:
+                rows.append([f"{d}: {t}", f"{got:.2f}", f"{d}-{shape}", f"{floor:.2f}", f"{got / floor:.2f}"])
+    if rows:
+        print("CPU per GiB of each copy (its client and servers) against the floor of its shape (medians):")
+        print()
+        table(["copy", "CPU s/GiB", "floor shape", "floor CPU s/GiB", "copy/floor"], rows)
     rows = []
     for d in ("read", "write"):
-        fl = med["seqfloor"].get(f"{d}_dst_MBps")
+        floor = fl.get(f"{d}_dst_MBps")
         got = {t: med.get(t, {}).get(f"seq_{d}_MBps") for t in ("dst", "nbdkit-relay", "nbdkit-tls")}
-        if not fl:
+        if not floor:
             continue
         for what, v in ((f"dst seq {d}", got["dst"]),
                         ("1.2 x nbdkit-relay", got["nbdkit-relay"] and 1.2 * got["nbdkit-relay"]),
                         ("0.9 x nbdkit-tls", got["nbdkit-tls"] and 0.9 * got["nbdkit-tls"])):
             if v:
-                rows.append([f"{d}: {what}", f"{v:.1f}", f"{fl:.1f}", f"{v / fl:.2f}"])
+                rows.append([f"{d}: {what}", f"{v:.1f}", f"{floor:.1f}", f"{v / floor:.2f}"])
     if rows:
         print("Sequential figures and targets against the floor of dst's shape (medians):")
         print()
-        table(["figure", "MB/s", f"floor, dst's shape", "of the floor"], rows)
+        table(["figure", "MB/s", "floor, dst's shape", "of the floor"], rows)
 
 
 def report(args):
@@ -353,6 +395,8 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "watch":
         watch(args[0], args[1], float(args[2]), args[3:])
+    elif cmd == "cputime":
+        cputime(args[0], args[1:])
     elif cmd == "fio":
         fio(args[0])
     elif cmd == "perf":

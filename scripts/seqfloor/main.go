@@ -23,7 +23,8 @@
 //
 // It reads (read-*) or writes (write-*) FILE from its start, wrapping at
 // its end, until MIB mebibytes have gone through, and prints
-// "SHAPE MB/s" (10^6 bytes per second). scripts/bench --floor runs it.
+// "SHAPE MB/s CPU-s/GiB": the rate in 10^6 bytes per second, and the CPU
+// time all its processes used per GiB. scripts/bench --floor runs it.
 package main
 
 import (
@@ -86,29 +87,29 @@ func main() {
 		fmt.Fprintf(os.Stderr, "seqfloor: want a known SHAPE and a positive MIB, got %q %q\n", os.Args[1], os.Args[3])
 		os.Exit(2)
 	}
-	mbs, err := run(st, os.Args[2], int64(mib)<<20)
+	mbs, cpu, err := run(st, os.Args[2], int64(mib)<<20)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "seqfloor:", err)
 		os.Exit(1)
 	}
-	fmt.Printf("%s %.1f\n", os.Args[1], mbs)
+	fmt.Printf("%s %.1f %.3f\n", os.Args[1], mbs, cpu.Seconds()/(float64(mib)/1024))
 }
 
 // run starts one process per stage, joined by TCP (to the last stage, the
 // server's side) and unix socketpairs (between the others), and returns
-// the rate from start to the last stage's end.
-func run(st []stage, file string, total int64) (float64, error) {
+// the rate from start to the last stage's end and the CPU time the stages
+// used.
+func run(st []stage, file string, total int64) (mbs float64, cpu time.Duration, err error) {
 	// links[i] joins stage i to stage i+1: [0] is i's end, [1] is i+1's.
 	links := make([][2]*os.File, len(st)-1)
 	for i := range links {
-		var err error
 		if i == len(links)-1 && strings.HasPrefix(os.Args[1], "write") || i == 0 && strings.HasPrefix(os.Args[1], "read") {
 			links[i], err = tcpPair()
 		} else {
 			links[i], err = unixPair()
 		}
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	start := time.Now()
@@ -125,7 +126,7 @@ func run(st []stage, file string, total int64) (float64, error) {
 		c.Stderr = os.Stderr
 		c.ExtraFiles = []*os.File{prev, next} // fds 3 and 4; nil ones stay closed
 		if err := c.Start(); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		cmds[i] = c
 	}
@@ -133,16 +134,16 @@ func run(st []stage, file string, total int64) (float64, error) {
 		l[0].Close()
 		l[1].Close()
 	}
-	var first error
 	for _, c := range cmds {
-		if err := c.Wait(); err != nil && first == nil {
-			first = err
+		if werr := c.Wait(); werr != nil && err == nil {
+			err = werr
 		}
+		cpu += c.ProcessState.UserTime() + c.ProcessState.SystemTime()
 	}
-	if first != nil {
-		return 0, first
+	if err != nil {
+		return 0, 0, err
 	}
-	return float64(total) / time.Since(start).Seconds() / 1e6, nil
+	return float64(total) / time.Since(start).Seconds() / 1e6, cpu, nil
 }
 
 // tcpPair returns the two ends of a TCP connection over loopback.

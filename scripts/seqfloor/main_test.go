@@ -11,7 +11,7 @@ import (
 
 // TestShapes runs every shape on a small file: each must move all its bytes
 // through every stage (a record that does not open, or a stage that stops
-// early, fails the run) and print a positive rate.
+// early, fails the run) and print a positive rate and CPU time.
 func TestShapes(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "seqfloor")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
@@ -27,11 +27,13 @@ func TestShapes(t *testing.T) {
 			t.Fatalf("%s: %v\n%s", shape, err, out)
 		}
 		f := strings.Fields(string(out))
-		if len(f) != 2 || f[0] != shape {
-			t.Fatalf("%s printed %q, want %q and a rate", shape, out, shape)
+		if len(f) != 3 || f[0] != shape {
+			t.Fatalf("%s printed %q, want %q, a rate and a CPU time", shape, out, shape)
 		}
-		if r, err := strconv.ParseFloat(f[1], 64); err != nil || r <= 0 {
-			t.Fatalf("%s: rate %q", shape, f[1])
+		for _, v := range f[1:] {
+			if r, err := strconv.ParseFloat(v, 64); err != nil || r <= 0 {
+				t.Fatalf("%s: %q is not a positive figure", shape, v)
+			}
 		}
 	}
 }
