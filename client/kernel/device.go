@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/internal/rawio"
 )
 
 // ErrNoDriver means the running kernel has no nbd generic-netlink family.
@@ -227,6 +228,10 @@ func socketpairs(fds []int) (ours []net.Conn, theirs []*os.File, err error) {
 			closeAll(theirs)
 			return nil, nil, fmt.Errorf("kernel: socketpair: %w", err)
 		}
+		// The kernel sends its requests, a WRITE's data included, on
+		// its end; ours gets the same in serveTransmission. If it cannot
+		// grow, the default still works, only with more wake-ups.
+		_ = rawio.GrowSendBufferFd(p[1], nbd.SendBuffer)
 		theirs = append(theirs, os.NewFile(uintptr(p[1]), "nbd-kernel"))
 		f := os.NewFile(uintptr(p[0]), "nbd-serve")
 		c, err := net.FileConn(f)

@@ -23,6 +23,15 @@ const (
 	maxInflightBytes = 128 << 20
 )
 
+// SendBuffer is the send buffer asked for on a unix socket that carries
+// NBD: ours, for replies, and the kernel's end of a socketpair, for its
+// requests (client/kernel). It holds several 256 KiB transfers, so the
+// sender of one does not stop halfway for the reader (rawio.GrowSendBuffer).
+// 7 alternating rounds of nbdcopy reading 1 GiB through attach (2026-12-04,
+// medians): 1,078 MB/s against 1,013 with the default, and 2.3k context
+// switches in attach against 5.7k.
+const SendBuffer = 2 << 20
+
 // drainTimeout bounds how long a connection that is going away (cancelled,
 // broken, or abandoned by its client) waits for the Device to complete what
 // was submitted. A variable so tests can shorten it.
@@ -96,6 +105,9 @@ func ServeTransmission(ctx context.Context, c net.Conn, e *Export, log *slog.Log
 func serveTransmission(ctx context.Context, nc net.Conn, br *bufio.Reader, e *Export, log *slog.Logger) error {
 	defer nc.Close()
 	e.Poller.Add(nc)
+	if err := rawio.GrowSendBuffer(nc, SendBuffer); err != nil {
+		log.Debug("nbd: send buffer left as it was", "err", err)
+	}
 	lo, _, hi := e.blockSizes()
 	c := &conn{
 		nc: nc, br: br, e: e, log: log, minLen: lo, maxLen: hi,

@@ -217,3 +217,39 @@ type osSyscallError struct {
 
 func (e *osSyscallError) Error() string { return e.call + ": " + e.err.Error() }
 func (e *osSyscallError) Unwrap() error { return e.err }
+
+// GrowSendBuffer asks for a send buffer of n bytes on a unix socket (the
+// kernel doubles the figure for its bookkeeping), past net.core.wmem_max
+// when the process may (SO_SNDBUFFORCE, CAP_NET_ADMIN) and up to it
+// otherwise. Other sockets are left alone: TCP sizes its own.
+//
+// Why: a unix stream socket's sender stops once its send buffer holds what
+// the reader has not taken yet, and the default, 208 KiB, is less than one
+// 256 KiB NBD reply. Each such reply then costs the sender a sleep and the
+// reader one more wake-up, and both a trip across CPUs.
+func GrowSendBuffer(c net.Conn, n int) error {
+	if w, ok := c.(*Conn); ok {
+		c = w.Conn
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return nil
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = GrowSendBufferFd(int(fd), n) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+// GrowSendBufferFd is GrowSendBuffer for a socket's descriptor.
+func GrowSendBufferFd(fd, n int) error {
+	if syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_SNDBUFFORCE, n) == nil {
+		return nil
+	}
+	return syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, n)
+}
