@@ -228,7 +228,7 @@ def nest(flat):
 SHAPES = ["read-dst", "read-relay", "read-tls", "write-dst", "write-relay", "write-tls"]
 
 
-def seq_floor(per, med, rounds, cell):
+def seq_floor(per, med, rounds, cell, meta):
     """Prints the sequential floors (scripts/seqfloor) and sets the copies'
     figures against them. Rates move with the machine from one minute to
     the next; CPU time per GiB moves far less, so each copy's CPU per GiB
@@ -253,21 +253,28 @@ def seq_floor(per, med, rounds, cell):
         print("CPU per GiB of each copy (its client and servers) against the floor of its shape (medians):")
         print()
         table(["copy", "CPU s/GiB", "floor shape", "floor CPU s/GiB", "copy/floor"], rows)
+    # A copy of dst's shape cannot use more than the CPUs it runs on, nor
+    # less CPU per byte than the floor: that bounds its rate. (The floor's
+    # own rate is no bound: one chain of processes leaves CPUs idle between
+    # its stages, which a copy on several connections need not.)
+    cpus = 1 if str(meta.get("pin", "none")) != "none" else int(meta.get("cores") or os.cpu_count())
     rows = []
     for d in ("read", "write"):
-        floor = fl.get(f"{d}_dst_MBps")
+        floor = fl.get(f"{d}_dst_cpu_s_per_GiB")
         got = {t: med.get(t, {}).get(f"seq_{d}_MBps") for t in ("dst", "nbdkit-relay", "nbdkit-tls")}
         if not floor:
             continue
+        ceiling = cpus * (1 << 30) / 1e6 / floor
         for what, v in ((f"dst seq {d}", got["dst"]),
                         ("1.2 x nbdkit-relay", got["nbdkit-relay"] and 1.2 * got["nbdkit-relay"]),
                         ("0.9 x nbdkit-tls", got["nbdkit-tls"] and 0.9 * got["nbdkit-tls"])):
             if v:
-                rows.append([f"{d}: {what}", f"{v:.1f}", f"{floor:.1f}", f"{v / floor:.2f}"])
+                rows.append([f"{d}: {what}", f"{v:.1f}", f"{ceiling:.1f}", f"{v / ceiling:.2f}"])
     if rows:
-        print("Sequential figures and targets against the floor of dst's shape (medians):")
+        print(f"Sequential figures and targets against the ceiling of dst's shape: {cpus} CPU(s) divided by")
+        print("the floor's CPU time per byte (medians):")
         print()
-        table(["figure", "MB/s", "floor, dst's shape", "of the floor"], rows)
+        table(["figure", "MB/s", "ceiling MB/s", "of the ceiling"], rows)
 
 
 def report(args):
@@ -365,7 +372,7 @@ def report(args):
             print()
 
     if "seqfloor" in per:
-        seq_floor(per, med, rounds, cell)
+        seq_floor(per, med, rounds, cell, meta)
 
     floor = extra.get("floor")
     if floor:
