@@ -79,9 +79,11 @@ sed -n 's/^mir: resyncing \([0-9]*\)% .*/\1/p' /tmp/wait.out | awk 'NR > 1 && $1
 mirror status mir
 dmsetup status mir
 sleep 1
-kill "$EVENTS" 2>/dev/null
+watching=yes
+kill "$EVENTS" 2>/dev/null || watching=no
 echo "--- dst-mirror events:"
 cat /tmp/events.out
+[ "$watching" = yes ] || fail "dst-mirror events ended before the scenario did"
 grep -q 'mir: mirror, in-sync, legs /dev/nbd0:alive /dev/nbd1:alive' /tmp/events.out || fail "events did not start with the mirror's state"
 grep -q 'mir: leg /dev/nbd1 failed' /tmp/events.out || fail "events did not report the failed leg"
 grep -q 'mir: resyncing' /tmp/events.out || fail "events did not report the resync"
