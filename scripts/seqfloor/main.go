@@ -38,6 +38,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -223,7 +224,7 @@ func runStage(args []string) error {
 			if _, err := f.ReadAt(chunk, off%size); err != nil {
 				return err
 			}
-		case has(ops, "open"):
+		case slices.Contains(ops, "open"):
 			for p := 0; p < chunkSize; p += recordSize {
 				rec, err := in.Peek(4 + recordSize + tagLen)
 				if err != nil {
@@ -241,11 +242,11 @@ func runStage(args []string) error {
 				return err
 			}
 		}
-		if has(ops, "hash") {
+		if slices.Contains(ops, "hash") {
 			sum ^= xxhash.Sum64(chunk)
 		}
 		out := chunk
-		if has(ops, "seal") {
+		if slices.Contains(ops, "seal") {
 			sealed = sealed[:0]
 			for p := 0; p < chunkSize; p += recordSize {
 				var hdr [4]byte
@@ -270,15 +271,6 @@ func runStage(args []string) error {
 	}
 	_ = sum // kept so the checksum passes are work done, whatever a compiler may prove
 	return nil
-}
-
-func has(ops []string, op string) bool {
-	for _, o := range ops {
-		if o == op {
-			return true
-		}
-	}
-	return false
 }
 
 // newAEAD returns AES-256-GCM under a fixed key: both ends of a link use
