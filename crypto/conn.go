@@ -3,21 +3,21 @@ package crypto
 // The record layer.
 //
 // Locking: a Conn has two independent halves. The read half (rmu) owns the
-// bufio.Reader, the receive CipherState and the plaintext buffer; the write
-// half (wmu) owns the send CipherState and the write buffer. So one
-// goroutine may Read while another Writes, as yamux does. Concurrent Writes
-// are serialized by wmu, and all records of one Write leave before the next
-// Write starts. errMu guards only the fatal error, which either half may
-// set; once set, both halves return it and the socket is closed.
+// receive buffer (recvBuf), the receive CipherState and the plaintext
+// buffer; the write half (wmu) owns the send CipherState and the write
+// buffer. So one goroutine may Read while another Writes, as yamux does.
+// Concurrent Writes are serialized by wmu, and all records of one Write
+// leave before the next Write starts. errMu guards only the fatal error,
+// which either half may set; once set, both halves return it and the socket
+// is closed.
 //
 // Steady state allocates nothing: records are sealed into a reused write
-// buffer and opened from the bufio.Reader's buffer (Peek, then Discard
-// once authenticated) into a reused plaintext buffer or directly into the
-// caller's slice. Peek leaves a half-received record in the buffer, so a
+// buffer and opened from the receive buffer (peek, then discard once
+// authenticated) into a reused plaintext buffer or directly into the
+// caller's slice. A peek leaves a half-received record in the buffer, so a
 // read deadline that expires mid-record does not break the stream.
 
 import (
-	"bufio"
 	"crypto/cipher"
 	"encoding/binary"
 	"errors"
@@ -60,7 +60,7 @@ type Conn struct {
 	err   error // first fatal error
 
 	rmu     sync.Mutex
-	r       *bufio.Reader
+	r       *recvBuf
 	in      halfConn
 	plain   []byte // reused plaintext buffer, MaxRecordPayload bytes
 	pending []byte // decrypted, not yet returned by Read; aliases plain
@@ -90,7 +90,7 @@ func newConn(c net.Conn, peer PublicKey, ciph Cipher, send, recv *noise.CipherSt
 		conn:   c,
 		peer:   peer,
 		cipher: ciph,
-		r:      bufio.NewReaderSize(c, readBufferSize),
+		r:      newRecvBuf(c, readBufferSize),
 		plain:  make([]byte, MaxRecordPayload),
 	}
 	if err := conn.in.init(recv, ciph, rekeyAfter); err != nil {
@@ -197,7 +197,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 // decrypted straight into p and its length returned; otherwise it lands in
 // c.pending and readRecord returns 0.
 func (c *Conn) readRecord(p []byte) (int, error) {
-	hdr, err := c.r.Peek(recordHeaderLen)
+	hdr, err := c.r.peek(recordHeaderLen)
 	if err != nil {
 		return 0, c.readError(err, len(hdr))
 	}
@@ -210,7 +210,7 @@ func (c *Conn) readRecord(p []byte) (int, error) {
 		return 0, c.fail(fmt.Errorf("crypto: record %d from %s: ciphertext length %d shorter than the %d-byte tag: %w",
 			c.in.n, c.peer, ctLen, tagLen, ErrRecord))
 	}
-	rec, err := c.r.Peek(recordHeaderLen + ctLen)
+	rec, err := c.r.peek(recordHeaderLen + ctLen)
 	if err != nil {
 		return 0, c.readError(err, len(rec))
 	}
@@ -227,7 +227,7 @@ func (c *Conn) readRecord(p []byte) (int, error) {
 	if err != nil {
 		return 0, c.fail(fmt.Errorf("crypto: record %d from %s: %w", c.in.n, c.peer, ErrAuth))
 	}
-	c.r.Discard(len(rec))
+	c.r.discard(len(rec))
 	if err := c.in.advance(); err != nil {
 		return 0, c.fail(err)
 	}
@@ -366,7 +366,7 @@ func (c *Conn) TryWriteRecords(b []byte) (int, error) {
 // of records not yet opened. Zero means the next Read waits on the socket.
 // It must be called from the goroutine that reads.
 func (c *Conn) Buffered() int {
-	return len(c.pending) + c.r.Buffered()
+	return len(c.pending) + c.r.buffered()
 }
 
 // Decrypted reports how many bytes of plaintext are waiting to be read:
