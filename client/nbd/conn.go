@@ -75,8 +75,9 @@ type conn struct {
 	warned atomic.Bool // first invalid request logged at Warn, later at Debug
 
 	// Owned by the reader goroutine: requests parsed but not yet submitted
-	// to a BatchDevice.
-	held []*Request
+	// to a BatchDevice, and whether the last payload was read past br.
+	held     []*Request
+	bigWrite bool
 
 	// Owned by the holder of the writer token.
 	batch []*Request

@@ -16,7 +16,12 @@ func (c *conn) readLoop() error {
 	defer c.submitHeld()
 	var hdr [nbdwire.RequestSize]byte
 	for {
-		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+		src := io.Reader(c.br)
+		if c.bigWrite && c.br.Buffered() == 0 {
+			src = c.nc // see readPayload
+		}
+		c.bigWrite = false
+		if _, err := io.ReadFull(src, hdr[:]); err != nil {
 			return fmt.Errorf("nbd: read request header: %w", err)
 		}
 		req, err := nbdwire.DecodeRequest(hdr[:])
@@ -103,7 +108,7 @@ func (c *conn) handle(cmd nbdwire.Command, flags nbdwire.CmdFlags, cookie, off u
 		r.Data = *r.buf
 	}
 	if cmd == nbdwire.CmdWrite {
-		if _, err := io.ReadFull(c.br, r.Data); err != nil {
+		if err := c.readPayload(r.Data); err != nil {
 			c.abandon(r)
 			return fmt.Errorf("nbd: read write payload at offset %d: %w", off, err)
 		}
@@ -115,6 +120,30 @@ func (c *conn) handle(cmd nbdwire.Command, flags nbdwire.CmdFlags, cookie, off u
 	}
 	c.e.Device.Submit(r)
 	return nil
+}
+
+// bigPayload is the WRITE payload from which the reader reads exactly what
+// it needs, bypassing the read buffer.
+const bigPayload = 32 << 10
+
+// readPayload reads a WRITE's payload into p. A big one is read straight
+// from the socket once the read buffer is drained, and so is the header
+// after it: filling the buffer there would take in up to 64 KiB of the next
+// payload, to be copied a second time into that request's buffer (a
+// stream of 256 KiB writes copied a quarter of its bytes twice). Small
+// requests keep the buffer, where one read fetches many of them.
+func (c *conn) readPayload(p []byte) error {
+	n := 0
+	if c.br.Buffered() > 0 {
+		n, _ = c.br.Read(p[:min(len(p), c.br.Buffered())]) // cannot fail: buffered
+	}
+	c.bigWrite = len(p) >= bigPayload
+	src := io.Reader(c.br)
+	if c.bigWrite {
+		src = c.nc
+	}
+	_, err := io.ReadFull(src, p[n:])
+	return err
 }
 
 // abandon drops an admitted request that will never be replied to.
