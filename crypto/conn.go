@@ -369,6 +369,25 @@ func (c *Conn) Buffered() int {
 	return len(c.pending) + c.r.buffered()
 }
 
+// Readable reports how many bytes of plaintext Read can return without
+// waiting on the socket: decrypted plaintext not yet returned, and the
+// plaintext of the whole records received and not yet opened (a record
+// that fails to open returns its error at once, which is no wait either).
+// It must be called from the goroutine that reads.
+func (c *Conn) Readable() int {
+	n := len(c.pending)
+	b := c.r.bytes()
+	for len(b) >= recordHeaderLen {
+		ct := int(binary.BigEndian.Uint16(b[2:]))
+		if ct < tagLen || len(b) < recordHeaderLen+ct {
+			break
+		}
+		n += ct - tagLen
+		b = b[recordHeaderLen+ct:]
+	}
+	return n
+}
+
 // Decrypted reports how many bytes of plaintext are waiting to be read:
 // reading at most that many never waits, which Buffered cannot promise (a
 // record may have arrived only in part). It must be called from the

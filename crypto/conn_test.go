@@ -478,3 +478,46 @@ func TestAppendRecords(t *testing.T) {
 		})
 	}
 }
+
+// Readable counts what Read returns without waiting: pending plaintext and
+// whole records received, not a record that arrived in part, nor what is
+// still in the socket.
+func TestReadable(t *testing.T) {
+	a, b, wire := memPair(t, CipherAESGCM, 0)
+	for range 3 {
+		if _, err := a.Write(pattern(1000, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	whole := bytes.Clone(wire.buf.Bytes())
+	wire.buf.Reset()
+	wire.buf.Write(whole[:len(whole)-1])
+	if n := b.Readable(); n != 0 {
+		t.Fatalf("before any read: Readable = %d, want 0", n)
+	}
+	if _, err := io.ReadFull(b, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.Readable(); n != 1999 {
+		t.Fatalf("after 1 byte of 3 records, the last short of a byte: Readable = %d, want 1999", n)
+	}
+	wire.buf.Write(whole[len(whole)-1:])
+	if n := b.Readable(); n != 1999 {
+		t.Fatalf("the last byte still in the socket: Readable = %d, want 1999", n)
+	}
+	if _, err := io.ReadFull(b, make([]byte, 1999+1)); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.Readable(); n != 999 {
+		t.Fatalf("after reading into the third record: Readable = %d, want 999", n)
+	}
+	if _, err := a.Write(pattern(70000, 2)); err != nil { // two records
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(b, make([]byte, 999+1)); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.Readable(); n != 69999 {
+		t.Fatalf("after 1 byte of a 70000-byte write: Readable = %d, want 69999", n)
+	}
+}

@@ -33,6 +33,10 @@ func newRecvBuf(rd io.Reader, size int) *recvBuf {
 // buffered reports how many received bytes are not yet discarded.
 func (b *recvBuf) buffered() int { return b.w - b.r }
 
+// bytes returns the received bytes not yet discarded, valid until the next
+// peek.
+func (b *recvBuf) bytes() []byte { return b.buf[b.r:b.w] }
+
 // peek returns the next n bytes without consuming them, reading until they
 // are there; n must not exceed the buffer. On an error it returns what it
 // has, fewer than n bytes.
