@@ -244,6 +244,51 @@ func (r *Request) Complete(err error) {
 	r.conn.enqueue(r)
 }
 
+// CompleteDeferred is Complete for a goroutine completing a burst of
+// requests, such as the replies one network read brought: the reply is
+// queued but not written, and CompleteDeferred returns its connection, to
+// be flushed once the burst is done, so that the burst's replies leave in
+// one system call. It returns nil when there is nothing to flush: the
+// reply went to whoever is writing already, or r was not the front end's.
+// A connection returned must be flushed, or its replies wait.
+func (r *Request) CompleteDeferred(err error) interface{ Flush() } {
+	if !r.pending.CompareAndSwap(true, false) {
+		return nil
+	}
+	if r.done != nil {
+		r.done(r, err)
+		return nil
+	}
+	r.errno = errnoOf(err)
+	c := r.conn
+	c.mu.Lock()
+	if c.finished {
+		c.mu.Unlock()
+		recycle(r)
+		return nil
+	}
+	c.queue = append(c.queue, r)
+	writing := c.writing
+	c.mu.Unlock()
+	if writing {
+		return nil
+	}
+	return c
+}
+
+// Flush writes the replies CompleteDeferred left queued, unless someone
+// is writing already, who then writes them.
+func (c *conn) Flush() {
+	c.mu.Lock()
+	if c.writing || len(c.queue) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.writing = true
+	c.mu.Unlock()
+	c.writeQueued()
+}
+
 // enqueue queues a finished request's reply and, if no one is writing,
 // writes it from the caller's goroutine: the device's completion (a queue
 // connection's receive loop) writes the reply itself, with no hand-off to

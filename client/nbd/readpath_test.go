@@ -12,6 +12,7 @@ import (
 	"github.com/dstproject/dst/client/nbd"
 	"github.com/dstproject/dst/client/nbd/nbdtest"
 	"github.com/dstproject/dst/internal/nbdwire"
+	"github.com/dstproject/dst/internal/testsupport"
 )
 
 // streamConn is a connection whose client has already sent everything: it
@@ -69,7 +70,7 @@ func TestBigWritesBypassReadBuffer(t *testing.T) {
 	dev := nbdtest.NewMemDevice(size)
 	e := &nbd.Export{Name: "mem", Size: size, Flush: true, FUA: true, Device: dev}
 	c := &streamConn{src: bytes.NewReader(stream)}
-	if err := nbd.ServeTransmission(context.Background(), c, e, nil); err != nil {
+	if err := nbd.ServeTransmission(context.Background(), c, e, testsupport.Logger(t)); err != nil {
 		t.Fatalf("ServeTransmission = %v", err)
 	}
 	if !bytes.Equal(dev.Bytes(), want) {
