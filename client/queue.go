@@ -22,8 +22,9 @@ import (
 //
 // Receiving: recvLoop reads each reply, opens a READ's payload straight
 // into the request's buffer, verifies it, takes the transaction out of
-// the table and completes it, which writes the NBD reply from that same
-// goroutine when the front end's socket is free.
+// the table and completes it; the NBD replies of the transactions one read
+// brought are then written by that same goroutine, together, when the
+// front end's socket is free (burst).
 type queue struct {
 	a     *Attachment
 	g     *generation
@@ -80,10 +81,17 @@ func (q *queue) close(graceful bool) {
 	q.w.Wait()
 }
 
-// recvLoop reads replies and completes their transactions.
+// recvLoop reads replies and completes their transactions. The NBD
+// replies of what one read brought are written together (burst), before
+// the loop reads what it would have to wait for.
 func (q *queue) recvLoop() {
 	var hb [wire.ReplySize]byte
+	var b burst
+	defer b.done()
 	for {
+		if q.conn.Readable() < len(hb) {
+			b.done()
+		}
 		if _, err := io.ReadFull(q.conn, hb[:]); err != nil {
 			q.die(fmt.Errorf("reading reply: %w", err))
 			return
@@ -93,7 +101,7 @@ func (q *queue) recvLoop() {
 			q.die(err)
 			return
 		}
-		if err := q.handle(&rep); err != nil {
+		if err := q.handle(&rep, &b); err != nil {
 			q.die(err)
 			return
 		}
@@ -103,7 +111,10 @@ func (q *queue) recvLoop() {
 // handle completes the transaction rep answers. A READ's payload is read
 // straight into the request's buffer (the record layer decrypts it there)
 // and verified before the request completes.
-func (q *queue) handle(rep *wire.Reply) error {
+func (q *queue) handle(rep *wire.Reply, b *burst) error {
+	if q.conn.Readable() < int(rep.Length) {
+		b.done()
+	}
 	t := q.a.table.take(rep.ID)
 	if t == nil {
 		// Already completed (deadline, close): skip the payload.
@@ -130,6 +141,6 @@ func (q *queue) handle(rep *wire.Reply) error {
 			return nil
 		}
 	}
-	q.a.complete(t, rep.Status)
+	q.a.complete(t, rep.Status, b)
 	return nil
 }

@@ -33,6 +33,15 @@ type BufferOwner interface {
 	TakeBuffer() *[]byte
 }
 
+// A Deferrer is a Completer whose result can wait for the end of the burst
+// it came in (the NBD front end's requests). CompleteDeferred records the
+// result and returns what must be flushed once the burst is done, or nil:
+// so the replies a queue connection read out of one record reach their
+// client in one write, not one each.
+type Deferrer interface {
+	CompleteDeferred(err error) interface{ Flush() }
+}
+
 // CompleteFunc adapts a function to a Completer.
 type CompleteFunc func(err error)
 

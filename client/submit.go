@@ -99,8 +99,8 @@ func (a *Attachment) start(t *tx, mode qconn.Mode) {
 }
 
 // complete finishes t, which its reply took out of the table, with the
-// server's status.
-func (a *Attachment) complete(t *tx, st wire.Status) {
+// server's status. The front end's completion may wait for b's flush.
+func (a *Attachment) complete(t *tx, st wire.Status, b *burst) {
 	switch st {
 	case wire.StatusBadChecksum, wire.StatusESTALE:
 	default:
@@ -111,7 +111,7 @@ func (a *Attachment) complete(t *tx, st wire.Status) {
 		if a.replay != nil && !t.replay {
 			a.remember(t)
 		}
-		t.finish(nil)
+		t.finishIn(b, nil)
 	case wire.StatusBadChecksum:
 		a.retry(t, "server saw a bad payload checksum")
 	case wire.StatusESTALE:
@@ -123,9 +123,9 @@ func (a *Attachment) complete(t *tx, st wire.Status) {
 		a.events.emit(Event{Type: EventTimeout, Count: 1, Detail: "expired before the server could start it"})
 		a.log.Error("transaction expired before the server could start it; not applied",
 			"id", t.hdr.ID, "cmd", t.hdr.Cmd, "offset", t.hdr.Offset, "length", t.hdr.Length)
-		t.finish(syscall.EIO)
+		t.finishIn(b, syscall.EIO)
 	default:
-		t.finish(statusError(st))
+		t.finishIn(b, statusError(st))
 	}
 }
 

@@ -58,12 +58,16 @@ func (t *tx) doneSending() {
 // finish completes t with err (nil for success), or leaves that to the
 // writer that holds its request. Only the goroutine that took t out of
 // the table calls it.
-func (t *tx) finish(err error) {
+func (t *tx) finish(err error) { t.finishIn(nil, err) }
+
+// finishIn is finish for a goroutine completing a burst of transactions:
+// a completion that can wait is left to b's flush.
+func (t *tx) finishIn(b *burst, err error) {
 	for {
 		switch t.state.Load() {
 		case txIdle:
 			if t.state.CompareAndSwap(txIdle, txDone) {
-				t.req.Done.Complete(err)
+				b.complete(t.req.Done, err)
 				return
 			}
 		case txSending:
