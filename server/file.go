@@ -212,6 +212,23 @@ func (b *File) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// ReadAtNoWait reads all of p at off if it can do so without waiting for
+// the disk (the page cache holds it, or the file lives in memory), and
+// reports whether it did; if not, the caller reads it with ReadAt.
+func (b *File) ReadAtNoWait(p []byte, off int64) bool {
+	return len(p) > 0 && b.nowait(unix.SYS_PREADV2, &b.readNoWait, p, off) == len(p)
+}
+
+// WriteAtNoWait writes as much of p at off as it can without waiting for
+// the disk (the page cache takes it), and returns how much that was; the
+// caller writes the rest with WriteAt.
+func (b *File) WriteAtNoWait(p []byte, off int64) int {
+	if b.readOnly {
+		return 0 // WriteAt says why
+	}
+	return b.nowait(unix.SYS_PWRITEV2, &b.writeNoWait, p, off)
+}
+
 // WriteAt writes p at off.
 func (b *File) WriteAt(p []byte, off int64) (int, error) {
 	if b.readOnly {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,6 +42,20 @@ type env struct {
 	skey crypto.PrivateKey
 	rf   *crypto.ReplayFilter
 	tcp  bool // dialConn uses loopback TCP instead of net.Pipe
+	// writes, if set, counts the writes the server makes on the
+	// connections dialConn makes from then on.
+	writes *atomic.Int64
+}
+
+// countingConn counts the writes made on it.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	c.n.Add(1)
+	return c.Conn.Write(p)
 }
 
 type exportSpec struct {
@@ -109,6 +124,9 @@ func (e *env) dialConn(key crypto.PrivateKey) *crypto.Conn {
 	a, b := net.Pipe()
 	if e.tcp {
 		a, b = tcpPair(e.t)
+	}
+	if e.writes != nil {
+		a = countingConn{Conn: a, n: e.writes}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -134,6 +134,69 @@ func (o *op) startUpstream(wait, batch bool) {
 	o.q.exp.up.start(o)
 }
 
+// noWaiter is a backend that can tell a read or write served by memory
+// from one that would wait for a disk (File).
+type noWaiter interface {
+	ReadAtNoWait(p []byte, off int64) bool
+	WriteAtNoWait(p []byte, off int64) int
+}
+
+// noWaitMax is the largest request runNoWait takes on. Past it the
+// request's own work (copy, checksum, seal) outweighs a hand-off, and
+// workers spread it over the cores, where one reader would serialize it.
+const noWaitMax = 64 << 10
+
+// runNoWait runs o if it is a READ or a WRITE (without FUA) of at most
+// noWaitMax bytes that the backend serves from memory, without waiting for
+// a disk, and reports whether it did; if not, nothing was done, and o goes
+// to a worker. A connection's reader calls it for requests that arrived
+// together, whose replies then share a record and a system call.
+func (o *op) runNoWait() bool {
+	nw, ok := o.q.exp.b.(noWaiter)
+	r := &o.req
+	switch {
+	case !ok, r.Length > noWaitMax:
+		return false
+	case r.Cmd == wire.CmdRead:
+	case r.Cmd == wire.CmdWrite && r.Flags&wire.FlagFUA == 0:
+	default:
+		return false
+	}
+	if r.Cmd == wire.CmdWrite && wire.Checksum(*o.buf) != r.Checksum {
+		return false // run refuses it, on a worker
+	}
+	if o.q.se.begin(r) != wire.StatusOK {
+		return false // run says why, on a worker
+	}
+	defer o.q.se.end()
+	if r.Cmd == wire.CmdWrite {
+		p, off := *o.buf, int64(r.Offset)
+		n := nw.WriteAtNoWait(p, off)
+		if n == 0 {
+			return false
+		}
+		if n < len(p) {
+			// Part of it is written: the rest must follow now, whatever
+			// it waits for, or the write would be neither whole nor
+			// absent if it expired on its way to a worker.
+			if _, err := o.q.exp.b.WriteAt(p[n:], off+int64(n)); err != nil {
+				o.status = errStatus(err)
+				o.q.log.Warn("request failed", "cmd", r.Cmd, "offset", r.Offset, "length", r.Length,
+					"status", o.status, "err", err)
+			}
+		}
+		return true
+	}
+	o.buf = bufs.Get(wire.ReplySize + int(r.Length))
+	if !nw.ReadAtNoWait((*o.buf)[wire.ReplySize:], int64(r.Offset)) {
+		bufs.Put(o.buf)
+		o.buf = nil
+		return false
+	}
+	o.encodeRead()
+	return true
+}
+
 // encodeRead writes a READ's reply header, with its data's checksum, into
 // the room before the data; other requests' replies need no buffer.
 func (o *op) encodeRead() {

@@ -55,6 +55,9 @@ type queueConn struct {
 	// reader queued (nbdclient.Queue) and has not pushed yet. The
 	// reader's own.
 	unpushed []*nbdclient.Client
+	// gathered says the reader queued replies (qconn.Gather) that settle
+	// must flush.
+	gathered bool
 	log      *slog.Logger
 	w        *qconn.Writer[*op]
 	budget   *inflight.Limiter // requests and bytes in flight on this connection
@@ -205,10 +208,10 @@ func (q *queueConn) writeFailed(err error) {
 // readLoop reads requests until the connection ends (nil at a clean EOF
 // between requests) or a request is malformed.
 func (q *queueConn) readLoop() error {
-	defer q.push()
+	defer q.settle()
 	for {
-		if len(q.unpushed) > 0 && q.conn.Decrypted() < wire.RequestSize {
-			q.push() // the read may wait
+		if q.conn.Readable() < wire.RequestSize {
+			q.settle() // the read may wait
 		}
 		if _, err := io.ReadFull(q.conn, q.hdr[:]); err != nil {
 			if err == io.EOF {
@@ -243,8 +246,8 @@ func (q *queueConn) dispatch(req wire.Request) error {
 	// Every WRITE has a buffer, an empty one for a zero-length WRITE
 	// (which a fuzzer sent: the worker then found none).
 	if n := req.PayloadLen(); n > 0 || req.Cmd == wire.CmdWrite {
-		if len(q.unpushed) > 0 && q.conn.Decrypted() < n {
-			q.push()
+		if q.conn.Readable() < n {
+			q.settle()
 		}
 		o.buf = bufs.Get(n)
 		if _, err := io.ReadFull(q.conn, *o.buf); err != nil {
@@ -268,6 +271,13 @@ func (q *queueConn) dispatch(req wire.Request) error {
 		q.w.Send(o, qconn.NoBlock)
 		return nil
 	}
+	if o.runNoWait() {
+		// One of a burst, served from memory: its reply goes out with
+		// the others' (settle).
+		q.w.Send(o, qconn.Gather)
+		q.gathered = true
+		return nil
+	}
 	select {
 	case q.se.srv.jobs <- o:
 	case <-q.se.srv.stopped:
@@ -277,16 +287,27 @@ func (q *queueConn) dispatch(req wire.Request) error {
 	return nil
 }
 
-// admit takes cost from l, pushing the requests queued upstream first if
-// it would have to wait: the wait may be for their replies.
+// admit takes cost from l, sending what the reader held back first if it
+// would have to wait: the wait may be for those replies.
 func (q *queueConn) admit(l *inflight.Limiter, cost int64) {
-	if len(q.unpushed) > 0 {
+	if len(q.unpushed) > 0 || q.gathered {
 		if l.TryAcquire(cost) {
 			return
 		}
-		q.push()
+		q.settle()
 	}
 	l.Acquire(cost)
+}
+
+// settle sends what the reader held back while it went through a burst of
+// requests: those it queued upstream, and the replies it gathered. It
+// runs before anything that may wait.
+func (q *queueConn) settle() {
+	q.push()
+	if q.gathered {
+		q.gathered = false
+		q.w.Flush(qconn.NoBlock)
+	}
 }
 
 // push writes the requests this reader queued upstream.

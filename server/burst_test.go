@@ -1,0 +1,110 @@
+package server_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+
+	"github.com/dstproject/dst/server"
+	"github.com/dstproject/dst/wire"
+)
+
+// TestBurstAnsweredTogether sends bursts of small READs and WRITEs in one
+// record each to a file export whose pages are in memory: the connection's
+// reader serves them itself and their replies leave together, in a few
+// writes, not one each (which is what the worker pool made of them).
+func TestBurstAnsweredTogether(t *testing.T) {
+	const size, block, burst = 4 << 20, 4096, 32
+	// On tmpfs, so that no write has to wait for a lock or a block
+	// allocation (RWF_NOWAIT refuses those on ext4, and the request
+	// then goes to a worker, as it should).
+	dir, err := os.MkdirTemp("/dev/shm", "dst-burst-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "disk.img")
+	want := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+	if err := os.WriteFile(path, want, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvConfig(t, &server.Config{Exports: []server.ExportConfig{{Name: "file", Path: path, Shared: true}}})
+	e.tcp = true // the server writes replies as it would to a client
+	var writes atomic.Int64
+	e.writes = &writes
+	c := e.open(e.cli, "file")
+	e.writes = nil
+
+	send := func(reqs []wire.Request, payloads [][]byte) []chan result {
+		// All in one write, so they arrive in one record.
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		var b []byte
+		chs := make([]chan result, len(reqs))
+		for i, r := range reqs {
+			chs[i] = make(chan result, 1)
+			c.mu.Lock()
+			c.nextID++
+			r.ID = c.nextID
+			c.pending[r.ID] = chs[i]
+			c.mu.Unlock()
+			h := make([]byte, wire.RequestSize)
+			r.Encode(h)
+			b = append(append(b, h...), payloads[i]...)
+		}
+		if _, err := c.st.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		return chs
+	}
+	// A burst's requests span up to three records (the WRITEs' 132 KiB),
+	// and the reader sends what it has each time it would wait for the
+	// next record; a NoBlock write the socket takes only in part leaves
+	// the rest to the flusher. Handed to workers, the WRITEs took 27
+	// writes in one run.
+	const most = 4
+	check := func(what string, w0 int64) {
+		t.Helper()
+		n := writes.Load() - w0
+		t.Logf("%s: %d replies in %d writes", what, burst, n)
+		if n > most {
+			t.Errorf("%s: %d replies took %d writes, want at most %d", what, burst, n, most)
+		}
+	}
+
+	reqs := make([]wire.Request, burst)
+	payloads := make([][]byte, burst)
+	for i := range reqs {
+		reqs[i] = wire.Request{Cmd: wire.CmdRead, Offset: uint64(i) * 3 * block, Length: block}
+	}
+	w0 := writes.Load()
+	for i, ch := range send(reqs, payloads) {
+		r := c.wait(ch)
+		off := reqs[i].Offset
+		if r.rep.Status != wire.StatusOK || !bytes.Equal(r.data, want[off:off+block]) {
+			t.Fatalf("READ %d at %d: %v, data differs: %v", i, off, r.rep.Status, !bytes.Equal(r.data, want[off:off+block]))
+		}
+	}
+	check("READs", w0)
+
+	for i := range reqs {
+		p := bytes.Repeat([]byte{byte(i + 1)}, block)
+		payloads[i] = p
+		reqs[i] = wire.Request{Cmd: wire.CmdWrite, Offset: uint64(i) * 2 * block, Length: block, Checksum: wire.Checksum(p)}
+	}
+	w0 = writes.Load()
+	for i, ch := range send(reqs, payloads) {
+		if r := c.wait(ch); r.rep.Status != wire.StatusOK {
+			t.Fatalf("WRITE %d: %v", i, r.rep.Status)
+		}
+	}
+	check("WRITEs", w0)
+	for i := range reqs {
+		got, st := c.read(reqs[i].Offset, block)
+		if st != wire.StatusOK || !bytes.Equal(got, payloads[i]) {
+			t.Fatalf("reading back WRITE %d: %v, data differs", i, st)
+		}
+	}
+}
