@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/dstproject/dst/server"
+	"github.com/dstproject/dst/server/servertest"
 	"github.com/dstproject/dst/wire"
 )
 
@@ -37,28 +38,6 @@ func TestBurstAnsweredTogether(t *testing.T) {
 	c := e.open(e.cli, "file")
 	e.writes = nil
 
-	send := func(reqs []wire.Request, payloads [][]byte) []chan result {
-		// All in one write, so they arrive in one record.
-		c.wmu.Lock()
-		defer c.wmu.Unlock()
-		var b []byte
-		chs := make([]chan result, len(reqs))
-		for i, r := range reqs {
-			chs[i] = make(chan result, 1)
-			c.mu.Lock()
-			c.nextID++
-			r.ID = c.nextID
-			c.pending[r.ID] = chs[i]
-			c.mu.Unlock()
-			h := make([]byte, wire.RequestSize)
-			r.Encode(h)
-			b = append(append(b, h...), payloads[i]...)
-		}
-		if _, err := c.st.Write(b); err != nil {
-			t.Fatal(err)
-		}
-		return chs
-	}
 	// A burst's requests span up to three records (the WRITEs' 132 KiB),
 	// and the reader sends what it has each time it would wait for the
 	// next record; a NoBlock write the socket takes only in part leaves
@@ -80,7 +59,7 @@ func TestBurstAnsweredTogether(t *testing.T) {
 		reqs[i] = wire.Request{Cmd: wire.CmdRead, Offset: uint64(i) * 3 * block, Length: block}
 	}
 	w0 := writes.Load()
-	for i, ch := range send(reqs, payloads) {
+	for i, ch := range c.sendAll(reqs, payloads) {
 		r := c.wait(ch)
 		off := reqs[i].Offset
 		if r.rep.Status != wire.StatusOK || !bytes.Equal(r.data, want[off:off+block]) {
@@ -95,7 +74,7 @@ func TestBurstAnsweredTogether(t *testing.T) {
 		reqs[i] = wire.Request{Cmd: wire.CmdWrite, Offset: uint64(i) * 2 * block, Length: block, Checksum: wire.Checksum(p)}
 	}
 	w0 = writes.Load()
-	for i, ch := range send(reqs, payloads) {
+	for i, ch := range c.sendAll(reqs, payloads) {
 		if r := c.wait(ch); r.rep.Status != wire.StatusOK {
 			t.Fatalf("WRITE %d: %v", i, r.rep.Status)
 		}
@@ -106,5 +85,89 @@ func TestBurstAnsweredTogether(t *testing.T) {
 		if st != wire.StatusOK || !bytes.Equal(got, payloads[i]) {
 			t.Fatalf("reading back WRITE %d: %v, data differs", i, st)
 		}
+	}
+}
+
+// sendAll sends requests in one write, so that they arrive together: a
+// WRITE's payload is its entry in payloads, and its checksum is set.
+func (c *client) sendAll(reqs []wire.Request, payloads [][]byte) []chan result {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	var b []byte
+	chs := make([]chan result, len(reqs))
+	for i, r := range reqs {
+		chs[i] = make(chan result, 1)
+		c.mu.Lock()
+		c.nextID++
+		r.ID = c.nextID
+		c.pending[r.ID] = chs[i]
+		c.mu.Unlock()
+		if r.Cmd == wire.CmdWrite && r.Checksum == 0 {
+			r.Checksum = wire.Checksum(payloads[i])
+		}
+		h := make([]byte, wire.RequestSize)
+		r.Encode(h)
+		b = append(append(b, h...), payloads[i]...)
+	}
+	if _, err := c.st.Write(b); err != nil {
+		c.t.Fatal(err)
+	}
+	return chs
+}
+
+// halfNoWait is a backend whose page cache holds only half of what a
+// WRITE touches, and nothing a READ wants: RWF_NOWAIT writes the first
+// half of each WRITE and refuses every READ.
+type halfNoWait struct {
+	*servertest.MemBackend
+	partial, refused atomic.Int64
+}
+
+func (b *halfNoWait) ReadAtNoWait([]byte, int64) bool {
+	b.refused.Add(1)
+	return false
+}
+
+func (b *halfNoWait) WriteAtNoWait(p []byte, off int64) int {
+	n := len(p) / 2
+	if _, err := b.MemBackend.WriteAt(p[:n], off); err != nil {
+		return 0
+	}
+	b.partial.Add(1)
+	return n
+}
+
+// TestBurstPartialNoWait: a WRITE the reader could apply only in part is
+// finished on the spot, whole, and a READ it could not serve from memory
+// goes to a worker; every reply is right.
+func TestBurstPartialNoWait(t *testing.T) {
+	const size, block, burst = 1 << 20, 4096, 16
+	b := &halfNoWait{MemBackend: servertest.NewMemBackend(size)}
+	e := newEnvConfig(t, &server.Config{Exports: []server.ExportConfig{{Name: "half", Path: "mem:half", Shared: true, Backend: b}}})
+	c := e.open(e.cli, "half")
+
+	reqs := make([]wire.Request, burst)
+	payloads := make([][]byte, burst)
+	for i := range reqs {
+		payloads[i] = bytes.Repeat([]byte{byte(i + 1)}, block)
+		reqs[i] = wire.Request{Cmd: wire.CmdWrite, Offset: uint64(i) * block, Length: block}
+	}
+	for i, ch := range c.sendAll(reqs, payloads) {
+		if r := c.wait(ch); r.rep.Status != wire.StatusOK {
+			t.Fatalf("WRITE %d: %v", i, r.rep.Status)
+		}
+	}
+	for i := range reqs {
+		reqs[i] = wire.Request{Cmd: wire.CmdRead, Offset: uint64(i) * block, Length: block}
+	}
+	for i, ch := range c.sendAll(reqs, make([][]byte, burst)) {
+		r := c.wait(ch)
+		if r.rep.Status != wire.StatusOK || !bytes.Equal(r.data, payloads[i]) {
+			t.Fatalf("READ %d: %v, data whole: %v", i, r.rep.Status, bytes.Equal(r.data, payloads[i]))
+		}
+	}
+	t.Logf("%d WRITEs applied in part by the reader, %d READs refused to it", b.partial.Load(), b.refused.Load())
+	if b.partial.Load() == 0 {
+		t.Fatal("no WRITE reached the reader's no-wait path: the test tested nothing")
 	}
 }
