@@ -25,6 +25,9 @@ func (b *burst) complete(c Completer, err error) {
 	}
 }
 
+// waiting reports whether the burst holds completions to flush.
+func (b *burst) waiting() bool { return len(b.flush) > 0 }
+
 // done flushes what the burst deferred.
 func (b *burst) done() {
 	for i, f := range b.flush {

@@ -89,7 +89,7 @@ func (q *queue) recvLoop() {
 	var b burst
 	defer b.done()
 	for {
-		if q.conn.Readable() < len(hb) {
+		if b.waiting() && q.conn.Readable() < len(hb) {
 			b.done()
 		}
 		if _, err := io.ReadFull(q.conn, hb[:]); err != nil {
@@ -112,7 +112,7 @@ func (q *queue) recvLoop() {
 // straight into the request's buffer (the record layer decrypts it there)
 // and verified before the request completes.
 func (q *queue) handle(rep *wire.Reply, b *burst) error {
-	if q.conn.Readable() < int(rep.Length) {
+	if b.waiting() && q.conn.Readable() < int(rep.Length) {
 		b.done()
 	}
 	t := q.a.table.take(rep.ID)

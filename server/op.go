@@ -103,10 +103,16 @@ func (o *op) run() {
 		err = fmt.Errorf("server: %v cannot reach a worker", r.Cmd)
 	}
 	if err != nil {
-		o.status = errStatus(err)
-		o.q.log.Warn("request failed", "cmd", r.Cmd, "offset", r.Offset, "length", r.Length,
-			"status", o.status, "err", err)
+		o.failed(err)
 	}
+}
+
+// failed sets o's status from the backend's error and logs it.
+func (o *op) failed(err error) {
+	r := &o.req
+	o.status = errStatus(err)
+	o.q.log.Warn("request failed", "cmd", r.Cmd, "offset", r.Offset, "length", r.Length,
+		"status", o.status, "err", err)
 }
 
 // startUpstream checks o as run does, then sends it upstream; the
@@ -180,9 +186,7 @@ func (o *op) runNoWait() bool {
 			// it waits for, or the write would be neither whole nor
 			// absent if it expired on its way to a worker.
 			if _, err := o.q.exp.b.WriteAt(p[n:], off+int64(n)); err != nil {
-				o.status = errStatus(err)
-				o.q.log.Warn("request failed", "cmd", r.Cmd, "offset", r.Offset, "length", r.Length,
-					"status", o.status, "err", err)
+				o.failed(err)
 			}
 		}
 		return true

@@ -210,7 +210,7 @@ func (q *queueConn) writeFailed(err error) {
 func (q *queueConn) readLoop() error {
 	defer q.settle()
 	for {
-		if q.conn.Readable() < wire.RequestSize {
+		if q.holding() && q.conn.Readable() < wire.RequestSize {
 			q.settle() // the read may wait
 		}
 		if _, err := io.ReadFull(q.conn, q.hdr[:]); err != nil {
@@ -246,7 +246,7 @@ func (q *queueConn) dispatch(req wire.Request) error {
 	// Every WRITE has a buffer, an empty one for a zero-length WRITE
 	// (which a fuzzer sent: the worker then found none).
 	if n := req.PayloadLen(); n > 0 || req.Cmd == wire.CmdWrite {
-		if q.conn.Readable() < n {
+		if q.holding() && q.conn.Readable() < n {
 			q.settle()
 		}
 		o.buf = bufs.Get(n)
@@ -290,7 +290,7 @@ func (q *queueConn) dispatch(req wire.Request) error {
 // admit takes cost from l, sending what the reader held back first if it
 // would have to wait: the wait may be for those replies.
 func (q *queueConn) admit(l *inflight.Limiter, cost int64) {
-	if len(q.unpushed) > 0 || q.gathered {
+	if q.holding() {
 		if l.TryAcquire(cost) {
 			return
 		}
@@ -298,6 +298,9 @@ func (q *queueConn) admit(l *inflight.Limiter, cost int64) {
 	}
 	l.Acquire(cost)
 }
+
+// holding reports whether the reader holds back anything settle sends.
+func (q *queueConn) holding() bool { return len(q.unpushed) > 0 || q.gathered }
 
 // settle sends what the reader held back while it went through a burst of
 // requests: those it queued upstream, and the replies it gathered. It

@@ -233,15 +233,9 @@ func (c *conn) poke() {
 // anything else is EIO). It never blocks and is safe on a dead connection.
 // Calls after the first are ignored.
 func (r *Request) Complete(err error) {
-	if !r.pending.CompareAndSwap(true, false) {
-		return
+	if r.record(err) {
+		r.conn.enqueue(r)
 	}
-	if r.done != nil {
-		r.done(r, err)
-		return
-	}
-	r.errno = errnoOf(err)
-	r.conn.enqueue(r)
 }
 
 // CompleteDeferred is Complete for a goroutine completing a burst of
@@ -252,28 +246,28 @@ func (r *Request) Complete(err error) {
 // reply went to whoever is writing already, or r was not the front end's.
 // A connection returned must be flushed, or its replies wait.
 func (r *Request) CompleteDeferred(err error) interface{ Flush() } {
-	if !r.pending.CompareAndSwap(true, false) {
+	if !r.record(err) {
 		return nil
+	}
+	if c := r.conn; c.queueReply(r, false) {
+		return c
+	}
+	return nil
+}
+
+// record takes r's result, once, and reports whether its reply is to be
+// queued; a request with its own done function is handed to it instead.
+// Once queued, r may be written and recycled by another goroutine.
+func (r *Request) record(err error) bool {
+	if !r.pending.CompareAndSwap(true, false) {
+		return false
 	}
 	if r.done != nil {
 		r.done(r, err)
-		return nil
+		return false
 	}
 	r.errno = errnoOf(err)
-	c := r.conn
-	c.mu.Lock()
-	if c.finished {
-		c.mu.Unlock()
-		recycle(r)
-		return nil
-	}
-	c.queue = append(c.queue, r)
-	writing := c.writing
-	c.mu.Unlock()
-	if writing {
-		return nil
-	}
-	return c
+	return true
 }
 
 // Flush writes the replies CompleteDeferred left queued, unless someone
@@ -295,20 +289,27 @@ func (c *conn) Flush() {
 // another goroutine. Replies that complete while someone writes go out
 // with that writer's next batch.
 func (c *conn) enqueue(r *Request) {
+	if c.queueReply(r, true) {
+		c.writeQueued()
+	}
+}
+
+// queueReply queues r's reply, or recycles r if the connection was
+// abandoned, and reports whether no one is writing: then, with take, the
+// caller has become the writer and must call writeQueued.
+func (c *conn) queueReply(r *Request, take bool) (idle bool) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.finished {
-		c.mu.Unlock()
 		recycle(r)
-		return
+		return false
 	}
 	c.queue = append(c.queue, r)
 	if c.writing {
-		c.mu.Unlock()
-		return
+		return false
 	}
-	c.writing = true
-	c.mu.Unlock()
-	c.writeQueued()
+	c.writing = take
+	return true
 }
 
 // acquire admits one request costing cost bytes of payload, waiting while

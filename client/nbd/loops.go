@@ -133,16 +133,16 @@ const bigPayload = 32 << 10
 // stream of 256 KiB writes copied a quarter of its bytes twice). Small
 // requests keep the buffer, where one read fetches many of them.
 func (c *conn) readPayload(p []byte) error {
+	c.bigWrite = len(p) >= bigPayload
+	if !c.bigWrite {
+		_, err := io.ReadFull(c.br, p)
+		return err
+	}
 	n := 0
 	if c.br.Buffered() > 0 {
 		n, _ = c.br.Read(p[:min(len(p), c.br.Buffered())]) // cannot fail: buffered
 	}
-	c.bigWrite = len(p) >= bigPayload
-	src := io.Reader(c.br)
-	if c.bigWrite {
-		src = c.nc
-	}
-	_, err := io.ReadFull(src, p[n:])
+	_, err := io.ReadFull(c.nc, p[n:])
 	return err
 }
 
