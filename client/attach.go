@@ -60,6 +60,12 @@ type AttachConfig struct {
 	// waking it, at the price of a CPU kept busy meanwhile
 	// (internal/rawio, Poller). Zero sleeps at once.
 	BusyPoll time.Duration
+	// BulkLoad, when set, is called with true when the attachment starts
+	// carrying bulk transfers (READs and WRITEs of 64 KiB or more, several
+	// in flight) and with false once it has carried none for a quarter of
+	// a second, or is closed; calls never overlap. dst attach gives the Go
+	// runtime a second P meanwhile (bulk.go).
+	BulkLoad func(on bool)
 }
 
 // DefaultConnections is the number of queue connections when
@@ -128,6 +134,7 @@ func Attach(ctx context.Context, cfg *AttachConfig) (*Attachment, error) {
 		resized: make(chan struct{}, 1),
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.table.bulk = newBulkWatch(cfg.BulkLoad)
 	c := &a.cfg
 	if c.BusyPoll > 0 {
 		a.poller = rawio.NewPoller(c.BusyPoll)
@@ -271,6 +278,7 @@ func (a *Attachment) Close() error {
 	for _, t := range a.table.drain() {
 		t.finish(syscall.ESHUTDOWN)
 	}
+	a.table.bulk.stop()
 	return nil
 }
 

@@ -95,6 +95,7 @@ type table struct {
 	// deep counts the transactions that entered with more than two
 	// pending; seenDeep is its value when quiet last looked.
 	deep, seenDeep uint64
+	bulk           *bulkWatch // nil unless AttachConfig.BulkLoad
 }
 
 // enter puts t in the table and returns the queue to send it on (near if
@@ -117,10 +118,12 @@ func (tb *table) enter(t *tx, near *queue) (*queue, bool) {
 		q = tb.gen.pick()
 	}
 	t.q = q
-	if len(tb.pending) > 2 {
+	n := len(tb.pending)
+	if n > 2 {
 		tb.deep++
 	}
 	tb.mu.Unlock()
+	tb.bulk.entered(&t.hdr, n)
 	return q, true
 }
 

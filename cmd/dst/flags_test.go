@@ -79,22 +79,26 @@ func TestHuman(t *testing.T) {
 
 func TestAttachProcs(t *testing.T) {
 	for _, tt := range []struct {
-		flag int
-		env  string
-		want int
-		err  bool
+		flag, ncpu int
+		env        string
+		want, bulk int
+		err        bool
 	}{
-		{flag: 0, env: "", want: 1},
-		{flag: 0, env: "3", want: 3},
-		{flag: 2, env: "3", want: 2},
-		{flag: 4, env: "", want: 4},
+		{flag: 0, env: "", ncpu: 2, want: 1, bulk: 2},
+		{flag: 0, env: "", ncpu: 64, want: 1, bulk: 2},
+		{flag: 0, env: "", ncpu: 1, want: 1, bulk: 0},
+		{flag: 0, env: "3", ncpu: 4, want: 3},
+		{flag: 2, env: "3", ncpu: 4, want: 2},
+		{flag: 4, env: "", ncpu: 4, want: 4},
+		{flag: 1, env: "", ncpu: 4, want: 1},
 		{flag: -1, err: true},
 		{flag: 0, env: "zero", err: true},
 		{flag: 0, env: "0", err: true},
 	} {
-		got, err := attachProcs(tt.flag, tt.env)
-		if (err != nil) != tt.err || got != tt.want {
-			t.Errorf("attachProcs(%d, %q) = %d, %v; want %d, error %v", tt.flag, tt.env, got, err, tt.want, tt.err)
+		got, bulk, err := attachProcs(tt.flag, tt.env, tt.ncpu)
+		if (err != nil) != tt.err || got != tt.want || bulk != tt.bulk {
+			t.Errorf("attachProcs(%d, %q, %d) = %d, %d, %v; want %d, %d, error %v",
+				tt.flag, tt.env, tt.ncpu, got, bulk, err, tt.want, tt.bulk, tt.err)
 		}
 	}
 }
