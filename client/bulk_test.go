@@ -116,7 +116,9 @@ func TestBulkLoadAttachment(t *testing.T) {
 		t.Fatalf("32 writes of 4 KiB: BulkLoad calls %v, want none", got)
 	}
 	burst(32, 128<<10)
-	if got := l.get(); !slices.Equal(got, []bool{true}) {
+	// A test machine that stalls this goroutine past bulkIdle may have
+	// seen it turn off already.
+	if got := l.get(); !slices.Equal(got, []bool{true}) && !slices.Equal(got, []bool{true, false}) {
 		t.Fatalf("32 writes of 128 KiB: BulkLoad calls %v, want [true]", got)
 	}
 	a.Close()
