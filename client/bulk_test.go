@@ -119,7 +119,7 @@ func TestBulkLoadAttachment(t *testing.T) {
 	// A test machine that stalls this goroutine past bulkIdle may have
 	// seen it turn off already.
 	if got := l.get(); !slices.Equal(got, []bool{true}) && !slices.Equal(got, []bool{true, false}) {
-		t.Fatalf("32 writes of 128 KiB: BulkLoad calls %v, want [true]", got)
+		t.Fatalf("32 writes of 128 KiB: BulkLoad calls %v, want [true] (or [true false] after a stall)", got)
 	}
 	a.Close()
 	if got := l.get(); !slices.Equal(got, []bool{true, false}) {
