@@ -33,6 +33,7 @@ func (a *Attachment) NBDExport() *nbd.Export {
 		Rotational:         e.Flags&wire.ExportRotational != 0,
 		MultiConn:          e.Flags&wire.ExportMultiConn != 0,
 		Device:             nbdDevice{a},
+		LazyReadBuffers:    true,
 		Poller:             a.poller,
 	}
 }

@@ -12,8 +12,9 @@ type Request struct {
 	Offset uint64
 	Length uint32
 	// Data is the payload of a WRITE and the buffer a READ fills
-	// (len == Length); nil for other commands. It belongs to the
-	// attachment until Done is called.
+	// (len == Length); nil for other commands. A READ's may be nil when
+	// Done is a ReadBufferer: the attachment takes the buffer when the
+	// reply arrives. It belongs to the attachment until Done is called.
 	Data []byte
 	// Done receives the result, exactly once, from any goroutine.
 	Done Completer
@@ -31,6 +32,15 @@ type Completer interface {
 // is no such buffer.
 type BufferOwner interface {
 	TakeBuffer() *[]byte
+}
+
+// A ReadBufferer is a Completer that hands out a READ's buffer when asked,
+// not with the request (the NBD front end's, nbd.Export.LazyReadBuffers):
+// the attachment asks when the reply's data is about to be read, so the
+// buffer comes warm from the pool instead of sitting, one per request in
+// flight, from request to reply. ReadBuffer returns len(Length) bytes.
+type ReadBufferer interface {
+	ReadBuffer() []byte
 }
 
 // A Deferrer is a Completer whose result can wait for the end of the burst

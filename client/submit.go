@@ -49,6 +49,11 @@ func (a *Attachment) SubmitBatch(rs []Request) {
 func (a *Attachment) newTx(r Request) *tx {
 	switch r.Cmd {
 	case wire.CmdRead, wire.CmdWrite:
+		if r.Data == nil && r.Cmd == wire.CmdRead {
+			if _, ok := r.Done.(ReadBufferer); ok {
+				break // the buffer is taken when the reply comes (queue.go)
+			}
+		}
 		if len(r.Data) != int(r.Length) {
 			r.Done.Complete(syscall.EINVAL)
 			return nil

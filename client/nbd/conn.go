@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/internal/inflight"
+	"github.com/dstproject/dst/internal/nbdwire"
 	"github.com/dstproject/dst/internal/rawio"
 )
 
@@ -267,6 +268,11 @@ func (r *Request) record(err error) bool {
 		return false
 	}
 	r.errno = errnoOf(err)
+	if r.errno == 0 && r.Cmd == nbdwire.CmdRead && len(r.Data) != int(r.Length) {
+		// A lazy Device that never took the buffer: a reply promising
+		// data that never follows would desynchronise the connection.
+		r.errno = nbdwire.EIO
+	}
 	return true
 }
 

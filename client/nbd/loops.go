@@ -103,7 +103,7 @@ func (c *conn) handle(cmd nbdwire.Command, flags nbdwire.CmdFlags, cookie, off u
 		c.enqueue(r) // nothing to do; the spec leaves it to us, succeed
 		return nil
 	}
-	if cmd == nbdwire.CmdRead || cmd == nbdwire.CmdWrite {
+	if cmd == nbdwire.CmdWrite || cmd == nbdwire.CmdRead && !c.e.LazyReadBuffers {
 		r.buf = bufs.Get(int(length))
 		r.Data = *r.buf
 	}

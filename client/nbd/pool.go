@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	"github.com/dstproject/dst/internal/bufpool"
+	"github.com/dstproject/dst/internal/nbdwire"
 )
 
 // bufs holds payload buffers, pooled by size class. It is the shared pool,
@@ -22,6 +23,18 @@ func recycle(r *Request) {
 	r.Cmd, r.Flags, r.Offset, r.Length, r.Data = 0, 0, 0, 0, nil
 	r.cookie, r.conn, r.buf, r.errno, r.cost = 0, nil, nil, 0, 0
 	reqPool.Put(r)
+}
+
+// ReadBuffer returns the buffer a READ fills, len(Length), taking it from
+// the pool on the first call when the Export has LazyReadBuffers (and
+// Data is nil until then); otherwise it returns Data. It returns nil for
+// other commands. Like Data, it belongs to the Device until Complete.
+func (r *Request) ReadBuffer() []byte {
+	if r.Data == nil && r.Cmd == nbdwire.CmdRead && r.Length > 0 {
+		r.buf = bufs.Get(int(r.Length))
+		r.Data = *r.buf
+	}
+	return r.Data
 }
 
 // TakeBuffer detaches r's pooled payload buffer and hands it to the caller,

@@ -39,8 +39,9 @@ type Request struct {
 	Offset uint64
 	Length uint32
 	// Data is the payload for CmdWrite and the buffer to fill for CmdRead
-	// (len == Length in both cases); nil for other commands. On success a
-	// read must fill all of it.
+	// (len == Length in both cases); nil for other commands, and for
+	// CmdRead until ReadBuffer when the Export has LazyReadBuffers. On
+	// success a read must fill all of it.
 	Data []byte
 
 	cookie  uint64
@@ -96,6 +97,13 @@ type Export struct {
 	ReadOnly, Flush, FUA, Trim, WriteZeroes, Rotational, MultiConn bool
 
 	Device Device
+	// LazyReadBuffers: READs reach the Device with Data nil, and the
+	// Device takes the buffer with Request.ReadBuffer once it has the
+	// data. With many large READs in flight (a sequential copy keeps
+	// tens of MiB of them), a buffer taken when the request arrives has
+	// left the CPU's caches by the time its data comes; taken as the data
+	// comes, it is the one the previous reply just gave back.
+	LazyReadBuffers bool
 	// Poller, if set, takes in each connection's socket once it serves
 	// this export, so that its reader polls before it sleeps (see
 	// rawio.Poller).
