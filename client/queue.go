@@ -132,19 +132,15 @@ func (q *queue) handle(rep *wire.Reply, b *burst) error {
 			rep.ID, rep.Cmd, rep.Status, rep.Length, t.hdr.Cmd, t.hdr.Length)
 	}
 	if want > 0 {
-		if t.req.Data == nil {
-			t.req.Data = t.req.Done.(ReadBufferer).ReadBuffer() // newTx checked
-			if len(t.req.Data) != int(want) {
-				// A ReadBufferer that broke its word: fail the READ, and
-				// keep the connection in step by skipping its data.
-				t.req.Data = nil
-				if _, err := io.CopyN(io.Discard, q.conn, int64(want)); err != nil {
-					q.a.table.putBack(t)
-					return err
-				}
-				q.a.complete(t, wire.StatusEIO, b)
-				return nil
+		if !t.takeReadBuffer() {
+			// A ReadBufferer that broke its word: fail the READ, and
+			// keep the connection in step by skipping its data.
+			if _, err := io.CopyN(io.Discard, q.conn, int64(want)); err != nil {
+				q.a.table.putBack(t)
+				return err
 			}
+			q.a.complete(t, wire.StatusEIO, b)
+			return nil
 		}
 		if _, err := io.ReadFull(q.conn, t.req.Data); err != nil {
 			q.a.table.putBack(t)

@@ -45,6 +45,21 @@ func (a *Attachment) SubmitBatch(rs []Request) {
 	}
 }
 
+// takeReadBuffer gives a READ that came without Data the buffer its
+// ReadBufferer hands out (newTx let it in only with one), as its reply's
+// data is about to be read. It reports false, leaving Data nil, if that
+// buffer is not Length bytes.
+func (t *tx) takeReadBuffer() bool {
+	if t.req.Data != nil {
+		return true
+	}
+	if p := t.req.Done.(ReadBufferer).ReadBuffer(); len(p) == int(t.req.Length) {
+		t.req.Data = p
+		return true
+	}
+	return false
+}
+
 // newTx makes the transaction for r, or completes r with an error.
 func (a *Attachment) newTx(r Request) *tx {
 	switch r.Cmd {

@@ -104,8 +104,7 @@ func (c *conn) handle(cmd nbdwire.Command, flags nbdwire.CmdFlags, cookie, off u
 		return nil
 	}
 	if cmd == nbdwire.CmdWrite || cmd == nbdwire.CmdRead && !c.e.LazyReadBuffers {
-		r.buf = bufs.Get(int(length))
-		r.Data = *r.buf
+		r.takeBuffer()
 	}
 	if cmd == nbdwire.CmdWrite {
 		if err := c.readPayload(r.Data); err != nil {

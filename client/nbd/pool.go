@@ -31,10 +31,15 @@ func recycle(r *Request) {
 // other commands. Like Data, it belongs to the Device until Complete.
 func (r *Request) ReadBuffer() []byte {
 	if r.Data == nil && r.Cmd == nbdwire.CmdRead && r.Length > 0 {
-		r.buf = bufs.Get(int(r.Length))
-		r.Data = *r.buf
+		r.takeBuffer()
 	}
 	return r.Data
+}
+
+// takeBuffer gives r a pooled buffer of Length bytes as its Data.
+func (r *Request) takeBuffer() {
+	r.buf = bufs.Get(int(r.Length))
+	r.Data = *r.buf
 }
 
 // TakeBuffer detaches r's pooled payload buffer and hands it to the caller,
