@@ -50,10 +50,11 @@ func (e *ReplyError) Unwrap() error { return e.Errno }
 // uses that.
 //
 // Locking: wmu serializes whole requests (header and payload) on the
-// socket, so requests from many goroutines never interleave; mu guards the
-// pending map and the connection's first error. The reader goroutine is
-// the only one that reads the socket, and the only one that completes
-// calls.
+// socket, so requests from many goroutines never interleave, and a
+// request is registered and written under it; mu guards the pending map
+// and the connection's first error. Lock order: wmu, then mu. The reader
+// goroutine is the only one that reads the socket, and the only one that
+// completes calls.
 type Client struct {
 	conn net.Conn
 	info Export
@@ -261,21 +262,32 @@ func (c *Client) do(cmd nbdwire.Command, flags nbdwire.CmdFlags, off, n int64, d
 // cl is malformed), cl.Done is called exactly once, on the reader
 // goroutine.
 func (c *Client) Go(cl *Call) error {
-	if err := c.send(cl); err != nil {
+	if _, err := c.send(cl); err != nil {
 		return err
 	}
 	c.poke()
 	return nil
 }
 
-// send registers and writes cl.
-func (c *Client) send(cl *Call) error {
+// send registers cl under a new handle and writes its request. Both
+// happen under wmu, which failAll takes before it fails the pending
+// calls: a call is never completed (and its memory reused by Done) while
+// its request is still being written.
+func (c *Client) send(cl *Call) (uint64, error) {
+	c.wmu.Lock()
 	h, err := c.register(cl)
-	if err != nil {
-		return err
+	if err == nil {
+		err = c.writeLocked(cl, h)
 	}
-	c.write(cl, h)
-	return nil
+	c.wmu.Unlock()
+	if err != nil && h != 0 {
+		// A failed write breaks the connection: the request may be half
+		// sent, so nothing after it could be parsed; whoever reads
+		// replies next fails the pending calls, cl among them.
+		c.fail(fmt.Errorf("%w: %w", ErrConnection, err))
+		return h, nil
+	}
+	return h, err
 }
 
 // register checks cl and makes it pending under a new handle.
@@ -294,13 +306,9 @@ func (c *Client) register(cl *Call) (uint64, error) {
 	return c.handle, nil
 }
 
-// write sends cl's request under handle h. A failed write breaks the
-// connection: the request may be half sent, so nothing after it could be
-// parsed; whoever reads replies next fails the pending calls.
-func (c *Client) write(cl *Call, h uint64) {
-	c.wmu.Lock()
+// writeLocked writes cl's request under handle h; wmu is held.
+func (c *Client) writeLocked(cl *Call, h uint64) error {
 	nbdwire.Request{Flags: cl.Flags, Cmd: cl.Cmd, Cookie: h, Offset: cl.Offset, Length: cl.Length}.Append(c.hdr[:0])
-	var err error
 	switch {
 	case len(c.out) > 0 && (cl.Cmd != nbdwire.CmdWrite || len(cl.Data) <= maxQueued):
 		// Behind queued requests: one write for them all.
@@ -308,24 +316,22 @@ func (c *Client) write(cl *Call, h uint64) {
 		if cl.Cmd == nbdwire.CmdWrite {
 			c.out = append(c.out, cl.Data...)
 		}
-		err = c.flushLocked()
+		return c.flushLocked()
 	case len(c.out) > 0:
 		// A large WRITE behind queued requests: those first.
-		if err = c.flushLocked(); err != nil {
-			break
+		if err := c.flushLocked(); err != nil {
+			return err
 		}
 		fallthrough
 	case cl.Cmd == nbdwire.CmdWrite && len(cl.Data) > 0:
 		// One writev.
 		c.wb = [2][]byte{c.hdr[:], cl.Data}
-		err = c.writev(c.wb[:])
+		err := c.writev(c.wb[:])
 		c.wb = [2][]byte{}
+		return err
 	default:
-		_, err = c.conn.Write(c.hdr[:])
-	}
-	c.wmu.Unlock()
-	if err != nil {
-		c.fail(fmt.Errorf("%w: %w", ErrConnection, err))
+		_, err := c.conn.Write(c.hdr[:])
+		return err
 	}
 }
 
@@ -343,11 +349,12 @@ func (c *Client) Queue(cl *Call) error {
 	if cl.Cmd == nbdwire.CmdWrite && len(cl.Data) > maxQueued {
 		return c.Go(cl)
 	}
+	c.wmu.Lock() // see send
 	h, err := c.register(cl)
 	if err != nil {
+		c.wmu.Unlock()
 		return err
 	}
-	c.wmu.Lock()
 	c.out = nbdwire.Request{Flags: cl.Flags, Cmd: cl.Cmd, Cookie: h, Offset: cl.Offset, Length: cl.Length}.Append(c.out)
 	if cl.Cmd == nbdwire.CmdWrite {
 		c.out = append(c.out, cl.Data...)
@@ -397,11 +404,10 @@ func (c *Client) flushLocked() error {
 // background reader and back. Replies of other calls read meanwhile are
 // completed too.
 func (c *Client) GoWait(cl *Call) error {
-	h, err := c.register(cl)
+	h, err := c.send(cl)
 	if err != nil {
 		return err
 	}
-	c.write(cl, h)
 	if !c.role.TryLock() {
 		c.poke()
 		return nil
@@ -493,11 +499,16 @@ func (c *Client) failAll(x *Call, err error) {
 	if x != nil {
 		x.Done(x)
 	}
+	// A request being written when the connection failed is still its
+	// writer's (see send); fail has closed the socket, so that write ends
+	// soon.
+	c.wmu.Lock()
 	c.mu.Lock()
 	pending := c.pending
 	c.pending = map[uint64]*Call{}
 	err = c.err
 	c.mu.Unlock()
+	c.wmu.Unlock()
 	for _, cl := range pending {
 		cl.Err = err
 		cl.Done(cl)

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/dstproject/dst/client/nbd/nbdtest"
 	"github.com/dstproject/dst/internal/faultproxy"
 	"github.com/dstproject/dst/internal/nbdclient"
+	"github.com/dstproject/dst/internal/nbdclient/nbdfake"
 	"github.com/dstproject/dst/internal/nbdwire"
 	"github.com/dstproject/dst/internal/testsupport"
 )
@@ -383,5 +385,71 @@ func TestCloseWhileStalled(t *testing.T) {
 	}
 	if err := <-errc; err == nil {
 		t.Error("a write that never left succeeded")
+	}
+}
+
+// TestFailWhileWriting: when the connection ends while a request waits to
+// be written behind another, that request is not completed (and its Call
+// handed back to be reused) while its writer still reads it. The server
+// stops reading after its first request, so a large WRITE fills the
+// socket and holds the write side; a small READ queues behind it; then
+// the server hangs up. The READ's Done zeroes its Call, as a pool's put
+// does: run with -race, the old order also shows as a data race.
+func TestFailWhileWriting(t *testing.T) {
+	stall := make(chan struct{})
+	sock := fakeServer(t, func(c net.Conn, r nbdwire.Request) {
+		<-stall
+		c.Close()
+	})
+	c, err := nbdclient.Dial(t.Context(), "unix", sock, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	// The first request reaches the server, which stops reading.
+	first := make(chan error, 1)
+	go func() { first <- c.Flush() }()
+	// This WRITE fills the socket's buffers and blocks its writer.
+	big := make(chan error, 1)
+	go func() { big <- c.WriteAt(make([]byte, nbdfake.Size), 0, false) }()
+	time.Sleep(100 * time.Millisecond)
+
+	var returned, early atomic.Bool
+	doneCalled := make(chan struct{})
+	cl := &nbdclient.Call{Cmd: nbdwire.CmdRead, Length: 4096, Data: make([]byte, 4096)}
+	cl.Done = func(x *nbdclient.Call) {
+		if !returned.Load() {
+			early.Store(true)
+		}
+		*x = nbdclient.Call{}
+		close(doneCalled)
+	}
+	goErr := make(chan error, 1)
+	go func() {
+		err := c.Go(cl)
+		returned.Store(true)
+		goErr <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	close(stall)
+
+	if err := <-first; err == nil {
+		t.Error("the FLUSH the server never answered succeeded")
+	}
+	if err := <-big; err == nil {
+		t.Error("the WRITE the server never read succeeded")
+	}
+	if err := <-goErr; err == nil {
+		// Go took the call: its Done must come, and only after Go was
+		// done writing it.
+		select {
+		case <-doneCalled:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the queued READ never completed")
+		}
+	}
+	if early.Load() {
+		t.Error("the queued READ was completed while Go was still writing it")
 	}
 }
