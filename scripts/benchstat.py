@@ -381,6 +381,16 @@ def report(args):
         table(["processes", "round trips/s, any CPU", "round trips/s, all on CPU 0"],
               [[n, f"{floor[f'{n}_processes.any_cpu']:.0f}", f"{floor[f'{n}_processes.cpu0']:.0f}"]
                for n in ("2", "3")])
+        if "3_processes_go.median" in floor:
+            print("The 3-process chain with TCP from the middle on, as dst is linked, in C and with Go stages")
+            print("where attach and serve stand (scripts/gofloor, on the runtime's poller through")
+            print("internal/rawio as dst is), 3 rounds alternating, medians:")
+            print()
+            table(["chain", "round trips/s", "middle µs CPU / switches", "end µs CPU / switches"],
+                  [["C, C, C", f"{floor['3_processes_c.median']:.0f}", "", ""],
+                   ["C, Go, Go", f"{floor['3_processes_go.median']:.0f}",
+                    f"{floor['3_processes_go.middle_cpu_us']:.1f} / {floor['3_processes_go.middle_switches']:.2f}",
+                    f"{floor['3_processes_go.end_cpu_us']:.1f} / {floor['3_processes_go.end_switches']:.2f}"]])
 
     if out_json:
         doc = {

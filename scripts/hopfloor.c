@@ -7,11 +7,25 @@
 // an NBD client, dst attach and dst serve. The result bounds any QD1 figure
 // for that shape from above: real software only adds work to it.
 //
-// usage: hopfloor PROCESSES ITERS PAYLOAD   (PROCESSES 2..8)
-// scripts/bench --floor builds it with cc and runs it.
+// usage: hopfloor [-t] PROCESSES ITERS PAYLOAD [STAGE...]   (PROCESSES 2..8)
+//
+// With -t the last link of the chain is a TCP connection over loopback
+// (TCP_NODELAY) instead of a unix socketpair, as between dst attach and
+// dst serve, or nbdkit's nbd plugin and nbdkit-tls.
+//
+// Each STAGE, if given, replaces the C loop of the next process down the
+// chain (the second, then the third...) with a command run by /bin/sh,
+// its socket toward the first process on fd 3 and the one toward the last
+// on fd 4 (none for the last); "-" keeps the C loop. scripts/gofloor is
+// such a stage: the same chain with Go in the middle, to see what Go's
+// runtime adds to each hop. scripts/bench --floor builds both and runs
+// them.
 #include <stdio.h>
 #include <stdlib.h>
-#include <signal.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -27,10 +41,36 @@ static void xfer(int fd, char *b, int n, int reading)
 	}
 }
 
+// tcppair connects two sockets over loopback TCP, as socketpair would.
+static int tcppair(int sv[2])
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t alen = sizeof a;
+	int one = 1, l = socket(AF_INET, SOCK_STREAM, 0);
+	if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 1) != 0 ||
+	    getsockname(l, (struct sockaddr *)&a, &alen) != 0)
+		return -1;
+	sv[0] = socket(AF_INET, SOCK_STREAM, 0);
+	if (sv[0] < 0 || connect(sv[0], (struct sockaddr *)&a, sizeof a) != 0)
+		return -1;
+	sv[1] = accept(l, NULL, NULL);
+	close(l);
+	if (sv[1] < 0)
+		return -1;
+	setsockopt(sv[0], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	setsockopt(sv[1], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
-	if (argc != 4) {
-		fprintf(stderr, "usage: hopfloor PROCESSES ITERS PAYLOAD\n");
+	int tcp = argc > 1 && strcmp(argv[1], "-t") == 0;
+	if (tcp) {
+		argc--;
+		argv++;
+	}
+	if (argc < 4) {
+		fprintf(stderr, "usage: hopfloor [-t] PROCESSES ITERS PAYLOAD [STAGE...]\n");
 		return 2;
 	}
 	int procs = atoi(argv[1]), iters = atoi(argv[2]), len = atoi(argv[3]);
@@ -38,11 +78,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "hopfloor: PROCESSES must be 2..8, ITERS >= 1, PAYLOAD 1..1048576\n");
 		return 2;
 	}
+	if (argc - 4 > procs - 1) {
+		fprintf(stderr, "hopfloor: %d stages for %d processes after the first\n", argc - 4, procs - 1);
+		return 2;
+	}
 	char *buf = malloc(len);
 	int sp[8][2];
 	pid_t kids[8];
 	for (int i = 0; i < procs - 1; i++) {
-		if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp[i]) != 0) {
+		if (tcp && i == procs - 2 ? tcppair(sp[i]) != 0 : socketpair(AF_UNIX, SOCK_STREAM, 0, sp[i]) != 0) {
 			perror("hopfloor: socketpair");
 			return 1;
 		}
@@ -55,6 +99,30 @@ int main(int argc, char **argv)
 		}
 		if (kids[s] == 0) {
 			int up = sp[s - 1][1], down = s < procs - 1 ? sp[s][0] : -1;
+			const char *stage = 4 + s - 1 < argc ? argv[4 + s - 1] : "-";
+			if (strcmp(stage, "-") != 0) {
+				// The stage gets its sockets as fds 3 and 4, and no others.
+				int u = dup(up), d = down >= 0 ? dup(down) : -1;
+				if (u < 0 || (down >= 0 && d < 0) || dup2(u, 3) < 0 || (d >= 0 && dup2(d, 4) < 0)) {
+					perror("hopfloor: dup2");
+					_exit(1);
+				}
+				for (int fd = 5; fd < 64; fd++)
+					close(fd);
+				if (d < 0)
+					close(4);
+				execl("/bin/sh", "sh", "-c", stage, (char *)NULL);
+				perror("hopfloor: exec");
+				_exit(1);
+			}
+			// Only its own sockets, so that the chain's end reaches every
+			// stage as end of file.
+			for (int i = 0; i < procs - 1; i++) {
+				if (sp[i][0] != down)
+					close(sp[i][0]);
+				if (sp[i][1] != up)
+					close(sp[i][1]);
+			}
 			for (;;) {
 				xfer(up, buf, len, 1);
 				if (down >= 0) {
@@ -65,6 +133,11 @@ int main(int argc, char **argv)
 			}
 		}
 	}
+	for (int i = 0; i < procs - 1; i++) {
+		if (i > 0)
+			close(sp[i][0]);
+		close(sp[i][1]);
+	}
 	struct timespec a, b;
 	clock_gettime(CLOCK_MONOTONIC, &a);
 	for (int i = 0; i < iters; i++) {
@@ -72,8 +145,9 @@ int main(int argc, char **argv)
 		xfer(sp[0][0], buf, len, 1);
 	}
 	clock_gettime(CLOCK_MONOTONIC, &b);
-	for (int s = 1; s < procs; s++)
-		kill(kids[s], SIGKILL);
+	// Closing the first socket ends the chain from its top: each stage
+	// reads its end and exits (a Go stage printing what it used first).
+	close(sp[0][0]);
 	while (wait(NULL) > 0)
 		;
 	double secs = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9;
