@@ -391,6 +391,21 @@ def report(args):
                    ["C, Go, Go", f"{floor['3_processes_go.median']:.0f}",
                     f"{floor['3_processes_go.middle_cpu_us']:.1f} / {floor['3_processes_go.middle_switches']:.2f}",
                     f"{floor['3_processes_go.end_cpu_us']:.1f} / {floor['3_processes_go.end_switches']:.2f}"]])
+            # QD1 figures and the QD1 target against the Go chain: what dst's
+            # shape allows here before any work is done.
+            go = floor["3_processes_go.median"]
+            rows = []
+            for k, name in (("randread_qd1_iops", "randread QD1"), ("randwrite_qd1_iops", "randwrite QD1")):
+                for label, v in ((f"dst {name}", med.get("dst", {}).get(k)),
+                                 (f"dst-poll {name}", med.get("dst-poll", {}).get(k)),
+                                 (f"1.5 x nbdkit-relay {name}", med.get("nbdkit-relay", {}).get(k) and
+                                  1.5 * med["nbdkit-relay"][k])):
+                    if v:
+                        rows.append([label, f"{v:.0f}", f"{go:.0f}", f"{v / go:.2f}"])
+            if rows:
+                print("QD1 figures and targets against the Go chain (medians):")
+                print()
+                table(["figure", "requests/s", "Go chain round trips/s", "of the chain"], rows)
 
     if out_json:
         doc = {
