@@ -276,18 +276,19 @@ func (c *Client) Go(cl *Call) error {
 func (c *Client) send(cl *Call) (uint64, error) {
 	c.wmu.Lock()
 	h, err := c.register(cl)
-	if err == nil {
-		err = c.writeLocked(cl, h)
+	if err != nil {
+		c.wmu.Unlock()
+		return 0, err
 	}
+	err = c.writeLocked(cl, h)
 	c.wmu.Unlock()
-	if err != nil && h != 0 {
+	if err != nil {
 		// A failed write breaks the connection: the request may be half
 		// sent, so nothing after it could be parsed; whoever reads
 		// replies next fails the pending calls, cl among them.
 		c.fail(fmt.Errorf("%w: %w", ErrConnection, err))
-		return h, nil
 	}
-	return h, err
+	return h, nil
 }
 
 // register checks cl and makes it pending under a new handle.
@@ -308,15 +309,13 @@ func (c *Client) register(cl *Call) (uint64, error) {
 
 // writeLocked writes cl's request under handle h; wmu is held.
 func (c *Client) writeLocked(cl *Call, h uint64) error {
+	if len(c.out) > 0 && (cl.Cmd != nbdwire.CmdWrite || len(cl.Data) <= maxQueued) {
+		// Behind queued requests: one write for them all.
+		c.queueLocked(cl, h)
+		return c.flushLocked()
+	}
 	nbdwire.Request{Flags: cl.Flags, Cmd: cl.Cmd, Cookie: h, Offset: cl.Offset, Length: cl.Length}.Append(c.hdr[:0])
 	switch {
-	case len(c.out) > 0 && (cl.Cmd != nbdwire.CmdWrite || len(cl.Data) <= maxQueued):
-		// Behind queued requests: one write for them all.
-		c.out = append(c.out, c.hdr[:]...)
-		if cl.Cmd == nbdwire.CmdWrite {
-			c.out = append(c.out, cl.Data...)
-		}
-		return c.flushLocked()
 	case len(c.out) > 0:
 		// A large WRITE behind queued requests: those first.
 		if err := c.flushLocked(); err != nil {
@@ -355,13 +354,19 @@ func (c *Client) Queue(cl *Call) error {
 		c.wmu.Unlock()
 		return err
 	}
+	c.queueLocked(cl, h)
+	c.wmu.Unlock()
+	c.poke()
+	return nil
+}
+
+// queueLocked appends cl's request under handle h to the requests not
+// yet written; wmu is held.
+func (c *Client) queueLocked(cl *Call, h uint64) {
 	c.out = nbdwire.Request{Flags: cl.Flags, Cmd: cl.Cmd, Cookie: h, Offset: cl.Offset, Length: cl.Length}.Append(c.out)
 	if cl.Cmd == nbdwire.CmdWrite {
 		c.out = append(c.out, cl.Data...)
 	}
-	c.wmu.Unlock()
-	c.poke()
-	return nil
 }
 
 // Push writes the requests Queue holds.
