@@ -199,8 +199,14 @@ func (c *conn) writeQueued() {
 		c.mu.Lock()
 		if len(c.queue) == 0 || c.finished {
 			c.writing = false
+			ending := c.readerDone
 			c.mu.Unlock()
-			c.poke() // writeLoop may be waiting for the end
+			if ending {
+				// writeLoop may be waiting for the last reply. Until the
+				// reader is done it has nothing to wait for, and waking it
+				// for every reply would cost a goroutine switch each.
+				c.poke()
+			}
 			return
 		}
 		c.batch, c.queue = c.queue, c.batch[:0]
