@@ -153,8 +153,10 @@ def perf(path):
 
 # --- report ------------------------------------------------------------------
 
-TARGETS = ["dst", "dst-poll", "dst-metrics", "dst-upstream", "nbdkit-relay", "nbdkit-tls", "nbdkit-tcp"]
-OPTIONAL = {"dst-poll", "dst-metrics", "dst-upstream"}  # run only when asked for (bench --only)
+TARGETS = ["dst", "dst-poll", "dst-metrics", "dst-upstream", "nbdkit-relay", "nbdkit-tls", "nbdkit-tcp",
+           "nbdfloor"]
+# run only when asked for (bench --only; --floor adds nbdfloor)
+OPTIONAL = {"dst-poll", "dst-metrics", "dst-upstream", "nbdfloor"}
 METRICS = [
     ("seq_read_MBps", "seq read MB/s", "{:.1f}"),
     ("seq_write_MBps", "seq write MB/s", "{:.1f}"),
@@ -169,7 +171,7 @@ PROCESSES = ["dst attach", "dst serve", "dst-poll attach", "dst-poll serve",
              "dst-metrics attach", "dst-metrics serve",
              "dst-upstream attach", "dst-upstream serve", "dst-upstream nbdkit",
              "nbdkit-relay relay", "nbdkit-relay server",
-             "nbdkit-tls server", "nbdkit-tcp server"]
+             "nbdkit-tls server", "nbdkit-tcp server", "nbdfloor relay", "nbdfloor end"]
 COSTS = [
     ("randread_qd1.cpu_us_per_req", "randread QD1 µs CPU/req", "{:.1f}"),
     ("randread_qd1.ctxsw_per_req", "randread QD1 switches/req", "{:.2f}"),
@@ -277,6 +279,42 @@ def seq_floor(per, med, rounds, cell, meta):
         table(["figure", "MB/s", "ceiling MB/s", "of the ceiling"], rows)
 
 
+# Each workload's targets, as (name, peer, factor): the figure must reach
+# factor times the peer's.
+TARGET_FACTORS = {
+    "seq_read_MBps": [("1.2 x nbdkit-relay", "nbdkit-relay", 1.2), ("0.9 x nbdkit-tls", "nbdkit-tls", 0.9)],
+    "seq_write_MBps": [("1.2 x nbdkit-relay", "nbdkit-relay", 1.2), ("0.9 x nbdkit-tls", "nbdkit-tls", 0.9)],
+    "randread_qd1_iops": [("1.5 x nbdkit-relay", "nbdkit-relay", 1.5)],
+    "randwrite_qd1_iops": [("1.5 x nbdkit-relay", "nbdkit-relay", 1.5)],
+    "randread_qd32_iops": [("1.0 x nbdkit-tls", "nbdkit-tls", 1.0)],
+    "randwrite_qd32_iops": [("1.0 x nbdkit-tls", "nbdkit-tls", 1.0)],
+}
+
+
+def shape_floor(med):
+    """Prints each workload's figures and targets against nbdfloor, dst's
+    shape with nothing in it, from the same run: a target above what the
+    empty shape reaches cannot be met by processes of that shape that sleep
+    while they wait, whatever they do."""
+    fl = med["nbdfloor"]
+    rows = []
+    for k, name, fmt in METRICS:
+        f = fl.get(k)
+        if not f or k not in TARGET_FACTORS:
+            continue
+        cands = [(t, med.get(t, {}).get(k)) for t in ("dst", "dst-poll")]
+        cands += [(what, med.get(peer, {}).get(k) and factor * med[peer][k])
+                  for what, peer, factor in TARGET_FACTORS[k]]
+        for what, v in cands:
+            if v:
+                rows.append([f"{name}: {what}", fmt.format(v), fmt.format(f), f"{v / f:.2f}"])
+    if rows:
+        print("Figures and targets against nbdfloor, dst's shape with nothing in it (the same clients")
+        print("through a Go relay, one P, over TCP to a Go NBD end that answers at once), medians:")
+        print()
+        table(["figure", "value", "nbdfloor", "of nbdfloor"], rows)
+
+
 def report(args):
     tsv, out_json, title, meta = args[0], None, "", {}
     rest = args[1:]
@@ -373,6 +411,8 @@ def report(args):
 
     if "seqfloor" in per:
         seq_floor(per, med, rounds, cell, meta)
+    if "nbdfloor" in med:
+        shape_floor(med)
 
     floor = extra.get("floor")
     if floor:
