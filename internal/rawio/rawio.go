@@ -17,6 +17,7 @@ package rawio
 import (
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -30,6 +31,32 @@ type Conn struct {
 	poller *Poller // set by Poller.Add
 	fd     int32
 	out    atomic.Bool // taken out of poller's set
+
+	// The runtime's poller runs a function of ours with the descriptor,
+	// as often as the socket is ready, until it reports done. A closure
+	// per call would escape to the heap with what it shares with its
+	// caller: three allocations per Read or Write. So each direction has
+	// one op for its arguments and results, and its functions are bound
+	// to it once, in Wrap; rmu and wmu let one Read and one Write (or
+	// Writev) use them at a time, as the runtime serializes them anyway.
+	rmu      sync.Mutex
+	rd       op
+	readFn   func(fd uintptr) bool
+	wmu      sync.Mutex
+	wr       op
+	writeFn  func(fd uintptr) bool
+	writevFn func(fd uintptr) bool
+}
+
+// op is one call's arguments and results.
+type op struct {
+	c     *Conn
+	p     []byte          // read into or written from
+	bufs  [][]byte        // Writev's
+	iov   []syscall.Iovec // Writev's, kept between calls
+	n     int64           // bytes moved
+	errno syscall.Errno
+	wait  bool // Write: wait for room, rather than return what was written
 }
 
 // Wrap returns c reading and writing with raw system calls when it is a
@@ -50,7 +77,10 @@ func Wrap(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &Conn{Conn: c, rc: rc}
+	w := &Conn{Conn: c, rc: rc}
+	w.rd.c, w.wr.c = w, w
+	w.readFn, w.writeFn, w.writevFn = w.rd.read, w.wr.write, w.wr.writev
+	return w
 }
 
 // Unwrap returns the connection Wrap was given.
@@ -61,24 +91,13 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			switch e {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				if c.poller != nil && c.poller.poll(int32(fd)) {
-					continue
-				}
-				return false
-			}
-			n, errno = int(r), e
-			return true
-		}
-	})
+	c.rmu.Lock()
+	o := &c.rd
+	o.p, o.n, o.errno = p, 0, 0
+	err := c.rc.Read(c.readFn)
+	n, errno := int(o.n), o.errno
+	o.p = nil
+	c.rmu.Unlock()
 	switch {
 	case err != nil:
 		return 0, c.opError("read", err)
@@ -88,6 +107,24 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// read reads once into o.p, waiting for data.
+func (o *op) read(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&o.p[0])), uintptr(len(o.p)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			if p := o.c.poller; p != nil && p.poll(int32(fd)) {
+				continue
+			}
+			return false
+		}
+		o.n, o.errno = int64(r), e
+		return true
+	}
 }
 
 // Close closes the connection, taking it out of its Poller's set first.
@@ -107,25 +144,13 @@ func (c *Conn) TryWrite(p []byte) (int, error) { return c.write(p, false) }
 // write writes p until it is all written or, unless wait, the socket is
 // full.
 func (c *Conn) write(p []byte, wait bool) (int, error) {
-	written := 0
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for written < len(p) {
-			q := p[written:]
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&q[0])), uintptr(len(q)))
-			switch e {
-			case 0:
-				written += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return !wait
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
+	c.wmu.Lock()
+	o := &c.wr
+	o.p, o.n, o.errno, o.wait = p, 0, 0, wait
+	err := c.rc.Write(c.writeFn)
+	written, errno := int(o.n), o.errno
+	o.p = nil
+	c.wmu.Unlock()
 	if err == nil && errno != 0 {
 		err = errno
 	}
@@ -135,60 +160,39 @@ func (c *Conn) write(p []byte, wait bool) (int, error) {
 	return written, nil
 }
 
+// write writes o.p until it is all written or, unless o.wait, the socket
+// is full.
+func (o *op) write(fd uintptr) bool {
+	for o.n < int64(len(o.p)) {
+		q := o.p[o.n:]
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&q[0])), uintptr(len(q)))
+		switch e {
+		case 0:
+			o.n += int64(r)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return !o.wait
+		default:
+			o.errno = e
+			return true
+		}
+	}
+	return true
+}
+
 // maxIovecs bounds the buffers of one writev call (Linux's UIO_MAXIOV).
 const maxIovecs = 1024
 
 // Writev writes every buffer of bufs, in order, with vectored writes.
 func (c *Conn) Writev(bufs [][]byte) (int64, error) {
-	iov := make([]syscall.Iovec, 0, min(len(bufs), maxIovecs))
-	var total int64
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for len(bufs) > 0 {
-			iov = iov[:0]
-			for _, b := range bufs {
-				if len(b) == 0 {
-					continue
-				}
-				iov = append(iov, syscall.Iovec{Base: &b[0]})
-				iov[len(iov)-1].SetLen(len(b))
-				if len(iov) == maxIovecs {
-					break
-				}
-			}
-			if len(iov) == 0 {
-				bufs = nil
-				return true
-			}
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
-			switch e {
-			case 0:
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
-			n := int(r)
-			total += int64(n)
-			for n > 0 && len(bufs) > 0 {
-				if n >= len(bufs[0]) {
-					n -= len(bufs[0])
-					bufs = bufs[1:]
-					continue
-				}
-				bufs[0] = bufs[0][n:]
-				n = 0
-			}
-			for len(bufs) > 0 && len(bufs[0]) == 0 {
-				bufs = bufs[1:]
-			}
-		}
-		return true
-	})
-	clear(iov)
+	c.wmu.Lock()
+	o := &c.wr
+	o.bufs, o.n, o.errno = bufs, 0, 0
+	err := c.rc.Write(c.writevFn)
+	total, errno := o.n, o.errno
+	clear(o.iov[:cap(o.iov)]) // keep no buffer of the caller's reachable
+	o.bufs = nil
+	c.wmu.Unlock()
 	if err == nil && errno != 0 {
 		err = errno
 	}
@@ -196,6 +200,55 @@ func (c *Conn) Writev(bufs [][]byte) (int64, error) {
 		return total, c.opError("writev", err)
 	}
 	return total, nil
+}
+
+// writev writes every buffer of o.bufs, waiting for room. A buffer
+// written in part is resliced in place, in the caller's slice.
+func (o *op) writev(fd uintptr) bool {
+	for len(o.bufs) > 0 {
+		iov := o.iov[:0]
+		for _, b := range o.bufs {
+			if len(b) == 0 {
+				continue
+			}
+			iov = append(iov, syscall.Iovec{Base: &b[0]})
+			iov[len(iov)-1].SetLen(len(b))
+			if len(iov) == maxIovecs {
+				break
+			}
+		}
+		o.iov = iov
+		if len(iov) == 0 {
+			o.bufs = nil
+			return true
+		}
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		switch e {
+		case 0:
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		default:
+			o.errno = e
+			return true
+		}
+		n := int(r)
+		o.n += int64(n)
+		for n > 0 && len(o.bufs) > 0 {
+			if n >= len(o.bufs[0]) {
+				n -= len(o.bufs[0])
+				o.bufs = o.bufs[1:]
+				continue
+			}
+			o.bufs[0] = o.bufs[0][n:]
+			n = 0
+		}
+		for len(o.bufs) > 0 && len(o.bufs[0]) == 0 {
+			o.bufs = o.bufs[1:]
+		}
+	}
+	return true
 }
 
 func (c *Conn) opError(op string, err error) error {
