@@ -227,6 +227,24 @@ def nest(flat):
     return out
 
 
+# Each workload's targets, as (name, peer, factor): the figure must reach
+# factor times the peer's.
+TARGET_FACTORS = {
+    "seq_read_MBps": [("1.2 x nbdkit-relay", "nbdkit-relay", 1.2), ("0.9 x nbdkit-tls", "nbdkit-tls", 0.9)],
+    "seq_write_MBps": [("1.2 x nbdkit-relay", "nbdkit-relay", 1.2), ("0.9 x nbdkit-tls", "nbdkit-tls", 0.9)],
+    "randread_qd1_iops": [("1.5 x nbdkit-relay", "nbdkit-relay", 1.5)],
+    "randwrite_qd1_iops": [("1.5 x nbdkit-relay", "nbdkit-relay", 1.5)],
+    "randread_qd32_iops": [("1.0 x nbdkit-tls", "nbdkit-tls", 1.0)],
+    "randwrite_qd32_iops": [("1.0 x nbdkit-tls", "nbdkit-tls", 1.0)],
+}
+
+
+def target_figures(med, k, suffix=""):
+    """Workload k's targets whose peer ran, as (name, the figure it asks)."""
+    return [(what + suffix, factor * med[peer][k]) for what, peer, factor in TARGET_FACTORS[k]
+            if med.get(peer, {}).get(k)]
+
+
 SHAPES = ["read-dst", "read-relay", "read-tls", "write-dst", "write-relay", "write-tls"]
 
 
@@ -263,13 +281,11 @@ def seq_floor(per, med, rounds, cell, meta):
     rows = []
     for d in ("read", "write"):
         floor = fl.get(f"{d}_dst_cpu_s_per_GiB")
-        got = {t: med.get(t, {}).get(f"seq_{d}_MBps") for t in ("dst", "nbdkit-relay", "nbdkit-tls")}
+        k = f"seq_{d}_MBps"
         if not floor:
             continue
         ceiling = cpus * (1 << 30) / 1e6 / floor
-        for what, v in ((f"dst seq {d}", got["dst"]),
-                        ("1.2 x nbdkit-relay", got["nbdkit-relay"] and 1.2 * got["nbdkit-relay"]),
-                        ("0.9 x nbdkit-tls", got["nbdkit-tls"] and 0.9 * got["nbdkit-tls"])):
+        for what, v in [(f"dst seq {d}", med.get("dst", {}).get(k))] + target_figures(med, k):
             if v:
                 rows.append([f"{d}: {what}", f"{v:.1f}", f"{ceiling:.1f}", f"{v / ceiling:.2f}"])
     if rows:
@@ -277,18 +293,6 @@ def seq_floor(per, med, rounds, cell, meta):
         print("the floor's CPU time per byte (medians):")
         print()
         table(["figure", "MB/s", "ceiling MB/s", "of the ceiling"], rows)
-
-
-# Each workload's targets, as (name, peer, factor): the figure must reach
-# factor times the peer's.
-TARGET_FACTORS = {
-    "seq_read_MBps": [("1.2 x nbdkit-relay", "nbdkit-relay", 1.2), ("0.9 x nbdkit-tls", "nbdkit-tls", 0.9)],
-    "seq_write_MBps": [("1.2 x nbdkit-relay", "nbdkit-relay", 1.2), ("0.9 x nbdkit-tls", "nbdkit-tls", 0.9)],
-    "randread_qd1_iops": [("1.5 x nbdkit-relay", "nbdkit-relay", 1.5)],
-    "randwrite_qd1_iops": [("1.5 x nbdkit-relay", "nbdkit-relay", 1.5)],
-    "randread_qd32_iops": [("1.0 x nbdkit-tls", "nbdkit-tls", 1.0)],
-    "randwrite_qd32_iops": [("1.0 x nbdkit-tls", "nbdkit-tls", 1.0)],
-}
 
 
 def shape_floor(med):
@@ -302,10 +306,7 @@ def shape_floor(med):
         f = fl.get(k)
         if not f or k not in TARGET_FACTORS:
             continue
-        cands = [(t, med.get(t, {}).get(k)) for t in ("dst", "dst-poll")]
-        cands += [(what, med.get(peer, {}).get(k) and factor * med[peer][k])
-                  for what, peer, factor in TARGET_FACTORS[k]]
-        for what, v in cands:
+        for what, v in [(t, med.get(t, {}).get(k)) for t in ("dst", "dst-poll")] + target_figures(med, k):
             if v:
                 rows.append([f"{name}: {what}", fmt.format(v), fmt.format(f), f"{v / f:.2f}"])
     if rows:
@@ -436,10 +437,9 @@ def report(args):
             go = floor["3_processes_go.median"]
             rows = []
             for k, name in (("randread_qd1_iops", "randread QD1"), ("randwrite_qd1_iops", "randwrite QD1")):
-                for label, v in ((f"dst {name}", med.get("dst", {}).get(k)),
-                                 (f"dst-poll {name}", med.get("dst-poll", {}).get(k)),
-                                 (f"1.5 x nbdkit-relay {name}", med.get("nbdkit-relay", {}).get(k) and
-                                  1.5 * med["nbdkit-relay"][k])):
+                figures = [(f"dst {name}", med.get("dst", {}).get(k)),
+                           (f"dst-poll {name}", med.get("dst-poll", {}).get(k))]
+                for label, v in figures + target_figures(med, k, f" {name}"):
                     if v:
                         rows.append([label, f"{v:.0f}", f"{go:.0f}", f"{v / go:.2f}"])
             if rows:

@@ -3,7 +3,6 @@ package rawio
 import (
 	"bytes"
 	"io"
-	"net"
 	"testing"
 )
 
@@ -96,5 +95,3 @@ func TestTryWriteStopsWhenFull(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
-var _ net.Conn = (*Conn)(nil)

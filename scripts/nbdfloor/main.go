@@ -36,6 +36,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"os"
@@ -107,21 +108,12 @@ func relayFrom(l net.Listener, addr string) error {
 	}
 }
 
-// pump copies r to w until either fails, then closes both, which ends the
+// pump copies r to w until either ends, then closes both, which ends the
 // other direction's pump too.
 func pump(r, w net.Conn) {
-	buf := make([]byte, 256<<10)
-	for {
-		n, err := r.Read(buf)
-		if err == nil {
-			_, err = w.Write(buf[:n])
-		}
-		if err != nil {
-			r.Close()
-			w.Close()
-			return
-		}
-	}
+	io.CopyBuffer(w, r, make([]byte, 256<<10))
+	r.Close()
+	w.Close()
 }
 
 // end serves an export of size bytes on addr whose device answers at once.
