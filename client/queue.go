@@ -33,6 +33,9 @@ type queue struct {
 	raw   net.Conn
 	index int
 	w     *qconn.Writer[*tx]
+	// load counts the transactions in the table that were last sent on
+	// this queue (generation.pick). Guarded by the table's mu.
+	load int
 }
 
 func newQueue(g *generation, conn *crypto.Conn, raw net.Conn, index int) *queue {

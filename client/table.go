@@ -109,7 +109,6 @@ func (tb *table) enter(t *tx, near *queue) (*queue, bool) {
 		t.finish(err)
 		return nil, false
 	}
-	tb.pending[t.hdr.ID] = t
 	var q *queue
 	switch {
 	case near != nil && near.g == tb.gen:
@@ -117,7 +116,7 @@ func (tb *table) enter(t *tx, near *queue) (*queue, bool) {
 	case tb.gen != nil:
 		q = tb.gen.pick()
 	}
-	t.q = q
+	tb.add(t, q)
 	n := len(tb.pending)
 	if n > 2 {
 		tb.deep++
@@ -137,14 +136,13 @@ func (tb *table) reenter(t *tx) *queue {
 		t.finish(err)
 		return nil
 	}
-	tb.pending[t.hdr.ID] = t
 	var q *queue
 	if t.q != nil {
 		if g := t.q.g; !g.isDead() && (g == tb.gen || t.replay) {
 			q = g.pick()
 		}
 	}
-	t.q = q
+	tb.add(t, q)
 	tb.mu.Unlock()
 	return q
 }
@@ -153,8 +151,7 @@ func (tb *table) reenter(t *tx) *queue {
 // transaction already left it.
 func (tb *table) take(id uint64) *tx {
 	tb.mu.Lock()
-	t := tb.pending[id]
-	delete(tb.pending, id)
+	t := tb.remove(id)
 	tb.mu.Unlock()
 	return t
 }
@@ -165,8 +162,7 @@ func (tb *table) putBack(t *tx) {
 	tb.mu.Lock()
 	err := tb.refusal()
 	if err == nil {
-		t.q = nil
-		tb.pending[t.hdr.ID] = t
+		tb.add(t, nil)
 	}
 	tb.mu.Unlock()
 	if err != nil {
@@ -180,7 +176,7 @@ func (tb *table) expire(now time.Time) []*tx {
 	tb.mu.Lock()
 	for id, t := range tb.pending {
 		if !t.deadline.IsZero() && now.After(t.deadline) {
-			delete(tb.pending, id)
+			tb.remove(id)
 			expired = append(expired, t)
 		}
 	}
@@ -193,8 +189,52 @@ func (tb *table) drain() map[uint64]*tx {
 	tb.mu.Lock()
 	p := tb.pending
 	tb.pending = make(map[uint64]*tx)
+	for _, t := range p {
+		if t.q != nil {
+			t.q.load--
+		}
+	}
 	tb.mu.Unlock()
 	return p
+}
+
+// add puts t, which is not in the table, in it, to go out on q (nil: it
+// waits for the next generation). Called with mu held.
+//
+// A transaction in the table with a queue counts in that queue's load;
+// add, remove and place keep the count, and nothing else sets t.q.
+func (tb *table) add(t *tx, q *queue) {
+	tb.pending[t.hdr.ID] = t
+	t.q = q
+	if q != nil {
+		q.load++
+	}
+}
+
+// remove takes the transaction id out of the table and returns it, or nil
+// if it is not there. It keeps t.q, the queue it was last sent on. Called
+// with mu held.
+func (tb *table) remove(id uint64) *tx {
+	t := tb.pending[id]
+	if t == nil {
+		return nil
+	}
+	delete(tb.pending, id)
+	if t.q != nil {
+		t.q.load--
+	}
+	return t
+}
+
+// place moves t, in the table, to queue q. Called with mu held.
+func (tb *table) place(t *tx, q *queue) {
+	if t.q != nil {
+		t.q.load--
+	}
+	t.q = q
+	if q != nil {
+		q.load++
+	}
 }
 
 // refusal is the error a transaction entering the table gets instead:
