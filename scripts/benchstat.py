@@ -154,9 +154,9 @@ def perf(path):
 # --- report ------------------------------------------------------------------
 
 TARGETS = ["dst", "dst-poll", "dst-metrics", "dst-upstream", "nbdkit-relay", "nbdkit-tls", "nbdkit-tcp",
-           "nbdfloor"]
-# run only when asked for (bench --only; --floor adds nbdfloor)
-OPTIONAL = {"dst-poll", "dst-metrics", "dst-upstream", "nbdfloor"}
+           "nbdfloor", "workfloor"]
+# run only when asked for (bench --only; --floor adds nbdfloor and workfloor)
+OPTIONAL = {"dst-poll", "dst-metrics", "dst-upstream", "nbdfloor", "workfloor"}
 METRICS = [
     ("seq_read_MBps", "seq read MB/s", "{:.1f}"),
     ("seq_write_MBps", "seq write MB/s", "{:.1f}"),
@@ -171,7 +171,8 @@ PROCESSES = ["dst attach", "dst serve", "dst-poll attach", "dst-poll serve",
              "dst-metrics attach", "dst-metrics serve",
              "dst-upstream attach", "dst-upstream serve", "dst-upstream nbdkit",
              "nbdkit-relay relay", "nbdkit-relay server",
-             "nbdkit-tls server", "nbdkit-tcp server", "nbdfloor relay", "nbdfloor end"]
+             "nbdkit-tls server", "nbdkit-tcp server", "nbdfloor relay", "nbdfloor end",
+             "workfloor relay", "workfloor end"]
 COSTS = [
     ("randread_qd1.cpu_us_per_req", "randread QD1 µs CPU/req", "{:.1f}"),
     ("randread_qd1.ctxsw_per_req", "randread QD1 switches/req", "{:.2f}"),
@@ -295,25 +296,36 @@ def seq_floor(per, med, rounds, cell, meta):
         table(["figure", "MB/s", "ceiling MB/s", "of the ceiling"], rows)
 
 
-def shape_floor(med):
-    """Prints each workload's figures and targets against nbdfloor, dst's
-    shape with nothing in it, from the same run: a target above what the
-    empty shape reaches cannot be met by processes of that shape that sleep
-    while they wait, whatever they do."""
-    fl = med["nbdfloor"]
+# The shapes shape_floor sets figures against, and how the report names them.
+SHAPE_FLOORS = [
+    ("nbdfloor", "dst's shape with nothing in it (the same clients through a Go relay, one P,\n"
+                 "over TCP to a Go NBD end that answers at once)"),
+    ("workfloor", "dst's shape doing only the work dst's design requires (nbdfloor -work: dst's\n"
+                  "encrypted channel between relay and end, xxhash64 of every payload on both sides,\n"
+                  "the image read and written through dst's file backend)"),
+]
+
+
+def shape_floor(med, fname, what):
+    """Prints each workload's figures and targets against a floor of dst's
+    shape from the same run: nbdfloor, the shape with nothing in it (a
+    target above it cannot be met by processes of that shape that sleep
+    while they wait, whatever they do), or workfloor, the shape doing only
+    the work dst must do (dst against it is what dst's own machinery
+    costs)."""
+    fl = med[fname]
     rows = []
     for k, name, fmt in METRICS:
         f = fl.get(k)
         if not f or k not in TARGET_FACTORS:
             continue
-        for what, v in [(t, med.get(t, {}).get(k)) for t in ("dst", "dst-poll")] + target_figures(med, k):
+        for who, v in [(t, med.get(t, {}).get(k)) for t in ("dst", "dst-poll")] + target_figures(med, k):
             if v:
-                rows.append([f"{name}: {what}", fmt.format(v), fmt.format(f), f"{v / f:.2f}"])
+                rows.append([f"{name}: {who}", fmt.format(v), fmt.format(f), f"{v / f:.2f}"])
     if rows:
-        print("Figures and targets against nbdfloor, dst's shape with nothing in it (the same clients")
-        print("through a Go relay, one P, over TCP to a Go NBD end that answers at once), medians:")
+        print(f"Figures and targets against {fname}, {what}, medians:")
         print()
-        table(["figure", "value", "nbdfloor", "of nbdfloor"], rows)
+        table(["figure", "value", fname, f"of {fname}"], rows)
 
 
 def report(args):
@@ -412,8 +424,9 @@ def report(args):
 
     if "seqfloor" in per:
         seq_floor(per, med, rounds, cell, meta)
-    if "nbdfloor" in med:
-        shape_floor(med)
+    for fname, what in SHAPE_FLOORS:
+        if fname in med:
+            shape_floor(med, fname, what)
 
     floor = extra.get("floor")
     if floor:

@@ -28,9 +28,19 @@
 //	                           do. Writes are dropped; a read gets whatever
 //	                           its pooled buffer holds.
 //
+//	nbdfloor -work KEYFILE relay PATH ADDR
+//	nbdfloor -work KEYFILE end ADDR FILE
+//	                           the same pair doing the work dst must do
+//	                           and nothing else of dst's: the link between
+//	                           them is dst's encrypted channel (KEYFILE's
+//	                           key on both ends), the relay checksums every
+//	                           byte it passes, and the end serves FILE
+//	                           through dst's file backend and checksums
+//	                           every payload (work.go)
+//
 // Both run until SIGTERM or SIGINT, and then exit 0 (the bench's way of
-// stopping a process requires that). scripts/bench --floor runs the pair as its
-// "nbdfloor" target.
+// stopping a process requires that). scripts/bench --floor runs the pairs
+// as its "nbdfloor" and "workfloor" targets.
 package main
 
 import (
@@ -45,14 +55,28 @@ import (
 	"syscall"
 
 	"github.com/dstproject/dst/client/nbd"
+	"github.com/dstproject/dst/crypto"
 	"github.com/dstproject/dst/internal/rawio"
 )
 
 func main() {
 	log.SetFlags(0)
 	log.SetPrefix("nbdfloor: ")
-	if len(os.Args) != 4 {
-		log.Fatal("usage: nbdfloor relay PATH ADDR | nbdfloor end ADDR SIZE")
+	args := os.Args[1:]
+	var key crypto.PrivateKey
+	work := len(args) > 0 && args[0] == "-work"
+	if work {
+		if len(args) < 2 {
+			log.Fatal(usage)
+		}
+		k, err := crypto.LoadPrivateKey(args[1], crypto.KeyModePolicy{})
+		if err != nil {
+			log.Fatal(err)
+		}
+		key, args = k, args[2:]
+	}
+	if len(args) != 3 {
+		log.Fatal(usage)
 	}
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, os.Interrupt)
@@ -61,20 +85,26 @@ func main() {
 		os.Exit(0)
 	}()
 	var err error
-	switch os.Args[1] {
-	case "relay":
-		err = relay(os.Args[2], os.Args[3])
-	case "end":
-		size, perr := strconv.ParseUint(os.Args[3], 10, 64)
+	switch {
+	case args[0] == "relay" && work:
+		err = workRelay(args[1], args[2], key)
+	case args[0] == "relay":
+		err = relay(args[1], args[2])
+	case args[0] == "end" && work:
+		err = workEnd(args[1], args[2], key)
+	case args[0] == "end":
+		size, perr := strconv.ParseUint(args[2], 10, 64)
 		if perr != nil || size == 0 {
-			log.Fatalf("SIZE must be a positive number of bytes, not %q", os.Args[3])
+			log.Fatalf("SIZE must be a positive number of bytes, not %q", args[2])
 		}
-		err = end(os.Args[2], size)
+		err = end(args[1], size)
 	default:
-		log.Fatalf("unknown role %q: relay or end", os.Args[1])
+		log.Fatalf("unknown role %q: relay or end", args[0])
 	}
 	log.Fatal(err)
 }
+
+const usage = "usage: nbdfloor [-work KEYFILE] relay PATH ADDR | nbdfloor end ADDR SIZE | nbdfloor -work KEYFILE end ADDR FILE"
 
 // relay passes each client of the unix socket at path on to addr.
 func relay(path, addr string) error {
