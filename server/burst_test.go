@@ -171,3 +171,65 @@ func TestBurstPartialNoWait(t *testing.T) {
 		t.Fatal("no WRITE reached the reader's no-wait path: the test tested nothing")
 	}
 }
+
+// bigNoWait is a backend held in memory that counts the requests larger
+// than 64 KiB the queue's reader tries to serve without waiting.
+type bigNoWait struct {
+	*servertest.MemBackend
+	bigReads, bigWrites atomic.Int64
+}
+
+func (b *bigNoWait) ReadAtNoWait(p []byte, off int64) bool {
+	if len(p) > 64<<10 {
+		b.bigReads.Add(1)
+	}
+	_, err := b.MemBackend.ReadAt(p, off)
+	return err == nil
+}
+
+func (b *bigNoWait) WriteAtNoWait(p []byte, off int64) int {
+	if len(p) > 64<<10 {
+		b.bigWrites.Add(1)
+	}
+	n, _ := b.MemBackend.WriteAt(p, off)
+	return n
+}
+
+// TestBurstLargeWritesOnReader: WRITEs of 256 KiB that arrive together are
+// applied by the queue's reader, which has their payloads in its cache,
+// when memory takes them; READs that large go to the workers, which seal
+// their replies in parallel. Every reply is right either way.
+func TestBurstLargeWritesOnReader(t *testing.T) {
+	const size, block, burst = 8 << 20, 256 << 10, 4
+	b := &bigNoWait{MemBackend: servertest.NewMemBackend(size)}
+	e := newEnvConfig(t, &server.Config{Exports: []server.ExportConfig{{Name: "big", Path: "mem:big", Shared: true, Backend: b}}})
+	c := e.open(e.cli, "big")
+
+	reqs := make([]wire.Request, burst)
+	payloads := make([][]byte, burst)
+	for i := range reqs {
+		payloads[i] = bytes.Repeat([]byte{byte(i + 1)}, block)
+		reqs[i] = wire.Request{Cmd: wire.CmdWrite, Offset: uint64(i) * block, Length: block}
+	}
+	for i, ch := range c.sendAll(reqs, payloads) {
+		if r := c.wait(ch); r.rep.Status != wire.StatusOK {
+			t.Fatalf("WRITE %d: %v", i, r.rep.Status)
+		}
+	}
+	for i := range reqs {
+		reqs[i] = wire.Request{Cmd: wire.CmdRead, Offset: uint64(i) * block, Length: block}
+	}
+	for i, ch := range c.sendAll(reqs, make([][]byte, burst)) {
+		r := c.wait(ch)
+		if r.rep.Status != wire.StatusOK || !bytes.Equal(r.data, payloads[i]) {
+			t.Fatalf("READ %d: %v, data whole: %v", i, r.rep.Status, bytes.Equal(r.data, payloads[i]))
+		}
+	}
+	t.Logf("of %d large WRITEs, %d applied by the reader; %d large READs tried on it", burst, b.bigWrites.Load(), b.bigReads.Load())
+	if b.bigWrites.Load() == 0 {
+		t.Error("no large WRITE was applied by the queue's reader")
+	}
+	if n := b.bigReads.Load(); n != 0 {
+		t.Errorf("%d large READs were served by the queue's reader, want them on workers", n)
+	}
+}
