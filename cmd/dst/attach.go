@@ -87,7 +87,7 @@ func cmdAttach(ctx context.Context, args []string) error {
 	listen := fs.String("nbd-listen", "", "serve the export as an NBD server on `unix:PATH or tcp:HOST:PORT`")
 	device := fs.String("device", "", "attach the export as kernel block device `/dev/nbdN`, or auto for a free one (printed on stdout)")
 	conns := fs.Int("connections", client.DefaultConnections(),
-		"queue connections to the server, each a TCP connection with its own encrypted channel\n(spreads crypto over cores); default one per CPU, up to 4")
+		"queue connections to the server, each a TCP connection with its own encrypted channel\n(spreads crypto over cores); default two per CPU, up to 4")
 	queues := fs.Int("queues", 0, "with a kernel device: its sockets (hardware queues); default 1 on kernels before 7.0\n(see README, Known issues), else the number of CPUs up to 4")
 	ioTimeout := fs.Duration("io-timeout", 120*time.Second, "fail a request with EIO when it has no reply after this long; 0 waits forever")
 	keepalive := fs.Duration("keepalive", time.Second, "how often each connection to the server is probed")
