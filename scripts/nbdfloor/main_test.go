@@ -22,6 +22,12 @@ import (
 // chain starts an end and a relay in front of it, and returns the relay's
 // socket.
 func chain(t *testing.T, size uint64) string {
+	return chainWith(t, func(el net.Listener) { serveEnd(el, size) }, relayFrom)
+}
+
+// chainWith starts end on a TCP listener and relay on a unix socket in
+// front of it, and returns the relay's socket.
+func chainWith(t *testing.T, end func(net.Listener), relay func(net.Listener, string) error) string {
 	t.Helper()
 	el, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -33,8 +39,8 @@ func chain(t *testing.T, size uint64) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { el.Close(); rl.Close() })
-	go serveEnd(el, size)
-	go relayFrom(rl, el.Addr().String())
+	go end(el)
+	go relay(rl, el.Addr().String())
 	return path
 }
 
@@ -173,18 +179,8 @@ func TestWorkChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	el, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "work.sock")
-	rl, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { el.Close(); rl.Close() })
-	go serveWorkEnd(el, f, size, key)
-	go workRelayFrom(rl, el.Addr().String(), key)
+	path := chainWith(t, func(el net.Listener) { serveWorkEnd(el, f, size, key) },
+		func(rl net.Listener, addr string) error { return workRelayFrom(rl, addr, key) })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
