@@ -44,25 +44,32 @@ func chainWith(t *testing.T, end func(net.Listener), relay func(net.Listener, st
 	return path
 }
 
-// TestChain: a client through the relay finds the export the end offers,
-// and every kind of request the bench makes, alone and many in flight,
-// gets a successful reply with the data it promises.
-func TestChain(t *testing.T) {
-	const size = 64 << 20
-	path := chain(t, size)
+// dialChain connects a client to the relay at path and checks that it
+// offers an export of size bytes. The client is closed when the test ends,
+// or after 10 s, so that a request which gets no reply fails the test
+// instead of hanging it.
+func dialChain(t *testing.T, path string, size uint64) *nbdclient.Client {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := nbdclient.Dial(ctx, "unix", path, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	// A request that gets no reply fails when this closes the client.
 	watchdog := time.AfterFunc(10*time.Second, func() { c.Close() })
-	defer watchdog.Stop()
+	t.Cleanup(func() { watchdog.Stop(); c.Close() })
 	if c.Size() != size {
 		t.Errorf("size %d, want %d", c.Size(), size)
 	}
+	return c
+}
+
+// TestChain: a client through the relay finds the export the end offers,
+// and every kind of request the bench makes, alone and many in flight,
+// gets a successful reply with the data it promises.
+func TestChain(t *testing.T) {
+	const size = 64 << 20
+	c := dialChain(t, chain(t, size), size)
 	for _, f := range []nbdwire.TransFlags{nbdwire.TransSendFlush, nbdwire.TransSendFUA, nbdwire.TransCanMultiConn} {
 		if c.Flags()&f == 0 {
 			t.Errorf("flags %#x lack %#x", c.Flags(), f)
@@ -80,16 +87,32 @@ func TestChain(t *testing.T) {
 	}
 
 	// 64 requests in flight, so that the end gets them in bursts.
-	var wg sync.WaitGroup
-	errs := make(chan error, 64)
-	for i := range 64 {
+	calls := make([]*nbdclient.Call, 64)
+	for i := range calls {
 		cmd := nbdwire.CmdRead
 		if i%2 == 1 {
 			cmd = nbdwire.CmdWrite
 		}
+		calls[i] = &nbdclient.Call{Cmd: cmd, Offset: uint64(i) << 12, Length: 4096, Data: make([]byte, 4096)}
+	}
+	inFlight(t, c, calls, nil)
+}
+
+// inFlight sends calls all at once, waits for every reply and fails the
+// test for each call that failed or that check, if not nil, rejects.
+func inFlight(t *testing.T, c *nbdclient.Client, calls []*nbdclient.Call, check func(*nbdclient.Call) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(calls))
+	for _, cl := range calls {
 		wg.Add(1)
-		cl := &nbdclient.Call{Cmd: cmd, Offset: uint64(i) << 12, Length: 4096, Data: make([]byte, 4096),
-			Done: func(cl *nbdclient.Call) { errs <- cl.Err; wg.Done() }}
+		cl.Done = func(cl *nbdclient.Call) {
+			if cl.Err == nil && check != nil {
+				cl.Err = check(cl)
+			}
+			errs <- cl.Err
+			wg.Done()
+		}
 		if err := c.Go(cl); err != nil {
 			t.Fatal(err)
 		}
@@ -181,19 +204,7 @@ func TestWorkChain(t *testing.T) {
 	defer f.Close()
 	path := chainWith(t, func(el net.Listener) { serveWorkEnd(el, f, size, key) },
 		func(rl net.Listener, addr string) error { return workRelayFrom(rl, addr, key) })
-
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := nbdclient.Dial(ctx, "unix", path, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	watchdog := time.AfterFunc(10*time.Second, func() { c.Close() })
-	defer watchdog.Stop()
-	if c.Size() != size {
-		t.Errorf("size %d, want %d", c.Size(), size)
-	}
+	c := dialChain(t, path, size)
 
 	want := make([]byte, 256<<10)
 	for i := range want {
@@ -219,9 +230,8 @@ func TestWorkChain(t *testing.T) {
 
 	// 64 requests in flight: odd ones write their block, even ones read
 	// the block written above.
-	var wg sync.WaitGroup
-	errs := make(chan error, 64)
-	for i := range 64 {
+	calls := make([]*nbdclient.Call, 64)
+	for i := range calls {
 		cl := &nbdclient.Call{Cmd: nbdwire.CmdRead, Offset: 1 << 20, Length: 4096, Data: make([]byte, 4096)}
 		if i%2 == 1 {
 			cl.Cmd, cl.Offset = nbdwire.CmdWrite, uint64(4<<20+i<<12)
@@ -229,25 +239,14 @@ func TestWorkChain(t *testing.T) {
 				cl.Data[j] = byte(i)
 			}
 		}
-		wg.Add(1)
-		cl.Done = func(cl *nbdclient.Call) {
-			if cl.Err == nil && cl.Cmd == nbdwire.CmdRead && !bytes.Equal(cl.Data, want[:4096]) {
-				cl.Err = fmt.Errorf("read at %d got other data", cl.Offset)
-			}
-			errs <- cl.Err
-			wg.Done()
-		}
-		if err := c.Go(cl); err != nil {
-			t.Fatal(err)
-		}
+		calls[i] = cl
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Error(err)
+	inFlight(t, c, calls, func(cl *nbdclient.Call) error {
+		if cl.Cmd == nbdwire.CmdRead && !bytes.Equal(cl.Data, want[:4096]) {
+			return fmt.Errorf("read at %d got other data", cl.Offset)
 		}
-	}
+		return nil
+	})
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}
