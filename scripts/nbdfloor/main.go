@@ -28,15 +28,18 @@
 //	                           do. Writes are dropped; a read gets whatever
 //	                           its pooled buffer holds.
 //
-//	nbdfloor -work KEYFILE relay PATH ADDR
-//	nbdfloor -work KEYFILE end ADDR FILE
+//	nbdfloor -work KEYFILE [-without PARTS] relay PATH ADDR
+//	nbdfloor -work KEYFILE [-without PARTS] end ADDR FILE
 //	                           the same pair doing the work dst must do
 //	                           and nothing else of dst's: the link between
 //	                           them is dst's encrypted channel (KEYFILE's
 //	                           key on both ends), the relay checksums every
 //	                           byte it passes, and the end serves FILE
 //	                           through dst's file backend and checksums
-//	                           every payload (work.go)
+//	                           every payload (work.go). -without leaves
+//	                           out the parts named, comma-separated, of
+//	                           channel, checksum and file, to measure what
+//	                           each costs; give both the same
 //
 // Both run until SIGTERM or SIGINT, and then exit 0 (the bench's way of
 // stopping a process requires that). scripts/bench --floor runs the pairs
@@ -63,9 +66,8 @@ func main() {
 	log.SetFlags(0)
 	log.SetPrefix("nbdfloor: ")
 	args := os.Args[1:]
-	var key crypto.PrivateKey
-	work := len(args) > 0 && args[0] == "-work"
-	if work {
+	var w *work
+	if len(args) > 0 && args[0] == "-work" {
 		if len(args) < 2 {
 			log.Fatal(usage)
 		}
@@ -73,7 +75,13 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		key, args = k, args[2:]
+		w, args = fullWork(k), args[2:]
+		if len(args) > 1 && args[0] == "-without" {
+			if err := w.leaveOut(args[1]); err != nil {
+				log.Fatal(err)
+			}
+			args = args[2:]
+		}
 	}
 	if len(args) != 3 {
 		log.Fatal(usage)
@@ -86,12 +94,12 @@ func main() {
 	}()
 	var err error
 	switch {
-	case args[0] == "relay" && work:
-		err = workRelay(args[1], args[2], key)
+	case args[0] == "relay" && w != nil:
+		err = workRelay(args[1], args[2], w)
 	case args[0] == "relay":
 		err = relay(args[1], args[2])
-	case args[0] == "end" && work:
-		err = workEnd(args[1], args[2], key)
+	case args[0] == "end" && w != nil:
+		err = workEnd(args[1], args[2], w)
 	case args[0] == "end":
 		size, perr := strconv.ParseUint(args[2], 10, 64)
 		if perr != nil || size == 0 {
@@ -104,7 +112,7 @@ func main() {
 	log.Fatal(err)
 }
 
-const usage = "usage: nbdfloor [-work KEYFILE] relay PATH ADDR | nbdfloor end ADDR SIZE | nbdfloor -work KEYFILE end ADDR FILE"
+const usage = "usage: nbdfloor [-work KEYFILE [-without PARTS]] relay PATH ADDR | nbdfloor end ADDR SIZE | nbdfloor -work KEYFILE [-without PARTS] end ADDR FILE"
 
 // relay passes each client of the unix socket at path on to addr.
 func relay(path, addr string) error {

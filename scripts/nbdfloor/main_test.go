@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -162,6 +163,14 @@ func TestBadUsage(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
+	k, err := crypto.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(t.TempDir(), "key")
+	if err := crypto.WritePrivateKey(key, k); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		args []string
 		want string
@@ -172,6 +181,7 @@ func TestBadUsage(t *testing.T) {
 		{[]string{"relay"}, "usage"},
 		{[]string{"-work"}, "usage"},
 		{[]string{"-work", "/nonexistent/key", "relay", "a", "b"}, "/nonexistent/key"},
+		{[]string{"-work", key, "-without", "channel,cipher", "relay", "a", "b"}, `unknown part "cipher"`},
 	} {
 		out, err := exec.Command(bin, c.args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), c.want) {
@@ -180,11 +190,35 @@ func TestBadUsage(t *testing.T) {
 	}
 }
 
-// TestWorkChain: through the work pair, what a client writes is in the
-// file, reads get it back (checked by the end's file and by the client),
-// and a FUA write and a flush succeed, alone and 64 at a time: the floor
-// does the work it claims to.
+// TestWorkChain: through the work pair, what a client writes it reads
+// back, the file holds it, and a FUA write and a flush succeed, alone and
+// 64 at a time: the floor does the work it claims to. Without its channel
+// the end speaks plain NBD over TCP; without its file, the file is never
+// touched.
 func TestWorkChain(t *testing.T) {
+	key, err := crypto.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, without := range []string{"", "checksum", "channel", "channel,checksum", "file"} {
+		t.Run("without="+without, func(t *testing.T) {
+			w := fullWork(key)
+			if without != "" {
+				if err := w.leaveOut(without); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// What the pair must show follows from the parts named, not
+			// from w, so that a part leaveOut fails to turn off is caught.
+			testWorkChain(t, w, !strings.Contains(without, "channel"), !strings.Contains(without, "file"))
+		})
+	}
+	if err := fullWork(key).leaveOut("channel,cipher"); err == nil || !strings.Contains(err.Error(), `"cipher"`) {
+		t.Errorf("-without channel,cipher: error %v, want one naming \"cipher\"", err)
+	}
+}
+
+func testWorkChain(t *testing.T, w *work, channel, file bool) {
 	const size = 16 << 20
 	img := filepath.Join(t.TempDir(), "img")
 	if err := os.WriteFile(img, nil, 0o600); err != nil {
@@ -193,17 +227,14 @@ func TestWorkChain(t *testing.T) {
 	if err := os.Truncate(img, size); err != nil {
 		t.Fatal(err)
 	}
-	key, err := crypto.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
 	f, err := server.OpenFile(img, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	path := chainWith(t, func(el net.Listener) { serveWorkEnd(el, f, size, key) },
-		func(rl net.Listener, addr string) error { return workRelayFrom(rl, addr, key) })
+	var endAddr string
+	path := chainWith(t, func(el net.Listener) { endAddr = el.Addr().String(); serveWorkEnd(el, f, size, w) },
+		func(rl net.Listener, addr string) error { return workRelayFrom(rl, addr, w) })
 	c := dialChain(t, path, size)
 
 	want := make([]byte, 256<<10)
@@ -217,15 +248,21 @@ func TestWorkChain(t *testing.T) {
 	if err := c.ReadAt(got, 1<<20); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(got, want) {
-		t.Error("read back differs from what was written")
-	}
 	onDisk := make([]byte, len(want))
 	if _, err := f.ReadAt(onDisk, 1<<20); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(onDisk, want) {
-		t.Error("the file does not hold what was written")
+	if !file {
+		if !bytes.Equal(onDisk, make([]byte, len(want))) {
+			t.Error("the file was written, without file")
+		}
+	} else {
+		if !bytes.Equal(got, want) {
+			t.Error("read back differs from what was written")
+		}
+		if !bytes.Equal(onDisk, want) {
+			t.Error("the file does not hold what was written")
+		}
 	}
 
 	// 64 requests in flight: odd ones write their block, even ones read
@@ -242,7 +279,7 @@ func TestWorkChain(t *testing.T) {
 		calls[i] = cl
 	}
 	inFlight(t, c, calls, func(cl *nbdclient.Call) error {
-		if cl.Cmd == nbdwire.CmdRead && !bytes.Equal(cl.Data, want[:4096]) {
+		if file && cl.Cmd == nbdwire.CmdRead && !bytes.Equal(cl.Data, want[:4096]) {
 			return fmt.Errorf("read at %d got other data", cl.Offset)
 		}
 		return nil
@@ -251,7 +288,39 @@ func TestWorkChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	blk := make([]byte, 4096)
-	if _, err := f.ReadAt(blk, 4<<20+63<<12); err != nil || blk[0] != 63 || blk[4095] != 63 {
-		t.Errorf("block 63 on disk starts %d, ends %d (err %v); want 63", blk[0], blk[4095], err)
+	if _, err := f.ReadAt(blk, 4<<20+63<<12); err != nil {
+		t.Fatal(err)
 	}
+	if wantByte := byte(63 * b2i(file)); blk[0] != wantByte || blk[4095] != wantByte {
+		t.Errorf("block 63 on disk starts %d, ends %d; want %d", blk[0], blk[4095], wantByte)
+	}
+
+	// Without the channel the end greets a TCP client in plain NBD at
+	// once; with it, the end waits for the client's handshake and says
+	// nothing.
+	raw, err := net.Dial("tcp", endAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	wait := 5 * time.Second
+	if channel {
+		wait = 200 * time.Millisecond
+	}
+	raw.SetReadDeadline(time.Now().Add(wait))
+	greeting := make([]byte, 8)
+	n, err := io.ReadFull(raw, greeting)
+	if channel && n > 0 {
+		t.Errorf("the end sent %q before any handshake", greeting[:n])
+	}
+	if !channel && (err != nil || string(greeting) != "NBDMAGIC") {
+		t.Errorf("without channel, the end greeted with %q (%v), want NBDMAGIC", greeting[:n], err)
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

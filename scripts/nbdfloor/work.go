@@ -6,6 +6,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -34,20 +35,57 @@ import (
 // dst's figures against this pair's are what dst's machinery costs; this
 // pair's against a peer's say whether the shape, with the work the design
 // requires, can reach a target at all.
+//
+// -without leaves parts of the work out (both processes must be given the
+// same), to say what each part costs the pair: "channel" links them by
+// plain TCP, "checksum" skips the xxhash64 sums, "file" answers every
+// request at once as nbdfloor's end does, dropping writes.
 
-// workRelay passes each client of the unix socket at path on to addr over
-// an encrypted channel.
-func workRelay(path, addr string, key crypto.PrivateKey) error {
+// work is the work the pair does: each part is done when true.
+type work struct {
+	key      crypto.PrivateKey
+	channel  bool // the link is dst's encrypted channel
+	checksum bool // every payload is checksummed on both sides
+	file     bool // the end reads and writes its file
+}
+
+// fullWork is all the work, with key on both ends of the channel.
+func fullWork(key crypto.PrivateKey) *work {
+	return &work{key: key, channel: true, checksum: true, file: true}
+}
+
+// leaveOut turns off the parts named in list ("channel", "checksum",
+// "file", separated by commas).
+func (w *work) leaveOut(list string) error {
+	for part := range strings.SplitSeq(list, ",") {
+		switch part {
+		case "channel":
+			w.channel = false
+		case "checksum":
+			w.checksum = false
+		case "file":
+			w.file = false
+		default:
+			return fmt.Errorf("-without: unknown part %q (want channel, checksum or file)", part)
+		}
+	}
+	return nil
+}
+
+// workRelay passes each client of the unix socket at path on to addr,
+// doing w's share of the work.
+func workRelay(path, addr string, w *work) error {
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return err
 	}
-	return workRelayFrom(l, addr, key)
+	return workRelayFrom(l, addr, w)
 }
 
-// workRelayFrom passes each client l accepts on to addr over an encrypted
-// channel that pins key's public half as the end's.
-func workRelayFrom(l net.Listener, addr string, key crypto.PrivateKey) error {
+// workRelayFrom passes each client l accepts on to addr, over an encrypted
+// channel that pins w.key's public half as the end's unless w leaves the
+// channel out, and checksums what it passes unless w leaves that out.
+func workRelayFrom(l net.Listener, addr string, w *work) error {
 	var sum atomic.Uint64
 	for {
 		c, err := l.Accept()
@@ -55,7 +93,7 @@ func workRelayFrom(l net.Listener, addr string, key crypto.PrivateKey) error {
 			return err
 		}
 		go func() {
-			up, err := dialWork(addr, key)
+			up, err := dialWork(addr, w)
 			if err != nil {
 				log.Print(err)
 				c.Close()
@@ -63,33 +101,40 @@ func workRelayFrom(l net.Listener, addr string, key crypto.PrivateKey) error {
 			}
 			_ = rawio.GrowSendBuffer(c, nbd.SendBuffer)
 			down := rawio.Wrap(c)
-			go checksumPump(up, down, &sum)
-			checksumPump(down, up, &sum)
+			go checksumPump(up, down, w.checksum, &sum)
+			checksumPump(down, up, w.checksum, &sum)
 		}()
 	}
 }
 
-// dialWork dials addr and runs the handshake as attach does.
-func dialWork(addr string, key crypto.PrivateKey) (*crypto.Conn, error) {
+// dialWork dials addr and runs the handshake as attach does, unless w
+// leaves the channel out.
+func dialWork(addr string, w *work) (net.Conn, error) {
 	s, err := net.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
+	if !w.channel {
+		return rawio.Wrap(s), nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return crypto.Client(ctx, rawio.Wrap(s), &crypto.ClientConfig{PrivateKey: key, ServerKey: key.Public()})
+	return crypto.Client(ctx, rawio.Wrap(s), &crypto.ClientConfig{PrivateKey: w.key, ServerKey: w.key.Public()})
 }
 
-// checksumPump copies r to w, checksumming every chunk on the way, until
-// either ends; then it closes both, which ends the other direction too.
-// The sums go to sum, so that no compiler can drop them.
-func checksumPump(r, w net.Conn, sum *atomic.Uint64) {
+// checksumPump copies r to w, checksumming every chunk on the way if
+// checksum is set, until either ends; then it closes both, which ends the
+// other direction too. The sums go to sum, so that no compiler can drop
+// them.
+func checksumPump(r, w net.Conn, checksum bool, sum *atomic.Uint64) {
 	buf := make([]byte, 256<<10)
 	var acc uint64
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
-			acc ^= xxhash.Sum64(buf[:n])
+			if checksum {
+				acc ^= xxhash.Sum64(buf[:n])
+			}
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				break
 			}
@@ -103,8 +148,8 @@ func checksumPump(r, w net.Conn, sum *atomic.Uint64) {
 	w.Close()
 }
 
-// workEnd serves FILE on addr over the encrypted channel.
-func workEnd(addr, file string, key crypto.PrivateKey) error {
+// workEnd serves FILE on addr, doing w's share of the work.
+func workEnd(addr, file string, w *work) error {
 	f, err := server.OpenFile(file, false, nil)
 	if err != nil {
 		return err
@@ -117,20 +162,20 @@ func workEnd(addr, file string, key crypto.PrivateKey) error {
 	if err != nil {
 		return err
 	}
-	return serveWorkEnd(l, f, uint64(size), key)
+	return serveWorkEnd(l, f, uint64(size), w)
 }
 
 // serveWorkEnd runs the handshake on each client l accepts and serves the
-// file's export over the channel.
-func serveWorkEnd(l net.Listener, f *server.File, size uint64, key crypto.PrivateKey) error {
+// file's export over the channel, or leaves out what w leaves out.
+func serveWorkEnd(l net.Listener, f *server.File, size uint64, w *work) error {
 	s := &nbd.Server{Exports: []*nbd.Export{{
 		Name: "", Description: "nbdfloor -work: the file, over dst's channel, checksummed", Size: size,
-		Flush: true, FUA: true, MultiConn: true, Device: &workDevice{f: f},
+		Flush: true, FUA: true, MultiConn: true, Device: &workDevice{f: f, checksum: w.checksum, file: w.file},
 	}}}
 	cfg := &crypto.ServerConfig{
-		PrivateKey: key,
+		PrivateKey: w.key,
 		Authorize: func(k crypto.PublicKey) error {
-			if !k.Equal(key.Public()) {
+			if !k.Equal(w.key.Public()) {
 				return fmt.Errorf("nbdfloor: unknown client key %v", k)
 			}
 			return nil
@@ -143,6 +188,10 @@ func serveWorkEnd(l net.Listener, f *server.File, size uint64, key crypto.Privat
 			return err
 		}
 		go func() {
+			if !w.channel {
+				s.ServeConn(context.Background(), rawio.Wrap(c))
+				return
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			cc, err := crypto.Server(ctx, rawio.Wrap(c), cfg)
 			cancel()
@@ -159,8 +208,10 @@ func serveWorkEnd(l net.Listener, f *server.File, size uint64, key crypto.Privat
 // over, on the front end's reader, as serve runs what the page cache
 // serves; replies of requests that arrived together leave together.
 type workDevice struct {
-	f   *server.File
-	sum atomic.Uint64 // the checksums, so that no compiler can drop them
+	f        *server.File
+	checksum bool          // checksum every payload
+	file     bool          // do the I/O; else answer at once and drop writes
+	sum      atomic.Uint64 // the checksums, so that no compiler can drop them
 }
 
 func (d *workDevice) Submit(r *nbd.Request) { r.Complete(d.run(r)) }
@@ -180,15 +231,25 @@ func (d *workDevice) SubmitBatch(rs []*nbd.Request) {
 // run does r's work: the I/O, and the checksum serve computes (of a READ's
 // data before it is sent, of a WRITE's before it is written).
 func (d *workDevice) run(r *nbd.Request) error {
+	if !d.file {
+		if d.checksum && (r.Cmd == nbdwire.CmdRead || r.Cmd == nbdwire.CmdWrite) {
+			d.sum.Add(xxhash.Sum64(r.Data))
+		}
+		return nil
+	}
 	off := int64(r.Offset)
 	switch r.Cmd {
 	case nbdwire.CmdRead:
 		if _, err := d.f.ReadAt(r.Data, off); err != nil && err != io.EOF {
 			return err
 		}
-		d.sum.Add(xxhash.Sum64(r.Data))
+		if d.checksum {
+			d.sum.Add(xxhash.Sum64(r.Data))
+		}
 	case nbdwire.CmdWrite:
-		d.sum.Add(xxhash.Sum64(r.Data))
+		if d.checksum {
+			d.sum.Add(xxhash.Sum64(r.Data))
+		}
 		if r.Flags&nbdwire.FlagFUA != 0 {
 			return d.f.WriteAtFUA(r.Data, off)
 		}
