@@ -348,3 +348,42 @@ func TestReplayLogOwnsOrCopies(t *testing.T) {
 		t.Errorf("after FLUSH: %d entries, %d bytes", n, b)
 	}
 }
+
+// TestReplayLogRefillsItsArray: after a FLUSH empties the log, filling it
+// again reuses the entries' array instead of growing a new one, whose
+// fresh pages were most of attach's page faults under QD1 writes; entries
+// a FLUSH does not cover move to the front and keep their order; and an
+// array grown far past entriesKept is given back.
+func TestReplayLogRefillsItsArray(t *testing.T) {
+	l := newReplayLog(1 << 40)
+	trim := func(off uint64) {
+		h := wire.Request{Cmd: wire.CmdTrim, Offset: off, Length: 4096}
+		l.add(&h, nil, nil)
+	}
+	fill := func(n int) {
+		for i := range n {
+			trim(uint64(i) << 12)
+		}
+	}
+	fill(1000)
+	l.flushed(l.mark())
+	if allocs := testing.AllocsPerRun(10, func() { fill(1000); l.flushed(l.mark()) }); allocs != 0 {
+		t.Errorf("refilling the log after a flush: %v allocations, want 0", allocs)
+	}
+
+	fill(10)
+	mark := l.mark()
+	trim(1 << 30)
+	trim(1<<30 + 4096)
+	l.flushed(mark)
+	if len(l.entries) != 2 || l.entries[0].offset != 1<<30 || l.entries[1].offset != 1<<30+4096 ||
+		l.entries[1].seq != l.entries[0].seq+1 {
+		t.Fatalf("entries after a partial flush: %+v, want the two newest in order", l.entries)
+	}
+
+	fill(4 * entriesKept)
+	l.flushed(l.mark())
+	if c := cap(l.entries); c > entriesKept {
+		t.Errorf("after a storm of %d entries and a flush, room for %d kept, want at most %d", 4*entriesKept, c, entriesKept)
+	}
+}
