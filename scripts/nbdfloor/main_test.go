@@ -232,8 +232,8 @@ func testWorkChain(t *testing.T, w *work, channel, file bool) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	var endAddr string
-	path := chainWith(t, func(el net.Listener) { endAddr = el.Addr().String(); serveWorkEnd(el, f, size, w) },
+	endAddr := make(chan string, 1)
+	path := chainWith(t, func(el net.Listener) { endAddr <- el.Addr().String(); serveWorkEnd(el, f, size, w) },
 		func(rl net.Listener, addr string) error { return workRelayFrom(rl, addr, w) })
 	c := dialChain(t, path, size)
 
@@ -298,7 +298,7 @@ func testWorkChain(t *testing.T, w *work, channel, file bool) {
 	// Without the channel the end greets a TCP client in plain NBD at
 	// once; with it, the end waits for the client's handshake and says
 	// nothing.
-	raw, err := net.Dial("tcp", endAddr)
+	raw, err := net.Dial("tcp", <-endAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
