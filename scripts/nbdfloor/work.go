@@ -228,13 +228,28 @@ func (d *workDevice) SubmitBatch(rs []*nbd.Request) {
 	}
 }
 
-// run does r's work: the I/O, and the checksum serve computes (of a READ's
-// data before it is sent, of a WRITE's before it is written).
+// run does r's work: the checksum serve computes (of a WRITE's data before
+// it is written, of a READ's after it is read), and the I/O.
 func (d *workDevice) run(r *nbd.Request) error {
+	if r.Cmd == nbdwire.CmdWrite {
+		d.checksumOf(r.Data)
+	}
+	err := d.io(r)
+	if r.Cmd == nbdwire.CmdRead && err == nil {
+		d.checksumOf(r.Data)
+	}
+	return err
+}
+
+func (d *workDevice) checksumOf(b []byte) {
+	if d.checksum {
+		d.sum.Add(xxhash.Sum64(b))
+	}
+}
+
+// io runs r on the file, or does nothing if d leaves the file out.
+func (d *workDevice) io(r *nbd.Request) error {
 	if !d.file {
-		if d.checksum && (r.Cmd == nbdwire.CmdRead || r.Cmd == nbdwire.CmdWrite) {
-			d.sum.Add(xxhash.Sum64(r.Data))
-		}
 		return nil
 	}
 	off := int64(r.Offset)
@@ -243,13 +258,7 @@ func (d *workDevice) run(r *nbd.Request) error {
 		if _, err := d.f.ReadAt(r.Data, off); err != nil && err != io.EOF {
 			return err
 		}
-		if d.checksum {
-			d.sum.Add(xxhash.Sum64(r.Data))
-		}
 	case nbdwire.CmdWrite:
-		if d.checksum {
-			d.sum.Add(xxhash.Sum64(r.Data))
-		}
 		if r.Flags&nbdwire.FlagFUA != 0 {
 			return d.f.WriteAtFUA(r.Data, off)
 		}
