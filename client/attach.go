@@ -57,7 +57,9 @@ type AttachConfig struct {
 	// this long before they sleep, while requests come one at a time (at
 	// most one in flight, and no deeper queue since the last look): each
 	// request and reply then finds the process awake, and nobody pays for
-	// waking it, at the price of a CPU kept busy meanwhile
+	// waking it, at the price of a CPU kept busy meanwhile. Each socket's
+	// reader polls only while the waits it sees fit this budget, so a link
+	// slower than it, or an idle device, stops the polling
 	// (internal/rawio, Poller). Zero sleeps at once.
 	BusyPoll time.Duration
 	// BulkLoad, when set, is called with true when the attachment starts

@@ -245,8 +245,8 @@ func printStatus(out io.Writer, st *attachmentStatus) {
 			100*r.Done/r.Writes)
 	}
 	if b := st.BusyPoll; b != nil {
-		fmt.Fprintf(w, "  busy polling\t%d rounds: %d ended by data for the poller, %d for another socket, %d ran out\n",
-			b.Rounds, b.Data, b.Other, b.Expired)
+		fmt.Fprintf(w, "  busy polling\t%d rounds: %d ended by data for the poller, %d for another socket, %d ran out; %d of %d sockets poll now\n",
+			b.Rounds, b.Data, b.Other, b.Expired, b.Polling, b.Sockets)
 	}
 	fmt.Fprintf(w, "  not yet durable\t%d writes, %d bytes (acknowledged, kept for replay until a flush)\n",
 		s.ReplayEntries, s.ReplayBytes)

@@ -40,17 +40,34 @@ import (
 // has ready to run, and then its CPU to any other thread ready there
 // (sched_yield): at a deep queue that drains for a moment, the process
 // that is to refill it may be the one waiting for that CPU.
+//
+// A round is worth its CPU only when data comes before it ends: one that
+// runs out and then sleeps anyway pays for both. So the poller keeps a
+// score for each socket of how the rounds its reader began have ended, and
+// stops beginning them for a reader whose rounds run out too often (a link
+// whose round trip is longer than the budget, a device left idle), but for
+// one in every probeEvery, whose ending keeps the score current. The score
+// belongs to the reader that begins the round, not to the socket whose
+// data ends it, because that tells the waits apart: at queue depth one in
+// dst attach, the NBD connection's reader polls after sending a request,
+// so its waits are the server's round trips, and the queue connection's
+// reader polls after answering one, so its waits are the application's
+// time between requests. A budget shorter than the link's round trip then
+// stops the first kind of round and keeps the second. (Timing the waits
+// would not do: one that outlasts a round can only be timed by its reader,
+// after the wake-up that polling is there to avoid, which makes it look
+// longer than the budget when it was not.)
 
 // A Poller polls a set of sockets before the goroutines reading them sleep.
 // Its zero value is not usable; make one with NewPoller.
 type Poller struct {
-	budget time.Duration
+	budget time.Duration // how long a round may last
 	gate   atomic.Pointer[func() bool]
 
 	polling atomic.Bool // one goroutine polls at a time
 
 	mu   sync.Mutex
-	fds  []int32       // the set, one entry per Conn added
+	set  []*Conn       // one entry per Conn added
 	scan []unix.PollFd // the poller's copy of the set, used only while polling
 
 	rounds, data, other, expired atomic.Uint64 // see PollStats
@@ -79,19 +96,20 @@ func (p *Poller) Add(c net.Conn) bool {
 	if err := rc.rc.Control(func(f uintptr) { fd = int32(f) }); err != nil || fd < 0 {
 		return false
 	}
-	p.mu.Lock()
-	p.fds = append(p.fds, fd)
-	p.mu.Unlock()
 	rc.poller, rc.fd = p, fd
+	rc.score.Store(scoreAll)
+	p.mu.Lock()
+	p.set = append(p.set, rc)
+	p.mu.Unlock()
 	return true
 }
 
-// remove takes fd out of the set.
-func (p *Poller) remove(fd int32) {
+// remove takes c out of the set.
+func (p *Poller) remove(c *Conn) {
 	p.mu.Lock()
-	for i, f := range p.fds {
-		if f == fd {
-			p.fds = append(p.fds[:i], p.fds[i+1:]...)
+	for i, x := range p.set {
+		if x == c {
+			p.set = append(p.set[:i], p.set[i+1:]...)
 			break
 		}
 	}
@@ -101,6 +119,7 @@ func (p *Poller) remove(fd int32) {
 // PollStats counts the rounds of polling and how they ended.
 type PollStats struct {
 	Sockets int    `json:"sockets"` // in the set now
+	Polling int    `json:"polling"` // of those, the ones whose readers poll now (see Conn.tally)
 	Rounds  uint64 `json:"rounds"`  // rounds of polling begun
 	Data    uint64 `json:"data"`    // ended by data on the poller's own socket
 	Other   uint64 `json:"other"`   // ended by data on another socket of the set
@@ -109,23 +128,28 @@ type PollStats struct {
 
 // Stats returns what the Poller has done so far.
 func (p *Poller) Stats() PollStats {
-	p.mu.Lock()
-	n := len(p.fds)
-	p.mu.Unlock()
-	return PollStats{
-		Sockets: n,
+	st := PollStats{
 		Rounds:  p.rounds.Load(),
 		Data:    p.data.Load(),
 		Other:   p.other.Load(),
 		Expired: p.expired.Load(),
 	}
+	p.mu.Lock()
+	st.Sockets = len(p.set)
+	for _, c := range p.set {
+		if c.score.Load() >= scorePoll {
+			st.Polling++
+		}
+	}
+	p.mu.Unlock()
+	return st
 }
 
-// poll is called by a goroutine whose socket fd had nothing to read. It
-// reports whether fd has data now; false means the caller is to park on
-// the runtime's poller (another goroutine polls, the gate is shut, the
-// budget ran out, or another socket has data for a parked goroutine).
-func (p *Poller) poll(fd int32) bool {
+// poll is called by c's reader, which found c empty. It reports whether c
+// has data now; false means the caller is to park on the runtime's poller
+// (another goroutine polls, the gate is shut, c's rounds run out too often,
+// the budget ran out, or another socket has data for a parked goroutine).
+func (p *Poller) poll(c *Conn) bool {
 	if !p.polling.CompareAndSwap(false, true) {
 		return false
 	}
@@ -133,11 +157,17 @@ func (p *Poller) poll(fd int32) bool {
 	if g := p.gate.Load(); g != nil && !(*g)() {
 		return false
 	}
+	if c.score.Load() < scorePoll {
+		if c.skipped++; c.skipped < probeEvery {
+			return false
+		}
+		c.skipped = 0 // a probe
+	}
 	p.rounds.Add(1)
 	p.mu.Lock()
 	p.scan = p.scan[:0]
-	for _, f := range p.fds {
-		p.scan = append(p.scan, unix.PollFd{Fd: f, Events: unix.POLLIN})
+	for _, x := range p.set {
+		p.scan = append(p.scan, unix.PollFd{Fd: x.fd, Events: unix.POLLIN})
 	}
 	p.mu.Unlock()
 	if len(p.scan) == 0 {
@@ -156,8 +186,9 @@ func (p *Poller) poll(fd int32) bool {
 		n, _, e := syscall.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&p.scan[0])),
 			uintptr(len(p.scan)), uintptr(unsafe.Pointer(&zero)), 0, 0, 0)
 		if e == 0 && n > 0 {
+			c.tally(true)
 			for i := range p.scan {
-				if p.scan[i].Fd == fd && p.scan[i].Revents != 0 {
+				if p.scan[i].Fd == c.fd && p.scan[i].Revents != 0 {
 					p.data.Add(1)
 					return true
 				}
@@ -166,8 +197,39 @@ func (p *Poller) poll(fd int32) bool {
 			return false
 		}
 		if e != 0 && e != syscall.EINTR || time.Now().After(end) {
+			c.tally(false)
 			p.expired.Add(1)
 			return false
 		}
 	}
+}
+
+// A Conn's score is a moving average of how its reader's rounds end, in
+// parts of scoreAll: each round moves it a sixteenth of the way towards
+// scoreAll when data came, towards zero when the budget ran out. Below
+// scorePoll (from the eleventh round in a row to run out; a machine's
+// hiccup runs out a few), half or more of the recent rounds have run out,
+// each costing the budget and then the wake-up as well, about what the
+// others saved: the reader then begins only every probeEvery-th round, and
+// one that finds data opens them again (half way between scorePoll and
+// scoreAll: seven more rounds in a row that run out shut them).
+const (
+	scoreAll   = 1 << 10
+	scorePoll  = scoreAll / 2
+	probeEvery = 16
+)
+
+// tally counts a round of c's reader that found data, or ran out. Only the
+// goroutine that polls calls it.
+func (c *Conn) tally(found bool) {
+	s := c.score.Load()
+	switch {
+	case found && s < scorePoll:
+		s = (scorePoll + scoreAll) / 2 // a probe found data
+	case found:
+		s += (scoreAll - s) / 16
+	default:
+		s -= s / 16
+	}
+	c.score.Store(s)
 }

@@ -191,10 +191,10 @@ func TestPollerClose(t *testing.T) {
 		t.Fatalf("read of a closed socket: %v, want net.ErrClosed", err)
 	}
 	p.mu.Lock()
-	fds := append([]int32(nil), p.fds...)
+	set := append([]*Conn(nil), p.set...)
 	p.mu.Unlock()
-	if len(fds) != 1 || fds[0] != b.fd {
-		t.Fatalf("set %v after closing a: want only b's %d", fds, b.fd)
+	if len(set) != 1 || set[0] != b {
+		t.Fatalf("set %v after closing a: want only b", set)
 	}
 }
 
@@ -214,5 +214,108 @@ func TestPollerAddRefuses(t *testing.T) {
 	}
 	if a.poller != nil {
 		t.Error("a refused connection points at a Poller")
+	}
+}
+
+// TestPollerScore: a reader whose rounds run out eleven times in a row
+// stops beginning them, but for one in every probeEvery; a probe that finds
+// data opens them again, and seven more that run out shut them. A few that
+// run out among many that found data do not.
+func TestPollerScore(t *testing.T) {
+	p := NewPoller(time.Millisecond)
+	a, _ := socketPair(t)
+	p.Add(a)
+	polls := func() bool { return a.score.Load() >= scorePoll }
+	runOut := func(n int) {
+		for range n {
+			a.tally(false)
+		}
+	}
+	runOut(10)
+	if !polls() {
+		t.Fatalf("after 10 rounds that ran out: not polling (score %d)", a.score.Load())
+	}
+	runOut(1)
+	if polls() {
+		t.Fatalf("after 11 rounds that ran out: still polling (score %d)", a.score.Load())
+	}
+	if st := p.Stats(); st.Polling != 0 || st.Sockets != 1 {
+		t.Fatalf("stats %+v: want one socket, not polling", st)
+	}
+	// Shut: only every probeEvery-th call begins a round. Each of these
+	// finds the socket empty and runs out.
+	for i := 1; i <= 2*probeEvery; i++ {
+		p.poll(a)
+		if got, want := p.Stats().Rounds, uint64(i/probeEvery); got != want {
+			t.Fatalf("after %d calls with the rounds shut: %d rounds begun, want %d", i, got, want)
+		}
+	}
+	a.tally(true) // a probe found data
+	if !polls() {
+		t.Fatalf("a probe found data: not polling (score %d)", a.score.Load())
+	}
+	runOut(6)
+	if !polls() {
+		t.Fatalf("6 rounds ran out after a probe found data: not polling (score %d)", a.score.Load())
+	}
+	runOut(1)
+	if polls() {
+		t.Fatalf("7 rounds ran out after a probe found data: still polling (score %d)", a.score.Load())
+	}
+	for range 100 {
+		a.tally(true)
+	}
+	if s := a.score.Load(); s < scoreAll*15/16 {
+		t.Fatalf("score %d after 100 rounds that found data, want near %d", s, scoreAll)
+	}
+	for range 10 {
+		runOut(3)
+		for range 20 {
+			a.tally(true)
+		}
+	}
+	if !polls() {
+		t.Fatalf("3 rounds in 23 ran out: not polling (score %d)", a.score.Load())
+	}
+}
+
+// TestPollerStopsOnLongWaits: a reader whose data keeps coming later than
+// the budget stops polling, and data that comes within it again starts it.
+func TestPollerStopsOnLongWaits(t *testing.T) {
+	testsupport.LeakCheck(t)
+	const budget = 2 * time.Millisecond
+	p := NewPoller(budget)
+	a, peer := socketPair(t)
+	p.Add(a)
+	exchange := func(delay time.Duration) {
+		t.Helper()
+		done := readAsync(t, a, "x")
+		time.Sleep(delay)
+		if _, err := peer.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 11 {
+		exchange(3 * budget)
+	}
+	st := p.Stats()
+	if st.Polling != 0 || st.Expired != 11 {
+		t.Fatalf("stats %+v after 11 waits longer than the budget: want 11 rounds run out, not polling", st)
+	}
+	for range probeEvery {
+		exchange(3 * budget)
+	}
+	if st2 := p.Stats(); st2.Rounds != st.Rounds+1 {
+		t.Fatalf("stats %+v, then %+v after %d more waits: want one round begun (the probe)", st, st2, probeEvery)
+	}
+	// Data within the budget: the next probe finds it, and polling resumes.
+	for i := 0; p.Stats().Polling == 0; i++ {
+		if i > probeEvery {
+			t.Fatalf("stats %+v: %d waits within the budget did not resume polling", p.Stats(), i)
+		}
+		exchange(budget / 20)
 	}
 }

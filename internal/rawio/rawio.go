@@ -28,9 +28,11 @@ type Conn struct {
 	net.Conn
 	rc syscall.RawConn
 
-	poller *Poller // set by Poller.Add
-	fd     int32
-	out    atomic.Bool // taken out of poller's set
+	poller  *Poller // set by Poller.Add
+	fd      int32
+	out     atomic.Bool  // taken out of poller's set
+	score   atomic.Int32 // how this Conn's reader's rounds of polling have ended (see tally)
+	skipped int          // rounds its reader did not begin since the last probe; used only while polling
 
 	// The runtime's poller runs a function of ours with the descriptor,
 	// as often as the socket is ready, until it reports done. A closure
@@ -117,7 +119,7 @@ func (o *op) read(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
-			if p := o.c.poller; p != nil && p.poll(int32(fd)) {
+			if p := o.c.poller; p != nil && p.poll(o.c) {
 				continue
 			}
 			return false
@@ -130,7 +132,7 @@ func (o *op) read(fd uintptr) bool {
 // Close closes the connection, taking it out of its Poller's set first.
 func (c *Conn) Close() error {
 	if c.poller != nil && !c.out.Swap(true) {
-		c.poller.remove(c.fd)
+		c.poller.remove(c)
 	}
 	return c.Conn.Close()
 }
