@@ -226,19 +226,18 @@ func TestPollerScore(t *testing.T) {
 	a, _ := socketPair(t)
 	p.Add(a)
 	polls := func() bool { return a.score.Load() >= scorePoll }
-	runOut := func(n int) {
-		for range n {
+	// shutAfter checks that n rounds in a row that run out, and not n-1,
+	// shut the rounds.
+	shutAfter := func(n int, since string) {
+		t.Helper()
+		for i := 1; i <= n; i++ {
 			a.tally(false)
+			if polls() != (i < n) {
+				t.Fatalf("%d rounds ran out %s: polling %v (score %d)", i, since, polls(), a.score.Load())
+			}
 		}
 	}
-	runOut(10)
-	if !polls() {
-		t.Fatalf("after 10 rounds that ran out: not polling (score %d)", a.score.Load())
-	}
-	runOut(1)
-	if polls() {
-		t.Fatalf("after 11 rounds that ran out: still polling (score %d)", a.score.Load())
-	}
+	shutAfter(11, "from the start")
 	if st := p.Stats(); st.Polling != 0 || st.Sockets != 1 {
 		t.Fatalf("stats %+v: want one socket, not polling", st)
 	}
@@ -254,14 +253,7 @@ func TestPollerScore(t *testing.T) {
 	if !polls() {
 		t.Fatalf("a probe found data: not polling (score %d)", a.score.Load())
 	}
-	runOut(6)
-	if !polls() {
-		t.Fatalf("6 rounds ran out after a probe found data: not polling (score %d)", a.score.Load())
-	}
-	runOut(1)
-	if polls() {
-		t.Fatalf("7 rounds ran out after a probe found data: still polling (score %d)", a.score.Load())
-	}
+	shutAfter(7, "after a probe found data")
 	for range 100 {
 		a.tally(true)
 	}
@@ -269,7 +261,9 @@ func TestPollerScore(t *testing.T) {
 		t.Fatalf("score %d after 100 rounds that found data, want near %d", s, scoreAll)
 	}
 	for range 10 {
-		runOut(3)
+		for range 3 {
+			a.tally(false)
+		}
 		for range 20 {
 			a.tally(true)
 		}
