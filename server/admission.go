@@ -80,6 +80,7 @@ type admission struct {
 	newest  *ticket
 	evicted uint64 // counters, for tests and for the log
 	refused uint64
+	failed  uint64 // handshakes that failed (not evicted, not unauthorized, not shutdown)
 
 	evictLog, refuseLog   *rateLog
 	failLog, unauthorized *rateLog
@@ -305,6 +306,9 @@ func (a *admission) handshakeFailed(ctx context.Context, remote string, err erro
 	case errors.Is(err, crypto.ErrUnauthorized):
 		a.unauthorized.warn("remote", remote, "err", err)
 	default:
+		a.mu.Lock()
+		a.failed++
+		a.mu.Unlock()
 		a.failLog.warn("remote", remote, "err", err)
 	}
 }
