@@ -296,6 +296,14 @@ func (a *admission) counts() (inProgress int, evicted, refused uint64) {
 	return a.n, a.evicted, a.refused
 }
 
+// failures returns how many handshakes have failed, not counting evicted
+// connections, refused keys and shutdown.
+func (a *admission) failures() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.failed
+}
+
 // handshakeFailed logs a handshake that ended without a session. An
 // evicted connection was already counted when it was evicted.
 func (a *admission) handshakeFailed(ctx context.Context, remote string, err error, evicted bool) {

@@ -16,11 +16,7 @@ func (s *Server) AdmissionCounts() (inProgress int, evicted, refused uint64) {
 
 // HandshakesFailed returns how many handshakes have failed so far, not
 // counting evicted connections, refused keys and shutdown.
-func (s *Server) HandshakesFailed() uint64 {
-	s.admission.mu.Lock()
-	defer s.admission.mu.Unlock()
-	return s.admission.failed
-}
+func (s *Server) HandshakesFailed() uint64 { return s.admission.failures() }
 
 // The timeouts of a connection's start, for the external tests.
 const (

@@ -205,7 +205,7 @@ func (p *Poller) poll(c *Conn) bool {
 }
 
 // A Conn's score is a moving average of how its reader's rounds end, in
-// parts of scoreAll: each round moves it a sixteenth of the way towards
+// parts of scoreAll: each round moves it 1/scoreStep of the way towards
 // scoreAll when data came, towards zero when the budget ran out. Below
 // scorePoll (from the eleventh round in a row to run out; a machine's
 // hiccup runs out a few), half or more of the recent rounds have run out,
@@ -215,6 +215,7 @@ func (p *Poller) poll(c *Conn) bool {
 // scoreAll: seven more rounds in a row that run out shut them).
 const (
 	scoreAll   = 1 << 10
+	scoreStep  = 16
 	scorePoll  = scoreAll / 2
 	probeEvery = 16
 )
@@ -227,9 +228,9 @@ func (c *Conn) tally(found bool) {
 	case found && s < scorePoll:
 		s = (scorePoll + scoreAll) / 2 // a probe found data
 	case found:
-		s += (scoreAll - s) / 16
+		s += (scoreAll - s) / scoreStep
 	default:
-		s -= s / 16
+		s -= s / scoreStep
 	}
 	c.score.Store(s)
 }
