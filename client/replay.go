@@ -22,11 +22,13 @@ import (
 // entries it overlaps obsolete: replaying them would put old data back over
 // it. durable cuts its range out of them.
 //
-// The log is bounded. Past half its limit the attachment sends a FLUSH of
-// its own to trim it; at the limit, writes go out with FUA, which needs no
-// replay, until that FLUSH completes.
+// The log is bounded. Past flushAt (half its limit, at most
+// maxAutoFlush) the attachment sends a FLUSH of its own to trim it; at the
+// limit, writes go out with FUA, which needs no replay, until that FLUSH
+// completes.
 type replayLog struct {
-	limit int64
+	limit   int64
+	flushAt int64
 
 	mu      sync.Mutex
 	entries []replayEntry // in completion order; seqs are consecutive
@@ -76,8 +78,18 @@ var replayBufs = bufpool.Payloads
 // and WRITE_ZEROES count against the limit too.
 const entryOverhead = 64
 
+// maxAutoFlush is the most the log holds before the attachment asks for a
+// FLUSH of its own, whatever its limit. Every byte the log holds is a
+// payload buffer kept from reuse, so between FLUSHes a stream of writes
+// touches that much fresh memory; where the first touch of a page is
+// dear (about 13 µs under the development VM's hypervisor) a log trimmed
+// at half of 256 MiB cost a fresh attachment a quarter of its first
+// sequential gigabyte's rate. The limit stays the bound while a FLUSH is
+// slow: writes go on filling the log up to it.
+const maxAutoFlush = 32 << 20
+
 func newReplayLog(limit int64) *replayLog {
-	return &replayLog{limit: limit, index: make(map[uint64][]uint64)}
+	return &replayLog{limit: limit, flushAt: min(limit/2, maxAutoFlush), index: make(map[uint64][]uint64)}
 }
 
 // mark returns the sequence a FLUSH submitted now covers.
@@ -105,7 +117,7 @@ func (l *replayLog) add(h *wire.Request, data []byte, owned *[]byte) (flush bool
 	defer l.mu.Unlock()
 	e.seq = l.seq.Add(1)
 	l.entries = append(l.entries, e)
-	if l.bytes.Add(int64(len(e.data))+entryOverhead) > l.limit/2 && !l.flushing {
+	if l.bytes.Add(int64(len(e.data))+entryOverhead) > l.flushAt && !l.flushing {
 		l.flushing = true
 		return true
 	}

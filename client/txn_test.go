@@ -349,6 +349,49 @@ func TestReplayLogOwnsOrCopies(t *testing.T) {
 	}
 }
 
+// TestReplayLogAsksForFlush: the log asks for a FLUSH of the attachment's
+// own once it holds more than half its limit or maxAutoFlush, whichever
+// is less, asks once while that FLUSH is in flight, and again after it.
+func TestReplayLogAsksForFlush(t *testing.T) {
+	const n = 1 << 20
+	for _, c := range []struct {
+		limit int64
+		at    int // the write, counted from 1, past which it asks
+	}{
+		{8 << 20, 4},              // half of 8 MiB: 4 writes fill it, the 4th's overhead tips it
+		{DefaultReplayBuffer, 32}, // maxAutoFlush, not 128 MiB
+	} {
+		l := newReplayLog(c.limit)
+		asked := 0
+		for i := 1; i <= 2*c.at; i++ {
+			h := wire.Request{Cmd: wire.CmdWrite, Offset: uint64(i) * n, Length: n}
+			if l.add(&h, make([]byte, n), nil) {
+				asked++
+				if i != c.at {
+					t.Errorf("limit %d: asked for a FLUSH at write %d, want %d", c.limit, i, c.at)
+				}
+			}
+		}
+		if asked != 1 {
+			t.Errorf("limit %d: asked %d times while the FLUSH was in flight, want once", c.limit, asked)
+		}
+		l.flushed(l.mark())
+		l.flushDone()
+		h := wire.Request{Cmd: wire.CmdWrite, Offset: 0, Length: n}
+		for i := 0; i < c.at; i++ {
+			if l.add(&h, make([]byte, n), nil) {
+				asked++
+			}
+		}
+		if asked != 2 {
+			t.Errorf("limit %d: %d FLUSHes asked for after refilling, want 2", c.limit, asked)
+		}
+		if l.full() {
+			t.Errorf("limit %d: full at %d bytes", c.limit, l.bytes.Load())
+		}
+	}
+}
+
 // TestReplayLogRefillsItsArray: after a FLUSH empties the log, filling it
 // again reuses the entries' array instead of growing a new one, whose
 // fresh pages were most of attach's page faults under QD1 writes; entries
