@@ -41,6 +41,15 @@
 //	                           channel, checksum and file, to measure what
 //	                           each costs; give both the same
 //
+//	nbdfloor -work KEYFILE [-without PARTS] -retain MIB relay PATH ADDR
+//	                           the work relay reading what the client
+//	                           sends into a ring of MIB MiB of buffers
+//	                           instead of one, so that every chunk lands in
+//	                           memory last touched MIB MiB ago, as a WRITE's
+//	                           payload does in attach, which keeps it until
+//	                           the server answers and then in its replay
+//	                           log until a FLUSH
+//
 // Both run until SIGTERM or SIGINT, and then exit 0 (the bench's way of
 // stopping a process requires that). scripts/bench --floor runs the pairs
 // as its "nbdfloor" and "workfloor" targets.
@@ -82,6 +91,12 @@ func main() {
 			}
 			args = args[2:]
 		}
+		if len(args) > 1 && args[0] == "-retain" {
+			if err := w.setRetain(args[1]); err != nil {
+				log.Fatal(err)
+			}
+			args = args[2:]
+		}
 	}
 	if len(args) != 3 {
 		log.Fatal(usage)
@@ -112,7 +127,7 @@ func main() {
 	log.Fatal(err)
 }
 
-const usage = "usage: nbdfloor [-work KEYFILE [-without PARTS]] relay PATH ADDR | nbdfloor end ADDR SIZE | nbdfloor -work KEYFILE [-without PARTS] end ADDR FILE"
+const usage = "usage: nbdfloor [-work KEYFILE [-without PARTS] [-retain MIB]] relay PATH ADDR | nbdfloor end ADDR SIZE | nbdfloor -work KEYFILE [-without PARTS] end ADDR FILE"
 
 // relay passes each client of the unix socket at path on to addr.
 func relay(path, addr string) error {

@@ -182,6 +182,8 @@ func TestBadUsage(t *testing.T) {
 		{[]string{"-work"}, "usage"},
 		{[]string{"-work", "/nonexistent/key", "relay", "a", "b"}, "/nonexistent/key"},
 		{[]string{"-work", key, "-without", "channel,cipher", "relay", "a", "b"}, `unknown part "cipher"`},
+		{[]string{"-work", key, "-retain", "0", "relay", "a", "b"}, "-retain"},
+		{[]string{"-work", key, "-without", "file", "-retain", "lots", "relay", "a", "b"}, "-retain"},
 	} {
 		out, err := exec.Command(bin, c.args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), c.want) {
@@ -213,6 +215,16 @@ func TestWorkChain(t *testing.T) {
 			testWorkChain(t, w, !strings.Contains(without, "channel"), !strings.Contains(without, "file"))
 		})
 	}
+	// A ring of 1 MiB is four buffers, each written again while the
+	// chain moves 16 MiB: nothing in it may be sent twice or overwritten
+	// before it is sent.
+	t.Run("retain=1", func(t *testing.T) {
+		w := fullWork(key)
+		if err := w.setRetain("1"); err != nil {
+			t.Fatal(err)
+		}
+		testWorkChain(t, w, true, true)
+	})
 	if err := fullWork(key).leaveOut("channel,cipher"); err == nil || !strings.Contains(err.Error(), `"cipher"`) {
 		t.Errorf("-without channel,cipher: error %v, want one naming \"cipher\"", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -47,6 +48,20 @@ type work struct {
 	channel  bool // the link is dst's encrypted channel
 	checksum bool // every payload is checksummed on both sides
 	file     bool // the end reads and writes its file
+	// retain is how many bytes of what the client sends the relay reads
+	// into a ring, one buffer after another, as attach keeps payloads;
+	// 0 is one buffer, reused.
+	retain int
+}
+
+// setRetain sets retain from a number of MiB.
+func (w *work) setRetain(mib string) error {
+	n, err := strconv.Atoi(mib)
+	if err != nil || n < 1 || n > 4096 {
+		return fmt.Errorf("-retain: want a number of MiB from 1 to 4096, not %q", mib)
+	}
+	w.retain = n << 20
+	return nil
 }
 
 // fullWork is all the work, with key on both ends of the channel.
@@ -101,8 +116,8 @@ func workRelayFrom(l net.Listener, addr string, w *work) error {
 			}
 			_ = rawio.GrowSendBuffer(c, nbd.SendBuffer)
 			down := rawio.Wrap(c)
-			go checksumPump(up, down, w.checksum, &sum)
-			checksumPump(down, up, w.checksum, &sum)
+			go checksumPump(up, down, w.checksum, 0, &sum)
+			checksumPump(down, up, w.checksum, w.retain, &sum)
 		}()
 	}
 }
@@ -124,12 +139,18 @@ func dialWork(addr string, w *work) (net.Conn, error) {
 
 // checksumPump copies r to w, checksumming every chunk on the way if
 // checksum is set, until either ends; then it closes both, which ends the
-// other direction too. The sums go to sum, so that no compiler can drop
-// them.
-func checksumPump(r, w net.Conn, checksum bool, sum *atomic.Uint64) {
-	buf := make([]byte, 256<<10)
+// other direction too. With retain > 0 it reads each chunk into the next
+// of a ring of buffers holding about retain bytes. The sums go to sum, so
+// that no compiler can drop them.
+func checksumPump(r, w net.Conn, checksum bool, retain int, sum *atomic.Uint64) {
+	const size = 256 << 10
+	ring := make([][]byte, max(1, retain/size))
+	for i := range ring {
+		ring[i] = make([]byte, size)
+	}
 	var acc uint64
-	for {
+	for next := 0; ; next = (next + 1) % len(ring) {
+		buf := ring[next]
 		n, err := r.Read(buf)
 		if n > 0 {
 			if checksum {
