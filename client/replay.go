@@ -84,8 +84,8 @@ const entryOverhead = 64
 // touches that much fresh memory; where the first touch of a page is
 // dear (about 13 µs under the development VM's hypervisor) a log trimmed
 // at half of 256 MiB cost a fresh attachment about 15% of its first
-// sequential gigabyte's rate and 0.4 s of CPU. The limit stays the bound while a FLUSH is
-// slow: writes go on filling the log up to it.
+// sequential gigabyte's rate and 0.4 s of CPU. The limit stays the bound
+// while a FLUSH is slow: writes go on filling the log up to it.
 const maxAutoFlush = 32 << 20
 
 func newReplayLog(limit int64) *replayLog {
