@@ -144,12 +144,10 @@ func cmdServe(ctx context.Context, args []string) error {
 	for i, e := range info.Exports {
 		names[i] = e.Name
 	}
-	log.Info("listening", "addr", l.Addr().String(), "public_key", cfg.PrivateKey.Public().String(),
-		"exports", names, "instance", info.Instance.String())
+	logClientKeys(log, cfg.Authorized)
 	for _, k := range cfg.MoreKeys {
 		log.Info("also answering to a key of a rotation", "public_key", k.Public().String())
 	}
-	logClientKeys(log, cfg.Authorized)
 	if cfg.MetricsListen != "" {
 		ml, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
@@ -177,6 +175,10 @@ func cmdServe(ctx context.Context, args []string) error {
 	default:
 		defer serveMux(log, *statusSock, statusMux(func() any { return srv.Status() }))()
 	}
+	// "listening" is the line scripts and tests wait for, as systemd waits
+	// for READY: the keys, metrics and status socket come before it.
+	log.Info("listening", "addr", l.Addr().String(), "public_key", cfg.PrivateKey.Public().String(),
+		"exports", names, "instance", info.Instance.String())
 	notify(log, sdnotify.Ready)
 	notify(log, func() error {
 		return sdnotify.Status(fmt.Sprintf("serving %d exports on %s", len(names), l.Addr()))
