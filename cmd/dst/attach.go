@@ -141,6 +141,7 @@ func cmdAttach(ctx context.Context, args []string) error {
 		return usagef("--queues sets a kernel device's sockets; with --nbd-listen, give --connections")
 	}
 	log := logger()
+	reservePayloadMemory(log)
 	var bulkLoad func(on bool)
 	if bulkProcs > 0 {
 		bulkLoad = func(on bool) {

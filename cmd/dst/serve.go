@@ -54,6 +54,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	defer signal.Stop(hup)
 	log := logger()
 	keyPolicy := keyMode(log)
+	reservePayloadMemory(log)
 
 	cfg := &server.Config{}
 	if *config != "" {

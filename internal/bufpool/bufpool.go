@@ -1,7 +1,8 @@
 // Package bufpool pools payload buffers in power-of-two size classes from
 // 4 KiB to 32 MiB (the largest payload the protocols carry), so a steady
 // stream of same-sized requests reuses the same arrays and the data path
-// allocates nothing per request.
+// allocates nothing per request. Buffers of 64 KiB and more come from an
+// arena of huge pages once the process has reserved one (arena.go).
 package bufpool
 
 import (
@@ -24,6 +25,9 @@ const (
 type Pool struct {
 	headroom int
 	classes  [maxShift - minShift + 1]sync.Pool
+
+	mu   sync.Mutex
+	free [maxShift - minShift + 1][]*[]byte // buffers from the arena (arena.go)
 }
 
 // Payloads is the pool for payload buffers that pass from one package to
@@ -45,6 +49,11 @@ func (p *Pool) class(n int) int {
 // Get returns a buffer of length n, at most MaxSize plus the headroom.
 func (p *Pool) Get(n int) *[]byte {
 	c := p.class(n)
+	if a := theArena.Load(); a != nil && c >= arenaMinShift-minShift {
+		if b := p.fromArena(a, c, n); b != nil {
+			return b
+		}
+	}
 	if b, ok := p.classes[c].Get().(*[]byte); ok {
 		*b = (*b)[:n]
 		return b
@@ -56,7 +65,12 @@ func (p *Pool) Get(n int) *[]byte {
 // Put returns a buffer from Get; anything else is dropped.
 func (p *Pool) Put(b *[]byte) {
 	c := p.class(cap(*b))
-	if c >= 0 && c < len(p.classes) && cap(*b) == 1<<(c+minShift)+p.headroom {
-		p.classes[c].Put(b)
+	if c < 0 || c >= len(p.classes) || cap(*b) != 1<<(c+minShift)+p.headroom {
+		return
 	}
+	if a := theArena.Load(); a != nil && a.owns(*b) {
+		p.toArena(c, b)
+		return
+	}
+	p.classes[c].Put(b)
 }
