@@ -81,11 +81,14 @@ const entryOverhead = 64
 // maxAutoFlush is the most the log holds before the attachment asks for a
 // FLUSH of its own, whatever its limit. Every byte the log holds is a
 // payload buffer kept from reuse, so between FLUSHes a stream of writes
-// touches that much fresh memory; where the first touch of a page is
+// cycles through that much memory; where the first touch of a page is
 // dear (about 13 µs under the development VM's hypervisor) a log trimmed
 // at half of 256 MiB cost a fresh attachment about 15% of its first
-// sequential gigabyte's rate and 0.4 s of CPU. The limit stays the bound
-// while a FLUSH is slow: writes go on filling the log up to it.
+// sequential gigabyte's rate and 0.4 s of CPU. dst attach's payload arena
+// (cmd/dst, internal/bufpool) holds this much with room for what is in
+// flight, so a trimmed log keeps reusing the same huge pages. The limit
+// stays the bound while a FLUSH is slow: writes go on filling the log up
+// to it, from the heap past the arena.
 const maxAutoFlush = 32 << 20
 
 func newReplayLog(limit int64) *replayLog {

@@ -21,9 +21,10 @@ import (
 // touch, and goes back to the kernel when the heap shrinks, to be faulted
 // in again later; and every pass over it misses the TLB once per 4 KiB.
 // On a VM where a first touch costs 13 µs a page (PVM, 2026-12-06), a
-// 1 GiB copy into a fresh attach took ~13,000 faults and 1.1 s of attach's
-// CPU; with its payloads in a huge-page arena, ~1,200 faults and 0.8-0.9 s.
-// Here each 2 MiB is faulted in once, at its first use, and reused after.
+// 1 GiB copy into a fresh attach took ~12,000 faults and 1.12-1.30 s of
+// attach's CPU; with its payloads in a huge-page arena, ~1,200 faults and
+// 0.99-1.11 s (README, "Sequential copies against their floor"). Here each
+// 2 MiB is faulted in once, at its first use, and reused after.
 //
 // The cost is that arena memory, once touched, stays with the process: at
 // most the size given to Reserve. Buffers beyond it come from the heap as
