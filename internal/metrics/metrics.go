@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dstproject/dst/client"
+	"github.com/dstproject/dst/internal/bufpool"
 	"github.com/dstproject/dst/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -23,6 +24,7 @@ import (
 func Serve(ctx context.Context, l net.Listener, cs ...prometheus.Collector) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(arenaGauges()...)
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return err
@@ -37,6 +39,20 @@ func Serve(ctx context.Context, l net.Listener, cs ...prometheus.Collector) erro
 		return err
 	}
 	return nil
+}
+
+// arenaGauges report the process's payload arena (internal/bufpool): the
+// address space it reserved, and how much of it buffers have taken, which
+// stays with the process (part of its resident memory).
+func arenaGauges() []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dst_payload_arena_reserved_bytes",
+			Help: "Address space reserved for payload buffers of 64 KiB and more (0: they come from the Go heap)."},
+			func() float64 { size, _ := bufpool.Reserved(); return float64(size) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dst_payload_arena_used_bytes",
+			Help: "Bytes of the payload arena that buffers have taken; they stay with the process, for reuse."},
+			func() float64 { _, used := bufpool.Reserved(); return float64(used) }),
+	}
 }
 
 // Client collects an attachment's metrics, labelled with its name.
