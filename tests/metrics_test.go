@@ -93,12 +93,13 @@ func TestMetrics(t *testing.T) {
 	}
 	// nbdcopy's 256 KiB writes took their buffers from the payload arena,
 	// on both sides; a race build keeps payloads on the heap instead.
+	race := raceBuilt(t)
 	for who, m := range map[string]map[string]float64{"attach": after, "serve": sAfter} {
 		reserved, used := m["dst_payload_arena_reserved_bytes"], m["dst_payload_arena_used_bytes"]
 		switch {
-		case raceBuilt(t) && (reserved != 0 || used != 0):
+		case race && (reserved != 0 || used != 0):
 			t.Errorf("%s, built with -race: payload arena %v bytes reserved, %v used; want none", who, reserved, used)
-		case !raceBuilt(t) && (reserved != 64<<20 || used < 256<<10 || used > reserved):
+		case !race && (reserved != 64<<20 || used < 256<<10 || used > reserved):
 			t.Errorf("%s: payload arena %v bytes reserved, %v used; want 64 MiB, with 256 KiB or more used", who, reserved, used)
 		}
 	}

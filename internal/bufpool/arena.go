@@ -35,6 +35,9 @@ import (
 // the collector may empty, and are too small for a page fault to matter.
 const arenaMinShift = 16
 
+// arenaClass is the first class index taken from the arena.
+const arenaClass = arenaMinShift - minShift
+
 // hugePage is the size and alignment of a transparent huge page on x86-64
 // and arm64 with 4 KiB pages; elsewhere it is only an alignment.
 const hugePage = 2 << 20
@@ -105,18 +108,17 @@ func newArena(size int) (*arena, error) {
 func (a *arena) unmap() { _ = unix.Munmap(a.mapping) }
 
 // carve returns n bytes from the arena, or nil when it is full. Each
-// buffer starts on a cache line.
+// buffer starts on a cache line: used stays a multiple of 64, as the
+// arena's size is.
 func (a *arena) carve(n int) []byte {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.used+n > len(a.mem) {
+	next := a.used + (n+63)&^63
+	if next > len(a.mem) {
 		return nil
 	}
 	b := a.mem[a.used : a.used+n : a.used+n]
-	a.used += (n + 63) &^ 63
-	if a.used > len(a.mem) {
-		a.used = len(a.mem)
-	}
+	a.used = next
 	return b
 }
 
@@ -131,8 +133,13 @@ func (a *arena) owns(b []byte) bool {
 }
 
 // fromArena returns a buffer of class c and length n from p's free list
-// or, when that is empty, a new one carved from a; nil when a is full.
-func (p *Pool) fromArena(a *arena, c, n int) *[]byte {
+// or, when that is empty, a new one carved from the arena; nil when there
+// is no arena or it is full.
+func (p *Pool) fromArena(c, n int) *[]byte {
+	a := theArena.Load()
+	if a == nil {
+		return nil
+	}
 	p.mu.Lock()
 	if l := len(p.free[c]); l > 0 {
 		b := p.free[c][l-1]
@@ -150,9 +157,14 @@ func (p *Pool) fromArena(a *arena, c, n int) *[]byte {
 	return &b
 }
 
-// toArena keeps b, a buffer of class c from the arena, for the next Get.
-func (p *Pool) toArena(c int, b *[]byte) {
+// toArena keeps b, a buffer of class c, for the next Get if it is from
+// the arena, and reports whether it was.
+func (p *Pool) toArena(c int, b *[]byte) bool {
+	if a := theArena.Load(); a == nil || !a.owns(*b) {
+		return false
+	}
 	p.mu.Lock()
 	p.free[c] = append(p.free[c], b)
 	p.mu.Unlock()
+	return true
 }

@@ -49,8 +49,8 @@ func (p *Pool) class(n int) int {
 // Get returns a buffer of length n, at most MaxSize plus the headroom.
 func (p *Pool) Get(n int) *[]byte {
 	c := p.class(n)
-	if a := theArena.Load(); a != nil && c >= arenaMinShift-minShift {
-		if b := p.fromArena(a, c, n); b != nil {
+	if c >= arenaClass {
+		if b := p.fromArena(c, n); b != nil {
 			return b
 		}
 	}
@@ -68,8 +68,7 @@ func (p *Pool) Put(b *[]byte) {
 	if c < 0 || c >= len(p.classes) || cap(*b) != 1<<(c+minShift)+p.headroom {
 		return
 	}
-	if a := theArena.Load(); a != nil && a.owns(*b) {
-		p.toArena(c, b)
+	if c >= arenaClass && p.toArena(c, b) {
 		return
 	}
 	p.classes[c].Put(b)
