@@ -23,7 +23,7 @@ func TestFioVerify(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			argv := append([]string{"fio", "--name=v", "--ioengine=nbd", "--uri=" + a.uri(),
 				"--iodepth=32", "--size=64m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
-				"--output-format=json"}, tc.args...)
+				"--verify_state_save=0", "--output-format=json"}, tc.args...)
 			out := run(t, argv...)
 			checkFio(t, out)
 		})
@@ -40,7 +40,8 @@ func TestFioBusyPoll(t *testing.T) {
 	s := startServer(t, &export{Name: "disk", Size: 16 << 20})
 	a := s.attach(t, "disk", "--busy-poll", "200us", "--name", "bp")
 	out := run(t, "fio", "--name=v", "--ioengine=nbd", "--uri="+a.uri(), "--iodepth=1", "--size=8m",
-		"--rw=randrw", "--bs=4k", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output-format=json")
+		"--rw=randrw", "--bs=4k", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+		"--verify_state_save=0", "--output-format=json")
 	checkFio(t, out)
 
 	out = run(t, dstBin, "status", "--json", "bp")
