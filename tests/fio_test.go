@@ -21,10 +21,8 @@ func TestFioVerify(t *testing.T) {
 		{"write-1m-qd8", []string{"--rw=write", "--bs=1m", "--iodepth=8"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			argv := append([]string{"fio", "--name=v", "--ioengine=nbd", "--uri=" + a.uri(),
-				"--iodepth=32", "--size=64m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
-				"--verify_state_save=0", "--output-format=json"}, tc.args...)
-			out := run(t, argv...)
+			args := append([]string{"--iodepth=32", "--size=64m", "--output-format=json"}, tc.args...)
+			out := run(t, fioVerify(a.uri(), args...)...)
 			checkFio(t, out)
 		})
 	}
@@ -39,9 +37,8 @@ func TestFioBusyPoll(t *testing.T) {
 	requireFioNBD(t)
 	s := startServer(t, &export{Name: "disk", Size: 16 << 20})
 	a := s.attach(t, "disk", "--busy-poll", "200us", "--name", "bp")
-	out := run(t, "fio", "--name=v", "--ioengine=nbd", "--uri="+a.uri(), "--iodepth=1", "--size=8m",
-		"--rw=randrw", "--bs=4k", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
-		"--verify_state_save=0", "--output-format=json")
+	out := run(t, fioVerify(a.uri(), "--iodepth=1", "--size=8m", "--rw=randrw", "--bs=4k",
+		"--output-format=json")...)
 	checkFio(t, out)
 
 	out = run(t, dstBin, "status", "--json", "bp")
@@ -60,6 +57,15 @@ func TestFioBusyPoll(t *testing.T) {
 		t.Errorf("tests: dst status bp does not show the polling:\n%s", out)
 	}
 	s.alive(t)
+}
+
+// fioVerify returns the command line of a fio job through fio's nbd engine
+// at uri that reads back and checks (crc32c) every block it writes, failing
+// at the first bad one, and saves no verify state file in the working
+// directory; args give the workload and the output format.
+func fioVerify(uri string, args ...string) []string {
+	return append([]string{"fio", "--name=v", "--ioengine=nbd", "--uri=" + uri,
+		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0"}, args...)
 }
 
 // requireFioNBD skips (fails, in CI) a test when fio lacks its nbd engine.

@@ -21,9 +21,8 @@ func TestMultiConnection(t *testing.T) {
 	run(t, "nbdcopy", a.uri(), back)
 	sameContent(t, src, back, size)
 	sameContent(t, src, s.lookup(t, "disk").Path, size)
-	out := run(t, "fio", "--name=v", "--ioengine=nbd", "--uri="+a.uri(), "--rw=randwrite", "--bs=4k",
-		"--iodepth=32", "--numjobs=2", "--offset_increment=32m", "--size=32m", "--verify=crc32c",
-		"--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--output-format=json")
+	out := run(t, fioVerify(a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=32", "--numjobs=2",
+		"--offset_increment=32m", "--size=32m", "--output-format=json")...)
 	checkFio(t, out)
 }
 

@@ -247,9 +247,8 @@ func TestUpstreamFioVerify(t *testing.T) {
 	nk := newNbdkitFile(t, 64<<20)
 	e := newUpstreamEnv(t, nk.uri())
 	e.startAttach()
-	fio := startProc(t, "fio", "fio", "--name=verify", "--ioengine=nbd", "--uri=nbd+unix:///?socket="+e.sock,
-		"--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=64m", "--verify=crc32c", "--do_verify=1",
-		"--verify_fatal=1", "--verify_state_save=0", "--output-format=terse")
+	fio := startProc(t, "fio", fioVerify("nbd+unix:///?socket="+e.sock,
+		"--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=64m", "--output-format=terse")...)
 	time.Sleep(300 * time.Millisecond)
 	if fio.exited() {
 		t.Fatalf("tests: fio ended before the fault: %v\n%s", fio.err, fio.out.String())
