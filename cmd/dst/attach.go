@@ -375,7 +375,7 @@ const maxBusyPoll = 10 * time.Millisecond
 // request down by a fifth to a third. A sequential copy instead seals and
 // opens large payloads in two goroutines, which one P runs in turn: two
 // made nbdcopy's 1 GiB writes 1.12 times as fast and its reads 1.09 times
-// (README, Performance).
+// (scripts/PERFORMANCE.md).
 func attachProcs(flagValue int, env string, ncpu int) (n, bulk int, err error) {
 	switch {
 	case flagValue < 0 || flagValue > 1024:

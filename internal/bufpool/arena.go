@@ -23,8 +23,9 @@ import (
 // On a VM where a first touch costs 13 µs a page (PVM, 2026-12-06), a
 // 1 GiB copy into a fresh attach took ~12,000 faults and 1.12-1.30 s of
 // attach's CPU; with its payloads in a huge-page arena, ~1,200 faults and
-// 0.99-1.11 s (README, "Sequential copies against their floor"). Here each
-// 2 MiB is faulted in once, at its first use, and reused after.
+// 0.99-1.11 s (scripts/PERFORMANCE.md, "Sequential copies against their
+// floor"). Here each 2 MiB is faulted in once, at its first use, and
+// reused after.
 //
 // The cost is that arena memory, once touched, stays with the process: at
 // most the size given to Reserve. Buffers beyond it come from the heap as
