@@ -76,9 +76,10 @@ type AttachConfig struct {
 // flushers overlap. Requests that come one at a time all take the first
 // (generation.pick), so the others cost them nothing. On 2 vCPUs, fresh
 // serve and attach per round, nbdcopy 1 GiB, 8 rounds alternating
-// (scripts/PERFORMANCE.md, "Where a request's time goes"): four connections read 4–8% faster than two, at 7% less
-// of attach's CPU per GiB, wrote within ±3%, and fio's QD1 and QD32 random
-// 4 KiB I/O moved within noise.
+// (scripts/PERFORMANCE.md, "Where a request's time goes"): four
+// connections read 4–8% faster than two, at 7% less of attach's CPU per
+// GiB, wrote within ±3%, and fio's QD1 and QD32 random 4 KiB I/O moved
+// within noise.
 func DefaultConnections() int { return min(2*runtime.NumCPU(), 4) }
 
 // Defaults for AttachConfig's zero values.
