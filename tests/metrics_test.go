@@ -102,6 +102,13 @@ func TestMetrics(t *testing.T) {
 		case !race && (reserved != 64<<20 || used < 256<<10 || used > reserved):
 			t.Errorf("%s: payload arena %v bytes reserved, %v used; want 64 MiB, with 256 KiB or more used", who, reserved, used)
 		}
+		reserved, used = m["dst_payload_small_arena_reserved_bytes"], m["dst_payload_small_arena_used_bytes"]
+		switch {
+		case race && (reserved != 0 || used != 0):
+			t.Errorf("%s, built with -race: small payload arena %v bytes reserved, %v used; want none", who, reserved, used)
+		case !race && (reserved != 40<<20 || used > reserved):
+			t.Errorf("%s: small payload arena %v bytes reserved, %v used; want 40 MiB, used within it", who, reserved, used)
+		}
 	}
 	// After the attachment ends, the server's counters keep what it served.
 	a.proc.stop(t)

@@ -13,10 +13,17 @@ import (
 // Go heap.
 const payloadArena = 64 << 20
 
-// reservePayloadMemory maps the payload arena; without it, payload buffers
-// come from the Go heap, which works as well, only slower.
+// smallPayloadArena is the same for buffers under 64 KiB: the replay log's
+// 32 MiB of small writes, with room for what is in flight.
+const smallPayloadArena = 40 << 20
+
+// reservePayloadMemory maps the payload arenas; without them, payload
+// buffers come from the Go heap, which works as well, only slower.
 func reservePayloadMemory(log *slog.Logger) {
 	if err := bufpool.Reserve(payloadArena); err != nil {
 		log.Warn("payload buffers come from the Go heap", "err", err)
+	}
+	if err := bufpool.ReserveSmall(smallPayloadArena); err != nil {
+		log.Warn("payload buffers under 64 KiB come from the Go heap", "err", err)
 	}
 }

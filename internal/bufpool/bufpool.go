@@ -2,7 +2,8 @@
 // 4 KiB to 32 MiB (the largest payload the protocols carry), so a steady
 // stream of same-sized requests reuses the same arrays and the data path
 // allocates nothing per request. Buffers of 64 KiB and more come from an
-// arena of huge pages once the process has reserved one (arena.go).
+// arena of huge pages once the process has reserved one, and smaller ones
+// from a second arena once it has reserved that (arena.go).
 package bufpool
 
 import (
@@ -49,10 +50,8 @@ func (p *Pool) class(n int) int {
 // Get returns a buffer of length n, at most MaxSize plus the headroom.
 func (p *Pool) Get(n int) *[]byte {
 	c := p.class(n)
-	if c >= arenaClass {
-		if b := p.fromArena(c, n); b != nil {
-			return b
-		}
+	if b := p.fromArena(c, n); b != nil {
+		return b
 	}
 	if b, ok := p.classes[c].Get().(*[]byte); ok {
 		*b = (*b)[:n]
@@ -68,7 +67,7 @@ func (p *Pool) Put(b *[]byte) {
 	if c < 0 || c >= len(p.classes) || cap(*b) != 1<<(c+minShift)+p.headroom {
 		return
 	}
-	if c >= arenaClass && p.toArena(c, b) {
+	if p.toArena(c, b) {
 		return
 	}
 	p.classes[c].Put(b)

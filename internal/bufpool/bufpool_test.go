@@ -2,6 +2,7 @@ package bufpool
 
 import (
 	"sync"
+	"sync/atomic"
 	"testing"
 	"unsafe"
 )
@@ -100,29 +101,105 @@ func TestArena(t *testing.T) {
 	})
 }
 
-func TestReserveOnce(t *testing.T) {
-	if raceEnabled {
-		if err := Reserve(1); err != nil || theArena.Load() != nil {
-			t.Errorf("a race build reserved an arena (err %v)", err)
-		}
-		return
-	}
-	defer func() {
-		if a := theArena.Swap(nil); a != nil {
-			a.unmap()
-		}
-	}()
-	if err := Reserve(0); err == nil {
-		t.Error("Reserve(0) succeeded")
-	}
-	if err := Reserve(1); err != nil {
+// withSmallArena runs f with a small arena of size bytes in place of the
+// process's.
+func withSmallArena(t *testing.T, size int, f func(a *arena)) {
+	t.Helper()
+	a, err := newArena(size)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if size, used := Reserved(); size != hugePage || used != 0 {
-		t.Errorf("Reserved() = %d, %d; want %d, 0", size, used, hugePage)
-	}
-	if err := Reserve(1); err == nil {
-		t.Error("a second Reserve succeeded")
+	old := smallArena.Swap(a)
+	defer func() {
+		smallArena.Store(old)
+		a.unmap()
+	}()
+	f(a)
+}
+
+// TestSmallArena: buffers under 64 KiB come from the small arena, and
+// only they; a buffer put back is the next one handed out; a full small
+// arena falls back to the heap; the large classes never take its room.
+func TestSmallArena(t *testing.T) {
+	withArena(t, 2<<20, func(large *arena) {
+		withSmallArena(t, 2<<20, func(small *arena) {
+			p := New(0)
+			b := p.Get(4096)
+			if !small.owns(*b) || large.owns(*b) {
+				t.Fatalf("a 4 KiB buffer at %p: not from the small arena", unsafe.SliceData(*b))
+			}
+			p.Put(b)
+			if again := p.Get(4000); unsafe.SliceData(*again) != unsafe.SliceData(*b) || len(*again) != 4000 {
+				t.Errorf("a 4 KiB buffer put back was not reused")
+			} else {
+				p.Put(again)
+			}
+			big := p.Get(64 << 10)
+			if !large.owns(*big) || small.owns(*big) {
+				t.Errorf("a 64 KiB buffer at %p: not from the large arena", unsafe.SliceData(*big))
+			}
+			p.Put(big)
+			var held []*[]byte
+			for range 2<<20/(32<<10) + 1 {
+				held = append(held, p.Get(32<<10))
+			}
+			inSmall := 0
+			for _, h := range held {
+				if small.owns(*h) {
+					inSmall++
+				}
+			}
+			// The 4 KiB buffer sits on its free list, so one 32 KiB
+			// buffer fewer fits; the rest come from the heap.
+			if want := (2<<20 - 4096) / (32 << 10); inSmall != want {
+				t.Errorf("a full small arena gave %d buffers of 32 KiB, want %d", inSmall, want)
+			}
+			if last := held[len(held)-1]; small.owns(*last) || len(*last) != 32<<10 {
+				t.Errorf("past a full small arena: a buffer of %d bytes from the arena", len(*last))
+			}
+			for _, h := range held {
+				p.Put(h)
+			}
+			if size, used := ReservedSmall(); size != 2<<20 || used != 2<<20-(32<<10)+4096 {
+				t.Errorf("ReservedSmall() = %d, %d; want %d, %d", size, used, 2<<20, 2<<20-(32<<10)+4096)
+			}
+		})
+	})
+}
+
+func TestReserveOnce(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		reserve  func(int) error
+		reserved func() (int, int)
+		to       *atomic.Pointer[arena]
+	}{
+		{"Reserve", Reserve, Reserved, &theArena},
+		{"ReserveSmall", ReserveSmall, ReservedSmall, &smallArena},
+	} {
+		if raceEnabled {
+			if err := c.reserve(1); err != nil || c.to.Load() != nil {
+				t.Errorf("%s: a race build reserved an arena (err %v)", c.name, err)
+			}
+			continue
+		}
+		defer func() {
+			if a := c.to.Swap(nil); a != nil {
+				a.unmap()
+			}
+		}()
+		if err := c.reserve(0); err == nil {
+			t.Errorf("%s(0) succeeded", c.name)
+		}
+		if err := c.reserve(1); err != nil {
+			t.Fatal(err)
+		}
+		if size, used := c.reserved(); size != hugePage || used != 0 {
+			t.Errorf("after %s: %d, %d reserved; want %d, 0", c.name, size, used, hugePage)
+		}
+		if err := c.reserve(1); err == nil {
+			t.Errorf("a second %s succeeded", c.name)
+		}
 	}
 }
 

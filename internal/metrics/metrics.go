@@ -41,9 +41,9 @@ func Serve(ctx context.Context, l net.Listener, cs ...prometheus.Collector) erro
 	return nil
 }
 
-// arenaGauges report the process's payload arena (internal/bufpool): the
-// address space it reserved, and how much of it buffers have taken, which
-// stays with the process (part of its resident memory).
+// arenaGauges report the process's payload arenas (internal/bufpool): the
+// address space each reserved, and how much of it buffers have taken,
+// which stays with the process (part of its resident memory).
 func arenaGauges() []prometheus.Collector {
 	return []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dst_payload_arena_reserved_bytes",
@@ -52,6 +52,12 @@ func arenaGauges() []prometheus.Collector {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dst_payload_arena_used_bytes",
 			Help: "Bytes of the payload arena that buffers have taken; they stay with the process, for reuse."},
 			func() float64 { _, used := bufpool.Reserved(); return float64(used) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dst_payload_small_arena_reserved_bytes",
+			Help: "Address space reserved for payload buffers under 64 KiB (0: they come from the Go heap)."},
+			func() float64 { size, _ := bufpool.ReservedSmall(); return float64(size) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dst_payload_small_arena_used_bytes",
+			Help: "Bytes of the small payload arena that buffers have taken; they stay with the process, for reuse."},
+			func() float64 { _, used := bufpool.ReservedSmall(); return float64(used) }),
 	}
 }
 
