@@ -84,11 +84,12 @@ const entryOverhead = 64
 // cycles through that much memory; where the first touch of a page is
 // dear (about 13 µs under the development VM's hypervisor) a log trimmed
 // at half of 256 MiB cost a fresh attachment about 15% of its first
-// sequential gigabyte's rate and 0.4 s of CPU. dst attach's payload arena
-// (cmd/dst, internal/bufpool) holds this much with room for what is in
-// flight, so a trimmed log keeps reusing the same huge pages. The limit
-// stays the bound while a FLUSH is slow: writes go on filling the log up
-// to it, from the heap past the arena.
+// sequential gigabyte's rate and 0.4 s of CPU. dst attach's payload arenas
+// (cmd/dst, internal/bufpool: one for payloads of 64 KiB and more, one for
+// smaller ones) each hold this much with room for what is in flight, so a
+// trimmed log keeps reusing the same huge pages. The limit stays the bound
+// while a FLUSH is slow: writes go on filling the log up to it, from the
+// heap past the arenas.
 const maxAutoFlush = 32 << 20
 
 func newReplayLog(limit int64) *replayLog {

@@ -27,17 +27,17 @@ import (
 // floor"). Here each 2 MiB is faulted in once, at its first use, and
 // reused after.
 //
-//
 // Smaller payloads (4 KiB to 32 KiB) get an arena of their own once
 // ReserveSmall has mapped one. The replay log keeps them too: a stream of
 // 4 KiB writes holds 8,192 of them between FLUSHes, and in the Go heap
 // those made the live heap 32 MiB larger, so the garbage of every request
-// spread over as many fresh pages between collections: 0.05-0.2 page faults
-// per QD1 write (13 µs each there), about 4 µs of attach's 55 per write
-// (scripts/PERFORMANCE.md). Two arenas, so that a phase of small writes
-// cannot take the room of the large buffers the first arena is for, nor
-// the other way round: a pool's arena buffers stay on their class's free
-// list for good.
+// spread over as many fresh pages between collections: 0.19-0.27 page
+// faults per QD1 write into a fresh attach, 0.05 after a warm-up (13 µs
+// each there), against 0.03 and none with this arena (scripts/
+// PERFORMANCE.md, "Bench runs"). Two arenas, so that a phase of small
+// writes cannot take the room of the large buffers the first arena is
+// for, nor the other way round: a pool's arena buffers stay on their
+// class's free list for good.
 //
 // The cost is that arena memory, once touched, stays with the process: at
 // most the sizes given to Reserve and ReserveSmall. Buffers beyond them
