@@ -39,13 +39,26 @@ func TestNoAllocs(t *testing.T) {
 // withArena runs f with an arena of size bytes in place of the process's.
 func withArena(t *testing.T, size int, f func(a *arena)) {
 	t.Helper()
+	swapArena(t, &theArena, size, f)
+}
+
+// withSmallArena runs f with a small arena of size bytes in place of the
+// process's.
+func withSmallArena(t *testing.T, size int, f func(a *arena)) {
+	t.Helper()
+	swapArena(t, &smallArena, size, f)
+}
+
+// swapArena runs f with an arena of size bytes in to's place.
+func swapArena(t *testing.T, to *atomic.Pointer[arena], size int, f func(a *arena)) {
+	t.Helper()
 	a, err := newArena(size)
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := theArena.Swap(a)
+	old := to.Swap(a)
 	defer func() {
-		theArena.Store(old)
+		to.Store(old)
 		a.unmap()
 	}()
 	f(a)
@@ -99,22 +112,6 @@ func TestArena(t *testing.T) {
 			t.Error("a buffer put back in a full arena was not reused")
 		}
 	})
-}
-
-// withSmallArena runs f with a small arena of size bytes in place of the
-// process's.
-func withSmallArena(t *testing.T, size int, f func(a *arena)) {
-	t.Helper()
-	a, err := newArena(size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := smallArena.Swap(a)
-	defer func() {
-		smallArena.Store(old)
-		a.unmap()
-	}()
-	f(a)
 }
 
 // TestSmallArena: buffers under 64 KiB come from the small arena, and

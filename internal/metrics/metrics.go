@@ -45,20 +45,23 @@ func Serve(ctx context.Context, l net.Listener, cs ...prometheus.Collector) erro
 // address space each reserved, and how much of it buffers have taken,
 // which stays with the process (part of its resident memory).
 func arenaGauges() []prometheus.Collector {
-	return []prometheus.Collector{
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dst_payload_arena_reserved_bytes",
-			Help: "Address space reserved for payload buffers of 64 KiB and more (0: they come from the Go heap)."},
-			func() float64 { size, _ := bufpool.Reserved(); return float64(size) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dst_payload_arena_used_bytes",
-			Help: "Bytes of the payload arena that buffers have taken; they stay with the process, for reuse."},
-			func() float64 { _, used := bufpool.Reserved(); return float64(used) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dst_payload_small_arena_reserved_bytes",
-			Help: "Address space reserved for payload buffers under 64 KiB (0: they come from the Go heap)."},
-			func() float64 { size, _ := bufpool.ReservedSmall(); return float64(size) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dst_payload_small_arena_used_bytes",
-			Help: "Bytes of the small payload arena that buffers have taken; they stay with the process, for reuse."},
-			func() float64 { _, used := bufpool.ReservedSmall(); return float64(used) }),
+	var cs []prometheus.Collector
+	for _, a := range []struct {
+		name, holds string
+		usage       func() (size, used int)
+	}{
+		{"dst_payload_arena", "payload buffers of 64 KiB and more", bufpool.Reserved},
+		{"dst_payload_small_arena", "payload buffers under 64 KiB", bufpool.ReservedSmall},
+	} {
+		cs = append(cs,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: a.name + "_reserved_bytes",
+				Help: "Address space reserved for " + a.holds + " (0: they come from the Go heap)."},
+				func() float64 { size, _ := a.usage(); return float64(size) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: a.name + "_used_bytes",
+				Help: "Bytes of the arena for " + a.holds + " that buffers have taken; they stay with the process, for reuse."},
+				func() float64 { _, used := a.usage(); return float64(used) }))
 	}
+	return cs
 }
 
 // Client collects an attachment's metrics, labelled with its name.
