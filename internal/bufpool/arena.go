@@ -33,8 +33,8 @@ import (
 // those made the live heap 32 MiB larger, so the garbage of every request
 // spread over as many fresh pages between collections: 0.19-0.27 page
 // faults per QD1 write into a fresh attach, 0.05 after a warm-up (13 µs
-// each there), against 0.03 and none with this arena (scripts/
-// PERFORMANCE.md, "Bench runs"). Two arenas, so that a phase of small
+// each there), against 0.03 and none with this arena
+// (scripts/PERFORMANCE.md, "Bench runs"). Two arenas, so that a phase of small
 // writes cannot take the room of the large buffers the first arena is
 // for, nor the other way round: a pool's arena buffers stay on their
 // class's free list for good.
