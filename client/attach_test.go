@@ -29,6 +29,7 @@ type testEnv struct {
 	srv       *server.Server
 	addr      string
 	serverKey crypto.PublicKey
+	server    crypto.PrivateKey // the server's own, for a proxy that stands in for it
 	client    crypto.PrivateKey
 	dial      func(ctx context.Context, addr string) (net.Conn, error)
 	log       *slog.Logger // the test's
@@ -76,7 +77,7 @@ func newEnvTB(t testing.TB, transport string, size int64) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := &testEnv{dir: dir, srv: srv, serverKey: sk.Public(), client: ck, log: log}
+	env := &testEnv{dir: dir, srv: srv, serverKey: sk.Public(), server: sk, client: ck, log: log}
 	var l net.Listener
 	switch transport {
 	case "tcp":

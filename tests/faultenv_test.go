@@ -53,6 +53,7 @@ type faultEnv struct {
 	logs   []*proc // every serve started, for grepping their output
 
 	proxy *faultproxy.Proxy
+	via   string // where attach dials, if not the proxy (TestChecksumCorruption)
 	att   *proc
 	sock  string
 	nbd   *nbdclient.Client
@@ -172,13 +173,18 @@ func (e *faultEnv) serveLog() string {
 	return b.String()
 }
 
-// startAttach starts attach against the proxy, with faultAttachArgs then
-// extra (a flag given twice takes its last value), and dials its socket.
+// startAttach starts attach against the proxy (or e.via), with
+// faultAttachArgs then extra (a flag given twice takes its last value),
+// and dials its socket.
 func (e *faultEnv) startAttach(extra ...string) *nbdclient.Client {
 	e.t.Helper()
 	e.sock = filepath.Join(shortTempDir(e.t), "nbd.sock")
+	addr := e.proxy.Addr()
+	if e.via != "" {
+		addr = e.via
+	}
 	argv := []string{dstBin, "attach", "--key", e.clientKey, "--server-key", e.serverPub,
-		e.proxy.Addr(), "disk", "--nbd-listen", "unix:" + e.sock}
+		addr, "disk", "--nbd-listen", "unix:" + e.sock}
 	argv = append(append(argv, faultAttachArgs...), extra...)
 	e.att = startProc(e.t, "dst attach", argv...)
 	if err := e.att.waitFor("NBD socket", startTimeout, func() bool { return isSocket(e.sock) }); err != nil {
