@@ -50,6 +50,12 @@ func newEnv(t *testing.T, transport string, size int64) *testEnv { return newEnv
 
 func newEnvTB(t testing.TB, transport string, size int64) *testEnv {
 	t.Helper()
+	return newEnvLog(t, transport, size, testsupport.Logger(t))
+}
+
+// newEnvLog is newEnvTB with the server's and the clients' logger.
+func newEnvLog(t testing.TB, transport string, size int64, log *slog.Logger) *testEnv {
+	t.Helper()
 	dir := t.TempDir()
 	for _, name := range []string{"disk", "ro"} {
 		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
@@ -60,7 +66,6 @@ func newEnvTB(t testing.TB, transport string, size int64) *testEnv {
 		}
 	}
 	sk, ck := mustKey(t), mustKey(t)
-	log := testsupport.Logger(t)
 	auth, err := crypto.ParseAuthorizedKeys(strings.NewReader(ck.Public().String()+" test\n"), "test")
 	if err != nil {
 		t.Fatal(err)

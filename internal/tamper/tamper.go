@@ -16,7 +16,8 @@
 // wire.Reply and its READ payload the other) and, while a test has asked
 // for it, flips one bit in the middle of the next WRITE payload the client
 // sends or the next READ payload the server returns, leaving the
-// header's checksum as it was.
+// header's checksum as it was; or it puts bytes of the test's in the place
+// of a reply, as a broken or hostile server would send them.
 package tamper
 
 import (
@@ -60,6 +61,8 @@ type Proxy struct {
 	// counts those done, READs in [0] and WRITEs in [1].
 	reads, writes atomic.Int64
 	corrupted     [2]atomic.Int64
+	// inject, if set, replaces the next reply frame (InjectReply).
+	inject atomic.Pointer[[]byte]
 }
 
 // New starts a proxy on 127.0.0.1 with a free port.
@@ -84,6 +87,19 @@ func (p *Proxy) CorruptReads(n int) { p.reads.Store(int64(n)) }
 // CorruptWrites makes the proxy flip a bit in each of the next n WRITE
 // payloads the client sends; n <= 0 stops it.
 func (p *Proxy) CorruptWrites(n int) { p.writes.Store(int64(n)) }
+
+// InjectReply makes the proxy drop the next reply frame the server sends
+// on a queue connection, send the client b in its place, and close that
+// connection: b stands for whatever a broken or hostile server might say,
+// and the close ends whatever b leaves the client waiting for. A nil b
+// takes back an injection not yet made; an empty one sends nothing.
+func (p *Proxy) InjectReply(b []byte) {
+	if b == nil {
+		p.inject.Store(nil)
+		return
+	}
+	p.inject.Store(&b)
+}
 
 // Corrupted returns how many READ and WRITE payloads the proxy has
 // corrupted so far.
@@ -194,7 +210,11 @@ func (p *Proxy) serve(c net.Conn) {
 		}
 		pumps = [2]func(){
 			func() { p.requests(sc, cc) },
-			func() { p.replies(cc, sc) },
+			func() {
+				if p.replies(cc, sc) {
+					reset(c)
+				}
+			},
 		}
 	}
 	var wg sync.WaitGroup
@@ -240,8 +260,9 @@ func (p *Proxy) requests(dst, src io.ReadWriter) {
 }
 
 // replies forwards reply frames from the server to the client, corrupting
-// READ payloads while asked to.
-func (p *Proxy) replies(dst, src io.ReadWriter) {
+// READ payloads while asked to. It reports whether it ended after putting
+// a test's bytes in the place of a reply.
+func (p *Proxy) replies(dst, src io.ReadWriter) (injected bool) {
 	var hb [wire.ReplySize]byte
 	for {
 		if _, err := io.ReadFull(src, hb[:]); err != nil {
@@ -256,6 +277,10 @@ func (p *Proxy) replies(dst, src io.ReadWriter) {
 		if _, err := io.ReadFull(src, frame[wire.ReplySize:]); err != nil {
 			return
 		}
+		if b := p.inject.Swap(nil); b != nil {
+			write(dst, *b)
+			return true
+		}
 		if r.Cmd == wire.CmdRead && r.Length > 0 && take(&p.reads) {
 			flip(frame[wire.ReplySize:])
 			p.corrupted[0].Add(1)
@@ -263,6 +288,14 @@ func (p *Proxy) replies(dst, src io.ReadWriter) {
 		if write(dst, frame) != nil {
 			return
 		}
+	}
+}
+
+// reset makes closing c send a reset, as a crash would, rather than an
+// orderly end the client would give the control stream time to explain.
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
 	}
 }
 
