@@ -251,6 +251,7 @@ func (a *Attachment) reconnect() *generation {
 			select {
 			case <-time.After(wait):
 			case <-a.ctx.Done():
+				a.farewell()
 				return nil
 			}
 		}
@@ -263,6 +264,7 @@ func (a *Attachment) reconnect() *generation {
 		}
 		switch {
 		case ctx.Err() != nil:
+			a.farewell()
 			return nil
 		case errors.Is(err, ErrIdentityChanged), errors.Is(err, ErrLeaseHeld):
 			// Another disk, or another writer took over: this attachment
@@ -273,6 +275,32 @@ func (a *Attachment) reconnect() *generation {
 		a.log.Warn("reconnect failed", "server", a.cfg.Server, "attempt", attempt, "err", err)
 		a.events.emit(Event{Type: EventReconnectFailed, Count: attempt, Detail: err.Error()})
 	}
+}
+
+// farewellTimeout bounds the one dial of farewell.
+const farewellTimeout = 2 * time.Second
+
+// farewell says BYE for an attachment that closes between sessions, as
+// shutdown does for one that closes while connected: one session of a
+// new epoch, dialed once, that says only that. The server then frees the
+// attachment's writer lease at once, rather than keep it for its grace
+// (2 minutes by default) for a reconnect that will not come, refusing
+// every other writer meanwhile. Best effort: a server it cannot reach
+// keeps the lease for its grace. A read-only attachment holds no lease.
+func (a *Attachment) farewell() {
+	if a.cfg.ReadOnly {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(a.cfg.dialTimeout(), farewellTimeout))
+	defer cancel()
+	s, err := dial(ctx, &a.cfg.Config, a.id, a.epoch.Add(1))
+	if err != nil {
+		a.log.Warn("closing between sessions: could not tell the server; it keeps the writer lease for its grace",
+			"server", a.cfg.Server, "err", err)
+		return
+	}
+	s.bye()
+	s.Close()
 }
 
 // resume puts a new generation to work: if the server restarted, it first
