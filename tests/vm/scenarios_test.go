@@ -3,6 +3,7 @@ package vm
 import (
 	"os"
 	"os/exec"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -123,7 +124,8 @@ func TestVMRaid1(t *testing.T) {
 // TestVMFreshDevice is the guard against the nbd driver's receive-work
 // starvation: attach, partition scan, a burst of pinned O_DIRECT reads and
 // detach, with real-time spinners on every CPU while the device starts.
-// CI runs 5 cycles; DST_VM_LONG=1 (scripts/test --long) runs 100.
+// CI runs 5 cycles; DST_VM_LONG=1 (scripts/test --long) runs 100, and
+// DST_VM_CYCLES as many as it says.
 // DST_VM_QUEUES passes --queues, to show what more sockets do on a
 // kernel without the workqueue fix; DST_VM_SPIN_CPUS and
 // DST_VM_KTHREADD_CPU choose the forcing recipe (guest/freshdev.sh).
@@ -131,6 +133,9 @@ func TestVMFreshDevice(t *testing.T) {
 	cycles, timeout := "5", 4*time.Minute
 	if os.Getenv("DST_VM_LONG") == "1" {
 		cycles, timeout = "100", 40*time.Minute
+	}
+	if n, err := strconv.Atoi(os.Getenv("DST_VM_CYCLES")); err == nil && n > 0 {
+		cycles, timeout = strconv.Itoa(n), time.Duration(n)*24*time.Second+time.Minute
 	}
 	runScenario(t, scenario{
 		script:  "freshdev.sh",
