@@ -118,15 +118,16 @@ func (s *Session) keepalive(interval, timeout time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	var seq uint64
+	j := silence{interval: interval, timeout: timeout, lastTick: time.Now()}
 	for {
 		select {
 		case <-s.dead:
 			return
 		case <-t.C:
 		}
-		silent := time.Since(time.Unix(0, s.lastPong.Load()))
-		if silent > timeout {
-			s.kill(fmt.Errorf("server did not answer keepalives for %v", silent.Round(time.Millisecond)))
+		now, lastPong := time.Now(), time.Unix(0, s.lastPong.Load())
+		if j.dead(now, lastPong) {
+			s.kill(fmt.Errorf("server did not answer keepalives for %v", now.Sub(lastPong).Round(time.Millisecond)))
 			return
 		}
 		seq++
@@ -139,6 +140,35 @@ func (s *Session) keepalive(interval, timeout time.Duration) {
 			return
 		}
 	}
+}
+
+// silence judges a server's silence at each keepalive tick.
+type silence struct {
+	interval, timeout time.Duration
+	lastTick          time.Time
+	spared            bool // the last tick let a silence past timeout go
+}
+
+// dead reports whether a server last heard from at lastPong is dead at
+// the tick that came at now: silent for longer than timeout. A tick more
+// than two intervals after the one before says this process did not run
+// meanwhile (its CPUs taken by real-time tasks, its VM paused by the host):
+// PONGs that came then may be waiting unread, behind this goroutine, so
+// such a tick spares the session once and the next one judges it. Never
+// two ticks in a row: a server that is gone is still found one interval
+// later.
+func (j *silence) dead(now, lastPong time.Time) bool {
+	late := now.Sub(j.lastTick) > 2*j.interval
+	j.lastTick = now
+	if now.Sub(lastPong) <= j.timeout {
+		j.spared = false
+		return false
+	}
+	if late && !j.spared {
+		j.spared = true
+		return false
+	}
+	return true
 }
 
 // readControl reads the control stream: PONGs, and EVENTs, which it

@@ -231,3 +231,33 @@ func TestKeepaliveDetectsFrozenServer(t *testing.T) {
 		}
 	})
 }
+
+// TestSilenceSparesALateTick: a keepalive tick that comes late (the
+// process did not run: a starved CPU, a paused VM) does not kill a
+// silent session, whose PONGs may be waiting unread; the next tick does
+// if the silence goes on, and a tick on time kills as before. The
+// process-level test is TestPausedAttachKeepsSession (tests/).
+func TestSilenceSparesALateTick(t *testing.T) {
+	const interval, timeout = time.Second, 5 * time.Second
+	t0 := time.Unix(1000, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	for _, tc := range []struct {
+		name  string
+		ticks []time.Duration // when each tick came
+		pong  time.Duration   // the last PONG
+		want  []bool          // dead at each tick
+	}{
+		{"answered", []time.Duration{1, 2, 3}, 3, []bool{false, false, false}},
+		{"silent, ticks on time", []time.Duration{1, 2, 3, 4, 5, 6, 7}, 0, []bool{false, false, false, false, false, true, true}},
+		{"silent, a late tick spares once", []time.Duration{1, 8, 9}, 0, []bool{false, false, true}},
+		{"late ticks in a row spare only the first", []time.Duration{1, 8, 11, 14}, 0, []bool{false, false, true, true}},
+		{"a late tick, then the PONG it hid", []time.Duration{1, 8}, 8, []bool{false, false}},
+	} {
+		j := silence{interval: interval, timeout: timeout, lastTick: t0}
+		for i, tick := range tc.ticks {
+			if got := j.dead(at(tick*time.Second), at(tc.pong*time.Second)); got != tc.want[i] {
+				t.Errorf("%s: tick %d at %ds: dead %v, want %v", tc.name, i, tick, got, tc.want[i])
+			}
+		}
+	}
+}

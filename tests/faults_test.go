@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -449,5 +450,37 @@ func TestFaultVolatileCrash(t *testing.T) {
 					rep.Violated, rep.Violations[0])
 			}
 		})
+	}
+}
+
+// TestPausedAttachKeepsSession stops dst attach (SIGSTOP) for four times
+// its keepalive timeout, twice, as a host that pauses its VM or real-time
+// tasks that take its CPUs would: the server answered every PING
+// meanwhile, so attach keeps its session (no reconnect) and serves at
+// once. Before attach spared a tick that came late, it gave up its session
+// after every such pause (4 of 4 by hand, and this test).
+func TestPausedAttachKeepsSession(t *testing.T) {
+	e := newFaultEnv(t, false)
+	c := e.startAttach()
+	p := bytes.Repeat([]byte{0x5a}, faultBlock)
+	if err := c.WriteAt(p, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, faultBlock)
+	for range 2 {
+		if err := e.att.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(4 * time.Second) // faultAttachArgs: --keepalive-timeout 1s
+		if err := e.att.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second) // ten keepalive intervals
+		if err := c.ReadAt(got, 0); err != nil || !bytes.Equal(got, p) {
+			t.Fatalf("tests: a read after the pause: %v, data right %v", err, bytes.Equal(got, p))
+		}
+	}
+	if st := e.stopAttach(); st.Reconnects != 0 {
+		t.Errorf("tests: attach: %v; it gave up a session whose server answered while it was paused", st)
 	}
 }
