@@ -231,6 +231,10 @@ func (a *Attachment) supervise(g *generation) {
 		a.log.Warn("connection to server lost; reconnecting", "server", a.cfg.Server, "err", g.err, "pending", n)
 		g.shutdown(g.err, false)
 		if g = a.reconnect(); g == nil {
+			if a.ctx.Err() != nil {
+				// Closed between sessions: say BYE all the same.
+				a.farewell()
+			}
 			return
 		}
 		a.state.set(StateConnected, nil)
@@ -251,7 +255,6 @@ func (a *Attachment) reconnect() *generation {
 			select {
 			case <-time.After(wait):
 			case <-a.ctx.Done():
-				a.farewell()
 				return nil
 			}
 		}
@@ -264,7 +267,6 @@ func (a *Attachment) reconnect() *generation {
 		}
 		switch {
 		case ctx.Err() != nil:
-			a.farewell()
 			return nil
 		case errors.Is(err, ErrIdentityChanged), errors.Is(err, ErrLeaseHeld):
 			// Another disk, or another writer took over: this attachment
@@ -280,7 +282,7 @@ func (a *Attachment) reconnect() *generation {
 // farewellTimeout bounds the one dial of farewell.
 const farewellTimeout = 2 * time.Second
 
-// farewell says BYE for an attachment that closes between sessions, as
+// farewell says BYE for an attachment that closed between sessions, as
 // shutdown does for one that closes while connected: one session of a
 // new epoch, dialed once, that says only that. The server then frees the
 // attachment's writer lease at once, rather than keep it for its grace

@@ -244,8 +244,8 @@ func (p *Proxy) requests(dst, src io.ReadWriter) {
 		if err != nil {
 			return
 		}
-		frame := append(make([]byte, 0, wire.RequestSize+r.PayloadLen()), hb[:]...)
-		frame = frame[:wire.RequestSize+r.PayloadLen()]
+		frame := make([]byte, wire.RequestSize+r.PayloadLen())
+		copy(frame, hb[:])
 		if _, err := io.ReadFull(src, frame[wire.RequestSize:]); err != nil {
 			return
 		}
@@ -272,8 +272,8 @@ func (p *Proxy) replies(dst, src io.ReadWriter) (injected bool) {
 		if err != nil || r.Length > wire.MaxPayload {
 			return
 		}
-		frame := append(make([]byte, 0, wire.ReplySize+int(r.Length)), hb[:]...)
-		frame = frame[:wire.ReplySize+int(r.Length)]
+		frame := make([]byte, wire.ReplySize+int(r.Length))
+		copy(frame, hb[:])
 		if _, err := io.ReadFull(src, frame[wire.ReplySize:]); err != nil {
 			return
 		}
