@@ -41,9 +41,13 @@ const (
 	// MaxRecordPayload is the largest plaintext carried by one record.
 	MaxRecordPayload = maxCiphertext - tagLen
 
-	// readBufferSize holds two full records, so one read syscall can fetch
-	// a record and the start of the next.
-	readBufferSize = 128 << 10
+	// maxRecordLen is the largest record on the wire, header and all.
+	maxRecordLen = recordHeaderLen + maxCiphertext
+
+	// readBufferSize is a 128 KiB batch window, which one read of small
+	// records may fill, and room behind it for a full record that begins
+	// at its end (recvBuf).
+	readBufferSize = 128<<10 + maxRecordLen
 
 	// writeBatch is how many full records one Write packs per syscall.
 	writeBatch = 4

@@ -7,12 +7,18 @@ import "io"
 // It is bufio.Reader's Peek and Discard with two differences that matter
 // for records of up to 64 KiB. bufio moves what it holds to the front of
 // its buffer on every fill, so a record that arrived in part is copied once
-// more before it is opened; recvBuf moves it only when the rest would not
-// fit behind it. And while it waits for the rest of a large record it reads
-// only that rest and the next header, so that in a stream of large records
-// each read ends where a record does and nothing but a header is left to
-// move; reading as much as fits is kept for headers and small records,
-// where one system call fetching many of them is the point.
+// more before it is opened; recvBuf moves only a header or the start of a
+// small record. While it waits for the rest of a large record it reads only
+// that rest and the next header, so that in a stream of large records each
+// read ends where a record does. Reading as much as it can is kept for
+// headers and small records, where one system call fetching many of them is
+// the point, and such a read fills only the buffer's batch window, which
+// ends a full record's length before the buffer does: a large record that
+// begins inside the window fits behind it whole, so the part of it that
+// came with the small ones is never moved to make room for the rest. (A
+// stream of 256 KiB WRITEs, each a small record for its header, four full
+// ones and a small tail, had a quarter of its bytes moved when the small
+// reads could fill the whole buffer.)
 //
 // A read error, a deadline among them, leaves what was received in the
 // buffer and is returned once; the next peek reads again.
@@ -23,7 +29,7 @@ type recvBuf struct {
 }
 
 // exactAbove is the size from which peek reads just the rest of a record
-// (and the next header) instead of as much as fits.
+// (and the next header) instead of filling the batch window.
 const exactAbove = 16 << 10
 
 func newRecvBuf(rd io.Reader, size int) *recvBuf {
@@ -42,13 +48,19 @@ func (b *recvBuf) bytes() []byte { return b.buf[b.r:b.w] }
 // has, fewer than n bytes.
 func (b *recvBuf) peek(n int) ([]byte, error) {
 	for empty := 0; b.w-b.r < n; {
-		if len(b.buf)-b.r < n {
-			b.w = copy(b.buf, b.buf[b.r:b.w])
-			b.r = 0
-		}
-		end := len(b.buf)
+		var end int
 		if n >= exactAbove {
-			end = min(end, b.r+n+recordHeaderLen)
+			if len(b.buf)-b.r < n {
+				b.compact()
+			}
+			end = min(len(b.buf), b.r+n+recordHeaderLen)
+		} else {
+			// What moves is less than n bytes, and n is small.
+			window := len(b.buf) - maxRecordLen
+			if b.w >= window || len(b.buf)-b.r < n {
+				b.compact()
+			}
+			end = max(window, b.r+n)
 		}
 		m, err := b.rd.Read(b.buf[b.w:end])
 		if m < 0 || m > end-b.w {
@@ -68,6 +80,12 @@ func (b *recvBuf) peek(n int) ([]byte, error) {
 		}
 	}
 	return b.buf[b.r : b.r+n], nil
+}
+
+// compact moves the received bytes not yet discarded to the front.
+func (b *recvBuf) compact() {
+	b.w = copy(b.buf, b.buf[b.r:b.w])
+	b.r = 0
 }
 
 // discard drops the first n buffered bytes; n must not exceed buffered.

@@ -127,6 +127,29 @@ func TestRecvBufLargeRecordsReadExactly(t *testing.T) {
 	}
 }
 
+// A stream of large WRITEs (per request a small record for its header, four
+// full records of payload and a small one for the rest) moves no part of a
+// full record, whatever the socket hands over: the small records' greedy
+// reads stop where a full record that begins there still fits. Before
+// they did, a quarter of the stream was moved.
+func TestRecvBufWriteStreamMovesOnlySmallRecords(t *testing.T) {
+	var lens []int
+	for range 200 {
+		lens = append(lens, 40+tagLen, maxCiphertext, maxCiphertext, maxCiphertext, maxCiphertext, 68+tagLen)
+	}
+	stream := records(lens...)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, chunk := range []int{1 << 30, 200000, 65536, 32768} {
+		src := &chunky{src: stream, next: func() int { return 1 + rng.IntN(chunk) }}
+		_, moved := readAll(t, newRecvBuf(src, readBufferSize), stream)
+		// At most a header and the two small records per request.
+		if most := 200 * (3*recordHeaderLen + 40 + 68 + 2*tagLen); moved > most {
+			t.Errorf("deliveries of up to %d bytes: moved %d of %d bytes, want at most %d",
+				chunk, moved, len(stream), most)
+		}
+	}
+}
+
 // Small records are fetched many per system call.
 func TestRecvBufSmallRecordsBatch(t *testing.T) {
 	lens := make([]int, 1000)
