@@ -13,9 +13,9 @@ import (
 	"github.com/dstproject/dst/internal/verify"
 )
 
-// defaultSoak is the soak's length unless DST_SOAK_DURATION says otherwise.
-// The end-to-end suite runs twice (once with a -race dst), so CI keeps it
-// at two minutes or less.
+// defaultSoak is the soak's length unless DST_SOAK_DURATION says otherwise
+// (scripts/test --long sets 20 minutes). The end-to-end suite runs twice
+// (once with a -race dst), so CI keeps it at two minutes or less.
 const defaultSoak = 2 * time.Minute
 
 // soakInterval is the time from one fault to the next; soakQuiet is the
