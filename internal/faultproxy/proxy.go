@@ -69,7 +69,9 @@ type corruption struct {
 type way struct {
 	stalled bool
 	delay   time.Duration
-	corrupt []corruption
+	corrupt []corruption // offsets in one connection's stream (CorruptAt)
+	soon    []corruption // offsets in all connections' bytes together (CorruptSoon)
+	read    int64        // bytes read in this direction, over all connections
 }
 
 // Proxy forwards TCP connections to a target and injects faults on demand.
@@ -198,6 +200,20 @@ func (p *Proxy) CorruptAt(dir Direction, off int64, xor byte) {
 	defer p.mu.Unlock()
 	for _, w := range dir.ways() {
 		p.ways[w].corrupt = append(p.ways[w].corrupt, corruption{off, xor})
+	}
+}
+
+// CorruptSoon XORs with xor the n-th byte that the proxy forwards in dir
+// from now on (the next byte for n ≤ 1), on whichever connection carries it, once. Unlike
+// CorruptAt it needs no knowledge of where each connection's stream is, so
+// it strikes traffic spread over several connections. With Both, each
+// direction gets its own corruption.
+func (p *Proxy) CorruptSoon(dir Direction, n int64, xor byte) {
+	n = max(n, 1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, w := range dir.ways() {
+		p.ways[w].soon = append(p.ways[w].soon, corruption{p.ways[w].read + n - 1, xor})
 	}
 }
 
@@ -376,12 +392,21 @@ func (p *Proxy) sleep(l *link, w int) bool {
 }
 
 // applyCorruption flips the pending corruptions of direction w that fall in
-// chunk, which starts at stream offset pos.
+// chunk, which starts at stream offset pos of its connection.
 func (p *Proxy) applyCorruption(w int, pos int64, chunk []byte) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	pending := p.ways[w].corrupt[:0]
-	for _, c := range p.ways[w].corrupt {
+	ws := &p.ways[w]
+	ws.corrupt = p.flip(ws.corrupt, pos, chunk)
+	ws.soon = p.flip(ws.soon, ws.read, chunk)
+	ws.read += int64(len(chunk))
+}
+
+// flip applies the corruptions in cs that fall in chunk, which starts at
+// offset pos, and returns those still pending.
+func (p *Proxy) flip(cs []corruption, pos int64, chunk []byte) []corruption {
+	pending := cs[:0]
+	for _, c := range cs {
 		if c.off >= pos && c.off < pos+int64(len(chunk)) {
 			chunk[c.off-pos] ^= c.xor
 			p.corruptions.Add(1)
@@ -389,7 +414,7 @@ func (p *Proxy) applyCorruption(w int, pos int64, chunk []byte) {
 		}
 		pending = append(pending, c)
 	}
-	p.ways[w].corrupt = pending
+	return pending
 }
 
 // reset closes c so that its peer sees a reset rather than an orderly EOF.

@@ -206,6 +206,38 @@ func TestDelay(t *testing.T) {
 	}
 }
 
+// TestCorruptSoon: the n-th byte from now counts over every connection, so
+// it strikes the one that carries it, wherever its own stream is.
+func TestCorruptSoon(t *testing.T) {
+	p := start(t)
+	msg := bytes.Repeat([]byte{0x55}, 100)
+	a, b := dial(t, p), dial(t, p)
+	if _, err := roundTrip(a, msg, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// a is 100 bytes into its stream each way; the 150th byte from now,
+	// after 100 more of a's, is byte 49 of b's.
+	p.CorruptSoon(faultproxy.ClientToServer, 150, 0xff)
+	if got, _ := roundTrip(a, msg, 5*time.Second); !bytes.Equal(got, msg) {
+		t.Errorf("a got % x, corrupted early", got[:16])
+	}
+	got, err := roundTrip(b, msg, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Clone(msg)
+	want[49] ^= 0xff
+	if !bytes.Equal(got, want) {
+		t.Errorf("b got % x, want byte 49 flipped", got[40:56])
+	}
+	if got, _ := roundTrip(a, msg, 5*time.Second); !bytes.Equal(got, msg) {
+		t.Error("corrupted twice")
+	}
+	if s := p.Stats(); s.Corruptions != 1 {
+		t.Errorf("stats %+v, want 1 corruption", s)
+	}
+}
+
 func TestCorruptAt(t *testing.T) {
 	p := start(t)
 	msg := bytes.Repeat([]byte{0x55}, 100)
