@@ -204,10 +204,10 @@ func (p *Proxy) CorruptAt(dir Direction, off int64, xor byte) {
 }
 
 // CorruptSoon XORs with xor the n-th byte that the proxy forwards in dir
-// from now on (the next byte for n ≤ 1), on whichever connection carries it, once. Unlike
-// CorruptAt it needs no knowledge of where each connection's stream is, so
-// it strikes traffic spread over several connections. With Both, each
-// direction gets its own corruption.
+// from now on (the next byte for n ≤ 1), on whichever connection carries
+// it, once. Unlike CorruptAt it needs no knowledge of where each
+// connection's stream is, so it strikes traffic spread over several
+// connections. With Both, each direction gets its own corruption.
 func (p *Proxy) CorruptSoon(dir Direction, n int64, xor byte) {
 	n = max(n, 1)
 	p.mu.Lock()

@@ -225,9 +225,7 @@ func TestCorruptSoon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := bytes.Clone(msg)
-	want[49] ^= 0xff
-	if !bytes.Equal(got, want) {
+	if !bytes.Equal(got, flipped(msg, 49, 0xff)) {
 		t.Errorf("b got % x, want byte 49 flipped", got[40:56])
 	}
 	if got, _ := roundTrip(a, msg, 5*time.Second); !bytes.Equal(got, msg) {
@@ -247,9 +245,7 @@ func TestCorruptAt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := bytes.Clone(msg)
-	want[10] ^= 0xff
-	if !bytes.Equal(got, want) {
+	if !bytes.Equal(got, flipped(msg, 10, 0xff)) {
 		t.Errorf("got % x", got[:16])
 	}
 	// Once only: the next bytes and the next connection are clean.
@@ -261,14 +257,19 @@ func TestCorruptAt(t *testing.T) {
 	p.CorruptAt(faultproxy.ServerToClient, 5, 0x01)
 	roundTrip(c, msg, 5*time.Second)
 	got, _ = roundTrip(dial(t, p), msg, 5*time.Second)
-	want = bytes.Clone(msg)
-	want[5] ^= 0x01
-	if !bytes.Equal(got, want) {
+	if !bytes.Equal(got, flipped(msg, 5, 0x01)) {
 		t.Errorf("second connection got % x", got[:16])
 	}
 	if s := p.Stats(); s.Corruptions != 2 {
 		t.Errorf("stats %+v, want 2 corruptions", s)
 	}
+}
+
+// flipped returns a copy of msg with byte i XORed with x.
+func flipped(msg []byte, i int, x byte) []byte {
+	want := bytes.Clone(msg)
+	want[i] ^= x
+	return want
 }
 
 func TestRefuse(t *testing.T) {
